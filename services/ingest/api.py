@@ -1,0 +1,118 @@
+"""The ingest HTTP API: `POST /v1/events`."""
+
+import hmac
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from services.ingest.domain import (
+    NDJSON_TYPES,
+    BadBody,
+    EventIn,
+    split_items,
+    to_envelope,
+    validate_items,
+)
+from services.ingest.settings import IngestSettings
+from shared.jetstream import EventPublisher
+
+
+class Accepted(BaseModel):
+    accepted: int
+    ids: list[str]
+
+
+_ERRORS = {
+    "description": "What is wrong; for 422 one entry per bad item: index, field, message",
+}
+REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": EventIn.model_json_schema()},
+            NDJSON_TYPES[0]: {
+                "schema": {"type": "string", "description": "one event object per line"}
+            },
+        },
+    }
+}
+
+
+def events_router(settings: IngestSettings, publisher: EventPublisher) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["events"])
+    api_keys = [key.get_secret_value().encode() for key in settings.ingest_api_keys]
+
+    @router.post(
+        "/events",
+        status_code=202,
+        response_model=Accepted,
+        summary="Publish one event (JSON) or a batch (NDJSON)",
+        description=(
+            "Validates every event, then publishes each to `data.<type>` and answers 202 only "
+            "after JetStream stored all of them. A batch is all or nothing: if any item is "
+            "invalid, nothing is published. Send your own `id`s to make re-sends idempotent."
+        ),
+        responses={
+            400: _ERRORS,
+            401: _ERRORS,
+            413: _ERRORS,
+            415: _ERRORS,
+            422: _ERRORS,
+            503: {"description": "JetStream did not acknowledge; retry with the same ids"},
+        },
+        openapi_extra=REQUEST_BODY,
+    )
+    async def post_events(request: Request) -> JSONResponse:
+        if api_keys and not _authorised(request, api_keys):
+            return _problem(401, "missing or invalid API key (header X-API-Key)")
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > settings.ingest_max_body_bytes:
+            return _problem(413, _too_large(declared, settings.ingest_max_body_bytes))
+        body = await request.body()
+        if len(body) > settings.ingest_max_body_bytes:
+            return _problem(413, _too_large(len(body), settings.ingest_max_body_bytes))
+        try:
+            items = split_items(
+                request.headers.get("content-type", ""), body, settings.ingest_max_batch
+            )
+        except BadBody as exc:
+            return _problem(exc.status, exc.message)
+        events, errors = validate_items(items)
+        if errors:
+            return JSONResponse(
+                {
+                    "detail": [e.as_dict() for e in errors],
+                    "published": 0,
+                    "message": f"{len({e.index for e in errors})} of {len(items)} items invalid;"
+                    " nothing was published",
+                },
+                status_code=422,
+            )
+        now = datetime.now(UTC)
+        envelopes = [to_envelope(e, now) for e in events]
+        try:
+            await publisher.publish_many(envelopes)
+        except Exception as exc:
+            return _problem(503, f"JetStream did not acknowledge every event: {exc!r}")
+        return JSONResponse(
+            Accepted(accepted=len(envelopes), ids=[e.id for _, e in envelopes]).model_dump(),
+            status_code=202,
+        )
+
+    return router
+
+
+def _authorised(request: Request, keys: list[bytes]) -> bool:
+    given = request.headers.get("x-api-key", "").encode()
+    return any(hmac.compare_digest(given, key) for key in keys)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"body is {size} bytes; the limit is {limit} (CHOREO_INGEST_MAX_BODY_BYTES)"
+
+
+def _problem(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)

@@ -1,0 +1,31 @@
+"""The medallion buckets and their idempotent creation."""
+
+from botocore.exceptions import ClientError
+from types_aiobotocore_s3 import S3Client
+
+from shared.settings import Settings
+
+# Codes an S3 server answers when the bucket exists already (ours or, on AWS, anyone's).
+EXISTS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
+
+
+def lake_buckets(settings: Settings) -> dict[str, str]:
+    """Layer name -> bucket name (each configurable: CHOREO_BUCKET_RAW, ...)."""
+    return {
+        "raw": settings.bucket_raw,
+        "staging": settings.bucket_staging,
+        "curated": settings.bucket_curated,
+    }
+
+
+async def ensure_buckets(s3: S3Client, buckets: list[str]) -> list[str]:
+    """Create the buckets that do not exist; return the ones created."""
+    created = []
+    for bucket in buckets:
+        try:
+            await s3.create_bucket(Bucket=bucket)
+            created.append(bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in EXISTS:
+                raise
+    return created

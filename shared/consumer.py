@@ -1,0 +1,154 @@
+"""How a service settles what it consumes: ack, redeliver with backoff, or dead-letter.
+
+FastStream's NATS default terminates a message whose handler raises, which would drop data
+on a passing database or S3 outage. Choreo's subscribers use `AckPolicy.MANUAL` and settle
+each message here, on purpose:
+
+- the message cannot be parsed: it can never succeed, so it goes to `dlq.<service>` now;
+- processing fails: `nak` with the configured backoff; on the `max_deliver`-th delivery it
+  goes to `dlq.<service>` with the error instead;
+- processing succeeds: `ack`, only after the effect is durable.
+"""
+
+import base64
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import structlog
+from faststream import AckPolicy, Context
+from faststream.nats import ConsumerConfig, JStream, PullSub
+from faststream.nats.message import NatsBatchMessage
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from shared.envelope import Event
+from shared.jetstream import EventPublisher
+from shared.metrics import Metrics
+from shared.settings import Settings
+from shared.subjects import StreamSpec, dlq_subject
+
+log = structlog.get_logger(__name__)
+
+BatchMessage = Annotated[NatsBatchMessage, Context("message")]
+"""Handler parameter giving the raw JetStream messages of a batch, to settle one by one."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """An event as delivered: with the subject and stream position it came from."""
+
+    event: Event
+    subject: str
+    stream: str
+    stream_seq: int
+    deliveries: int
+
+
+ProcessBatch = Callable[[list[Received]], Awaitable[None]]
+
+
+def batch_subscription(
+    spec: StreamSpec, durable: str, *, batch_size: int = 500, max_wait_s: float = 0.1
+) -> dict[str, Any]:
+    """Keyword arguments for `broker.subscriber(...)`: a durable batch pull consumer.
+
+    `max_deliver=-1` on the consumer because the settler dead-letters at the configured
+    attempt itself; a message that crashes the process every time is then retried after
+    `ack_wait`, visibly, rather than silently abandoned by the server.
+    """
+    (subject,) = spec.subjects  # every Choreo stream has exactly one subject filter
+    return {
+        "subject": subject,
+        "stream": JStream(spec.name, declare=False),
+        "durable": durable,
+        "pull_sub": PullSub(batch_size=batch_size, timeout=max_wait_s, batch=True),
+        "ack_policy": AckPolicy.MANUAL,
+        "config": ConsumerConfig(ack_wait=30.0, max_deliver=-1, max_ack_pending=20_000),
+    }
+
+
+class Settler:
+    """Settles JetStream deliveries for one service (see the module docstring)."""
+
+    def __init__(
+        self, service: str, publisher: EventPublisher, metrics: Metrics, settings: Settings
+    ) -> None:
+        self.service = service
+        self._publisher = publisher
+        self._metrics = metrics
+        self._settings = settings
+
+    async def handle_batch(self, messages: Sequence[Msg], process: ProcessBatch, name: str) -> None:
+        """Parse every message as an `Event`, process the valid ones together, settle all."""
+        started = time.perf_counter()
+        self._metrics.batch_size.labels(self.service, name).observe(len(messages))
+        good: list[tuple[Msg, Received]] = []
+        for msg in messages:
+            try:
+                event = Event.from_bytes(msg.data)
+            except ValidationError as exc:
+                await self.dead_letter(msg, f"not a valid event envelope: {exc}")
+                continue
+            meta = msg.metadata
+            seq = meta.sequence.stream if meta.sequence else 0
+            good.append((msg, Received(event, msg.subject, meta.stream, seq, meta.num_delivered)))
+        if good:
+            try:
+                await process([received for _, received in good])
+            except Exception as exc:
+                log.warning(
+                    "batch failed, will retry", handler=name, size=len(good), error=repr(exc)
+                )
+                for msg, _ in good:
+                    await self.retry(msg, exc)
+            else:
+                for msg, received in good:
+                    await msg.ack()
+                    self._metrics.count_consumed(msg.subject, "ack")
+                    self._metrics.observe_latency(received.event.type, received.event.time)
+        self._metrics.handler_seconds.labels(self.service, name).observe(
+            time.perf_counter() - started
+        )
+
+    async def retry(self, msg: Msg, exc: BaseException) -> None:
+        """Redeliver after the backoff, or dead-letter on the last allowed delivery."""
+        delivered = msg.metadata.num_delivered or 1
+        if delivered >= self._settings.max_deliver:
+            await self.dead_letter(msg, f"gave up after {delivered} deliveries: {exc!r}")
+            return
+        await msg.nak(delay=self._settings.backoff(delivered))
+        self._metrics.count_consumed(msg.subject, "nack")
+
+    async def dead_letter(self, msg: Msg, reason: str) -> None:
+        """Publish the message and the reason to `dlq.<service>`, then terminate it."""
+        meta = msg.metadata
+        stream_seq = meta.sequence.stream if meta.sequence else 0
+        try:
+            payload: str = msg.data.decode()
+            encoding = "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(msg.data).decode(), "base64"
+        dead = Event(
+            # Deterministic id: a crash between publish and term re-publishes the same id,
+            # which JetStream drops as a duplicate.
+            id=f"dlq:{self.service}:{meta.stream}:{stream_seq}",
+            type="dlq.message",
+            source=f"choreo/{self.service}",
+            data={
+                "reason": reason,
+                "subject": msg.subject,
+                "stream": meta.stream,
+                "stream_seq": stream_seq,
+                "deliveries": meta.num_delivered,
+                "payload": payload,
+                "payload_encoding": encoding,
+            },
+        )
+        await self._publisher.publish(dlq_subject(self.service), dead)
+        await msg.term()
+        self._metrics.count_consumed(msg.subject, "dlq")
+        log.error(
+            "message dead-lettered", subject=msg.subject, stream_seq=stream_seq, reason=reason
+        )

@@ -1,0 +1,100 @@
+"""JetStream plumbing: idempotent stream provisioning and acknowledged event publishing."""
+
+import asyncio
+from collections.abc import Iterable, Sequence
+
+import structlog
+from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from shared.envelope import Event
+from shared.metrics import Metrics
+from shared.settings import Settings
+from shared.subjects import STREAMS, StreamSpec, stream_for
+
+log = structlog.get_logger(__name__)
+
+# JetStream's error code for "stream name already in use with a different configuration".
+STREAM_NAME_IN_USE = 10058
+
+
+def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
+    """The config Choreo wants for `spec`: file storage, de-duplication, retention."""
+    return StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects),
+        storage=StorageType.FILE,
+        num_replicas=settings.stream_replicas,
+        max_age=settings.stream_max_age_s,
+        duplicate_window=settings.duplicate_window_s,
+    )
+
+
+def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    fields = ("subjects", "storage", "num_replicas", "max_age", "duplicate_window", "description")
+    return any(getattr(current, f) != getattr(wanted, f) for f in fields)
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create `config.name`, or bring it to `config`; safe when several services race."""
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            log.info("stream created", stream=config.name)
+            return
+        except BadRequestError as exc:
+            # Another service created it between our lookup and our create.
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+        info = await js.stream_info(config.name)
+    if _differs(info.config, config):
+        await js.update_stream(config)
+        log.info("stream updated", stream=config.name)
+
+
+async def ensure_streams(
+    js: JetStreamContext, settings: Settings, specs: Iterable[StreamSpec] = STREAMS
+) -> None:
+    """Provision every stream Choreo uses (idempotent)."""
+    for spec in specs:
+        await ensure_stream(js, stream_config(spec, settings))
+
+
+def jetstream(broker: NatsBroker) -> JetStreamContext:
+    """The JetStream context of a connected broker."""
+    js: JetStreamContext = broker.config.connection_state.stream
+    return js
+
+
+class EventPublisher:
+    """Publishes events to JetStream and returns only once the stream has stored them.
+
+    It goes through the broker (not raw nats-py) so that `TestNatsBroker` sees publishes.
+    """
+
+    def __init__(self, broker: NatsBroker, metrics: Metrics, timeout: float = 5.0) -> None:
+        self._broker = broker
+        self._metrics = metrics
+        self._timeout = timeout
+
+    async def publish(self, subject: str, event: Event) -> PubAck | None:
+        """Publish and wait for the stream's ack (`None` only under `TestNatsBroker`)."""
+        ack = await self._broker.publish(
+            event.to_bytes(),
+            subject,
+            headers=event.headers(),
+            stream=stream_for(subject).name,
+            timeout=self._timeout,
+        )
+        self._metrics.count_published(subject)
+        return ack
+
+    async def publish_many(self, items: Sequence[tuple[str, Event]]) -> list[PubAck | None]:
+        """Publish concurrently (pipelined on one connection); raise if any is not stored."""
+        return list(await asyncio.gather(*(self.publish(s, e) for s, e in items)))

@@ -1,0 +1,37 @@
+"""An aioboto3 S3 client configured from settings (SeaweedFS, MinIO or AWS)."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from types_aiobotocore_s3 import S3Client
+
+from shared.settings import Settings
+
+
+@asynccontextmanager
+async def s3_client(settings: Settings) -> AsyncIterator[S3Client]:
+    """An S3 client for the configured endpoint, with retries and path-style addressing."""
+    settings.require("s3_endpoint_url", "s3_access_key", "s3_secret_key")
+    assert settings.s3_access_key is not None
+    assert settings.s3_secret_key is not None
+    session = aioboto3.Session()
+    async with session.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key.get_secret_value(),
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
+        region_name=settings.s3_region,
+        config=AioConfig(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+        ),
+    ) as client:
+        yield client
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"

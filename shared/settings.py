@@ -1,0 +1,108 @@
+"""Settings every service and the CLI share, from `CHOREO_*` variables and `<data dir>/env`.
+
+Exported variables win over the env file that `choreo up` writes, so one service can be
+pointed elsewhere without editing the file. Settings are built inside factories
+(`Settings.load()`), never at import time, so tests pass their own.
+"""
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(".choreo")
+ENV_FILE_NAME = "env"
+
+# Values that are fine on a laptop and a liability anywhere else.
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "minioadmin"})
+
+
+def data_dir_from_env() -> Path:
+    return Path(os.environ.get("CHOREO_DATA_DIR", str(DEFAULT_DATA_DIR)))
+
+
+class Settings(BaseSettings):
+    """Connection and runtime settings (env prefix `CHOREO_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHOREO_", extra="ignore")
+
+    environment: Literal["dev", "test", "prod"] = "dev"
+    data_dir: Path = DEFAULT_DATA_DIR
+
+    # NATS: each service connects with its own user (see shared.subjects.SERVICE_PERMISSIONS).
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    stream_replicas: int = 1
+    stream_max_age_s: float = 7 * 24 * 3600.0
+    duplicate_window_s: float = 120.0
+    # How often JetStream fsyncs: "2m" (nats-server's default) or "always". Used where
+    # Choreo starts nats-server itself; see docs/deploy.md for the cost of each.
+    nats_sync_interval: str = "2m"
+
+    # S3-compatible object store.
+    s3_endpoint_url: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    bucket_raw: str = "raw"
+    bucket_staging: str = "staging"
+    bucket_curated: str = "curated"
+
+    # PostgreSQL DSN (postgresql://user:password@host:port/db).
+    database_url: SecretStr | None = None
+
+    # This process's HTTP server (/healthz, /readyz, /metrics and the service's API).
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    # Redelivery policy of the durable consumers: attempts, then the dead-letter queue.
+    max_deliver: int = 10
+    retry_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+    @classmethod
+    def load(cls, data_dir: Path | None = None, **values: Any) -> Self:
+        """Settings from the environment, then `<data dir>/env` (the dev stack's file)."""
+        directory = data_dir if data_dir is not None else data_dir_from_env()
+        env_file = directory / ENV_FILE_NAME
+        return cls(
+            _env_file=env_file if env_file.is_file() else None,
+            data_dir=directory,
+            **values,
+        )
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Self:
+        if self.environment != "prod":
+            return self
+        secrets = {
+            "CHOREO_NATS_PASSWORD": self.nats_password,
+            "CHOREO_S3_SECRET_KEY": self.s3_secret_key,
+        }
+        weak = [
+            name
+            for name, value in secrets.items()
+            if value is not None and value.get_secret_value().lower() in PLACEHOLDER_SECRETS
+        ]
+        if weak:
+            raise ValueError(f"placeholder secrets are refused in prod: {', '.join(weak)}")
+        return self
+
+    def require(self, *names: str) -> None:
+        """Fail fast, naming every missing setting a service cannot run without."""
+        missing = [f"CHOREO_{n.upper()}" for n in names if getattr(self, n) in (None, "")]
+        if missing:
+            raise ValueError(
+                f"missing settings: {', '.join(missing)} "
+                f"(export them or run `choreo up`, which writes {self.data_dir / ENV_FILE_NAME})"
+            )
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before redelivering after the `attempt`-th failure (1-based)."""
+        steps = self.retry_backoff_s
+        return steps[min(attempt, len(steps)) - 1] if steps else 0.0

@@ -1,0 +1,93 @@
+"""Every subject, stream and durable consumer in Choreo, in one place.
+
+Services meet only through these names (DESIGN §1). Each stream's subjects are disjoint:
+`data.*` holds validated events (one token after `data.`), `data.in.>` the unvalidated
+entry point that ingest checks, so the two never overlap.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+SERVICES = ("ingest", "transform", "store", "audit", "fraud")
+
+EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+"""An event type is one NATS subject token: lower-case letters, digits and `_`."""
+
+DATA_IN_PREFIX = "data.in."
+FRAUD_SCORED = "fraud.scored"
+FRAUD_ALERT = "fraud.alert"
+
+
+def data_subject(event_type: str) -> str:
+    """Where validated events of `event_type` are published: `data.<type>`."""
+    if not EVENT_TYPE_PATTERN.fullmatch(event_type) or event_type == "in":
+        raise ValueError(f"invalid event type {event_type!r}: use [a-z][a-z0-9_]*, not 'in'")
+    return f"data.{event_type}"
+
+
+def dlq_subject(service: str) -> str:
+    """Where a service dead-letters what it could not process: `dlq.<service>`."""
+    return f"dlq.{service}"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream Choreo needs; created or updated when any service starts."""
+
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+
+
+DATA = StreamSpec("DATA", ("data.*",), "validated events, one subject per event type")
+DATA_IN = StreamSpec("DATA_IN", ("data.in.>",), "raw events published straight to NATS")
+WORKFLOW = StreamSpec("WORKFLOW", ("wf.>",), "workflow runs and steps")
+FRAUD = StreamSpec("FRAUD", ("fraud.>",), "fraud scores and alerts")
+DLQ = StreamSpec("DLQ", ("dlq.>",), "messages a service gave up on, with the error")
+
+STREAMS: tuple[StreamSpec, ...] = (DATA, DATA_IN, WORKFLOW, FRAUD, DLQ)
+
+
+def stream_for(subject: str) -> StreamSpec:
+    """The stream that stores `subject` (ValueError when none does)."""
+    tokens = subject.split(".")
+    for spec in STREAMS:
+        if any(_matches(pattern.split("."), tokens) for pattern in spec.subjects):
+            return spec
+    raise ValueError(f"no Choreo stream stores subject {subject!r}")
+
+
+def _matches(pattern: list[str], tokens: list[str]) -> bool:
+    """NATS subject matching: `*` is one token, a final `>` one or more."""
+    for i, part in enumerate(pattern):
+        if part == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or (part != "*" and part != tokens[i]):
+            return False
+    return len(tokens) == len(pattern)
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """The NATS subjects one service's user may publish and subscribe to."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...] = ()
+    # JetStream needs these for every client: the API (stream info, consumer create,
+    # pull requests), acknowledgements, and replies on the client's inbox.
+    jetstream: tuple[str, ...] = field(default=("$JS.API.>", "$JS.ACK.>", "_INBOX.>"))
+
+    def publish_allow(self) -> list[str]:
+        return [*self.publish, *self.jetstream]
+
+    def subscribe_allow(self) -> list[str]:
+        return [*self.subscribe, "_INBOX.>"]
+
+
+SERVICE_PERMISSIONS: dict[str, Permissions] = {
+    "ingest": Permissions(publish=("data.*", "wf.>", dlq_subject("ingest"))),
+    "transform": Permissions(publish=("wf.>", dlq_subject("transform"))),
+    "store": Permissions(publish=("wf.>", dlq_subject("store"))),
+    "audit": Permissions(publish=("wf.>", dlq_subject("audit"))),
+    "fraud": Permissions(publish=("fraud.>", "wf.>", dlq_subject("fraud"))),
+}
