@@ -1,0 +1,215 @@
+"""`choreo`: run the embedded stack and talk to Choreo from the command line.
+
+Every command reads connection settings from `<data dir>/env` (written by `choreo up`);
+exported `CHOREO_*` variables win. Every command has `--json` for scripts.
+"""
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from choreo import stackctl
+from choreo.state import StackState
+from shared.settings import ENV_FILE_NAME, data_dir_from_env
+
+app = typer.Typer(
+    help="Choreo: event-driven data pipelines choreographed over NATS JetStream.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        help="Where the stack keeps its state, logs and env file (env: CHOREO_DATA_DIR).",
+        default_factory=data_dir_from_env,
+        show_default=".choreo",
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+SyncInterval = Annotated[
+    str | None,
+    typer.Option(
+        "--sync-interval",
+        help="How often JetStream fsyncs: '2m' (default, fast) or 'always' (durable, slower).",
+    ),
+]
+UP_TIMEOUT_S = 120.0
+
+
+def main() -> None:
+    app()
+
+
+@app.command()
+def dev(
+    data_dir: DataDir,
+    sync_interval: SyncInterval = None,
+    supervisor: Annotated[bool, typer.Option("--supervisor", hidden=True)] = False,
+) -> None:
+    """Run the embedded stack in the foreground; Ctrl-C stops everything.
+
+    Starts nats-server (JetStream), an S3 server (SeaweedFS), PostgreSQL and the five
+    services on free loopback ports, with state under the data dir.
+    """
+    from choreo.stack import Stack, run_foreground
+    from shared.logs import configure_logging
+
+    configure_logging(fmt="json" if supervisor else "console")
+    if not supervisor and stackctl.running_state(data_dir) is not None:
+        errors.print(f"A stack is already running in {data_dir} (`choreo down` stops it).")
+        raise typer.Exit(1)
+
+    def ready(stack: Stack) -> None:
+        if not supervisor:
+            print_stack(stack.state, data_dir)
+            console.print("[bold]Ctrl-C[/bold] stops everything.")
+
+    def progress(message: str) -> None:
+        if not supervisor:
+            console.print(f"[dim]…[/dim] {message}")
+
+    code = run_foreground(data_dir, sync_interval=sync_interval, on_ready=ready, progress=progress)
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    data_dir: DataDir,
+    sync_interval: SyncInterval = None,
+    json_out: Json = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = UP_TIMEOUT_S,
+) -> None:
+    """Start the embedded stack in the background; return once every part is ready.
+
+    Run it again to see what runs where; a second stack is never started on the same data
+    dir. Connection settings are written to <data dir>/env.
+    """
+    state = stackctl.running_state(data_dir)
+    if state is None:
+        process = stackctl.spawn_supervisor(data_dir, sync_interval)
+        state = _wait_ready(data_dir, process.pid, timeout, quiet=json_out)
+    elif not json_out:
+        console.print(f"Reusing the stack already running in {data_dir}.")
+    _report_crashes(state)
+    if json_out:
+        console.print_json(json.dumps(_stack_json(state, data_dir)))
+    else:
+        print_stack(state, data_dir)
+
+
+def _wait_ready(data_dir: Path, pid: int, timeout: float, *, quiet: bool) -> StackState:
+    log = data_dir / "logs" / stackctl.SUPERVISOR_LOG
+    deadline = time.monotonic() + timeout
+    with console.status("Starting the stack…") as status:
+        while time.monotonic() < deadline:
+            state = StackState.load(data_dir)
+            if state is not None and state.supervisor_pid == pid:
+                if state.status == "ready":
+                    return state
+                if state.status == "failed":
+                    errors.print(f"[red]The stack failed to start:[/red] {state.error}")
+                    raise typer.Exit(1)
+                ready = [p.name for p in state.parts.values() if p.ready]
+                if not quiet:
+                    status.update(f"Starting the stack… ready: {', '.join(ready) or 'none yet'}")
+            if not stackctl.alive(pid):
+                _fail("The stack's supervisor exited before it was ready.", log)
+            time.sleep(0.2)
+    stackctl.stop_stack(data_dir)
+    _fail(f"The stack was not ready after {timeout:.0f} s; stopped it.", log)
+    raise AssertionError("unreachable")
+
+
+def _fail(message: str, log: Path) -> None:
+    errors.print(f"[red]{message}[/red]\n--- last lines of {log} ---\n{stackctl.log_tail(log)}")
+    raise typer.Exit(1)
+
+
+def _report_crashes(state: StackState) -> None:
+    for part in state.parts.values():
+        for crash in part.crashes[-1:]:
+            when = time.strftime("%H:%M:%S", time.localtime(crash.at))
+            errors.print(
+                f"[yellow]{part.name} crashed at {when} (exit code {crash.returncode}) and was "
+                f"restarted {part.restarts} time(s). Last lines of {part.log}:[/yellow]\n"
+                f"{crash.log_tail}"
+            )
+
+
+@app.command()
+def down(data_dir: DataDir, json_out: Json = False) -> None:
+    """Stop the stack started by `choreo up` and everything it runs."""
+    state = stackctl.stop_stack(data_dir)
+    if json_out:
+        console.print_json(json.dumps({"stopped": state is not None, "data_dir": str(data_dir)}))
+    elif state is None:
+        console.print(f"No stack is running in {data_dir}.")
+    else:
+        console.print(f"Stopped the stack in {data_dir}.")
+
+
+@app.command()
+def ps(data_dir: DataDir, json_out: Json = False) -> None:
+    """Show what the stack runs, where, and whether each part is ready."""
+    state = stackctl.running_state(data_dir)
+    if state is None:
+        if json_out:
+            console.print_json(json.dumps({"running": False, "data_dir": str(data_dir)}))
+        else:
+            errors.print(f"No stack is running in {data_dir} (`choreo up` starts one).")
+        raise typer.Exit(1)
+    _report_crashes(state)
+    if json_out:
+        console.print_json(json.dumps(_stack_json(state, data_dir)))
+    else:
+        print_stack(state, data_dir)
+
+
+def _stack_json(state: StackState, data_dir: Path) -> dict[str, Any]:
+    from dotenv import dotenv_values
+
+    env = dotenv_values(data_dir / ENV_FILE_NAME)
+    return {
+        "running": True,
+        "data_dir": str(data_dir.absolute()),
+        "env_file": str((data_dir / ENV_FILE_NAME).absolute()),
+        "env": env,
+        "parts": {
+            h.part.name: {**asdict(h.part), "status": h.status} for h in stackctl.health(state)
+        },
+    }
+
+
+def print_stack(state: StackState, data_dir: Path) -> None:
+    table = Table(title=f"Choreo stack in {data_dir.absolute()}", title_justify="left")
+    for column in ("part", "status", "pid", "url", "log"):
+        table.add_column(column)
+    colour = {"ready": "green", "not ready": "yellow", "down": "red"}
+    for h in stackctl.health(state):
+        table.add_row(
+            h.part.name,
+            f"[{colour[h.status]}]{h.status}[/]",
+            str(h.part.pid or "-"),
+            h.part.url,
+            _relative(Path(h.part.log)),
+        )
+    console.print(table)
+    console.print(f"Settings for other commands: {data_dir / ENV_FILE_NAME}")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,63 @@
+"""Credentials the embedded stack generates once per data dir and keeps in `credentials.json`.
+
+Each service gets its own NATS user, S3 key and (for audit) PostgreSQL role, so a leaked or
+buggy service can only do what its own permissions allow (DESIGN §7).
+"""
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shared.subjects import SERVICES
+
+ADMIN = "admin"
+POSTGRES_SUPERUSER = "postgres"
+AUDIT_ROLE = "choreo_audit"
+DATABASE = "choreo"
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@dataclass
+class S3Key:
+    access_key: str
+    secret_key: str
+
+
+@dataclass
+class Credentials:
+    """Passwords and keys: `nats` and `s3` by user (services and `admin`), `postgres` by role."""
+
+    nats: dict[str, str] = field(default_factory=dict)
+    s3: dict[str, S3Key] = field(default_factory=dict)
+    postgres: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def generate(cls) -> "Credentials":
+        users = (ADMIN, *SERVICES)
+        return cls(
+            nats={user: _token() for user in users},
+            s3={user: S3Key(f"CHOREO{secrets.token_hex(8).upper()}", _token()) for user in users},
+            postgres={POSTGRES_SUPERUSER: _token(), AUDIT_ROLE: _token()},
+        )
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> "Credentials":
+        """Read `path`, or generate and write it (mode 0600) on first use."""
+        if path.is_file():
+            raw = json.loads(path.read_text())
+            return cls(
+                nats=raw["nats"],
+                s3={user: S3Key(**key) for user, key in raw["s3"].items()},
+                postgres=raw["postgres"],
+            )
+        creds = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(asdict(creds), out, indent=2)
+        return creds

@@ -1,0 +1,360 @@
+"""The embedded stack: nats-server, an S3 server, PostgreSQL and the five services.
+
+`Stack` starts every part on free loopback ports with state under one data dir, writes the
+`env` file and `stack.json`, then supervises: a part that exits unexpectedly is reported
+with the end of its log and restarted with backoff. `choreo dev` runs it in the foreground;
+`choreo up` runs the same thing as a detached process and waits until it is ready.
+"""
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from choreo.credentials import ADMIN, AUDIT_ROLE, DATABASE, POSTGRES_SUPERUSER, Credentials
+from choreo.servers.nats import NatsServer, NatsUser
+from choreo.servers.ports import free_port
+from choreo.servers.postgres import PostgresServer
+from choreo.servers.process import ServerProcess, http_get
+from choreo.servers.s3 import S3Identity, S3Server
+from choreo.state import Crash, PartState, StackState, write_env_file
+from shared.settings import Settings
+from shared.subjects import SERVICE_PERMISSIONS, SERVICES
+
+log = structlog.get_logger("choreo.stack")
+
+SERVICE_START_TIMEOUT_S = 60.0
+MAX_RESTART_DELAY_S = 30.0
+MONITOR_INTERVAL_S = 0.5
+
+
+class ServiceProcess(ServerProcess):
+    """One Choreo service run as `python -m services.<name>`; ready when /readyz says so."""
+
+    def __init__(self, name: str, port: int, env: dict[str, str], log_path: Path) -> None:
+        self.port = port
+        super().__init__(
+            name,
+            [sys.executable, "-m", f"services.{name}"],
+            log_path=log_path,
+            env=env,
+            start_timeout=SERVICE_START_TIMEOUT_S,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def is_ready(self) -> bool:
+        answer = http_get(f"{self.url}/readyz", timeout=2.0)
+        return answer is not None and answer[0] == 200
+
+
+def nats_users(creds: Credentials) -> list[NatsUser]:
+    """The admin user (the CLI) and one user per service with its subject permissions."""
+    users = [NatsUser(ADMIN, creds.nats[ADMIN])]
+    for service, perms in SERVICE_PERMISSIONS.items():
+        users.append(
+            NatsUser(service, creds.nats[service], perms.publish_allow(), perms.subscribe_allow())
+        )
+    return users
+
+
+def s3_identities(creds: Credentials, settings: Settings) -> list[S3Identity]:
+    """S3 keys: admin (the CLI), store (owns the buckets), the others scoped to their layers."""
+    raw, staging, curated = settings.bucket_raw, settings.bucket_staging, settings.bucket_curated
+
+    def scoped(read: tuple[str, ...], write: tuple[str, ...]) -> list[str]:
+        return [
+            *(f"{a}:{b}" for b in read for a in ("Read", "List")),
+            *(f"Write:{b}" for b in write),
+        ]
+
+    actions = {
+        ADMIN: ["Admin", "Read", "Write", "List", "Tagging"],
+        "store": ["Admin", "Read", "Write", "List", "Tagging"],
+        "ingest": scoped((raw,), (raw,)),
+        "transform": scoped((raw, staging, curated), (staging, curated)),
+        "fraud": scoped((raw, curated), (curated,)),
+    }
+    return [
+        S3Identity(user, creds.s3[user].access_key, creds.s3[user].secret_key, acts)
+        for user, acts in actions.items()
+    ]
+
+
+async def provision_database(admin_dsn: str, database: str, owner: str, password: str) -> None:
+    """Create the role and its database if missing (idempotent); reset the role's password."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", owner)
+        verb = "ALTER" if exists else "CREATE"
+        statement = await conn.fetchval(
+            f"SELECT format('{verb} ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+            owner,
+            password,
+        )
+        await conn.execute(statement)
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            statement = await conn.fetchval(
+                "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)", database, owner
+            )
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Part:
+    """A supervised process and what the supervisor knows of it."""
+
+    process: ServerProcess
+    kind: str
+    url: str
+    restarts: int = 0
+    next_restart_at: float | None = None
+
+
+class Stack:
+    """Starts, supervises and stops everything under `data_dir`."""
+
+    def __init__(self, data_dir: Path, *, sync_interval: str | None = None) -> None:
+        self.root = data_dir.absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs = self.root / "logs"
+        # Bucket names and tunables come from CHOREO_* variables, never from our own env file.
+        self.settings = Settings(data_dir=self.root)
+        self.creds = Credentials.load_or_create(self.root / "credentials.json")
+        self.nats = NatsServer(
+            self.root / "nats",
+            nats_users(self.creds),
+            sync_interval=sync_interval or self.settings.nats_sync_interval,
+            log_path=self.logs / "nats.log",
+        )
+        self.s3 = S3Server(
+            self.root / "s3",
+            s3_identities(self.creds, self.settings),
+            log_path=self.logs / "s3.log",
+        )
+        self.postgres = PostgresServer(
+            self.root / "postgres",
+            self.creds.postgres[POSTGRES_SUPERUSER],
+            log_path=self.logs / "postgres.log",
+        )
+        self.parts: dict[str, Part] = {
+            "nats": Part(self.nats, "server", self.nats.url),
+            "s3": Part(self.s3, "server", self.s3.endpoint_url),
+            # Never a DSN here: stack.json and the table are not secret.
+            "postgres": Part(
+                self.postgres, "server", f"postgresql://127.0.0.1:{self.postgres.port}"
+            ),
+        }
+        self._service_ports = {name: free_port() for name in SERVICES}
+        for name in SERVICES:
+            service = ServiceProcess(
+                name, self._service_ports[name], self.service_env(name), self.logs / f"{name}.log"
+            )
+            self.parts[name] = Part(service, "service", service.url)
+        self.state = StackState(supervisor_pid=os.getpid(), data_dir=str(self.root))
+        self._stop = threading.Event()
+        self._state_lock = threading.Lock()
+
+    def _dsn(self, role: str, database: str = DATABASE) -> str:
+        return self.postgres.dsn(role, self.creds.postgres[role], database)
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """The environment of one service: its own credentials and nothing else's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")}
+        env.update(
+            {
+                "CHOREO_ENVIRONMENT": "dev",
+                # A directory without an env file: the service sees only what is set here.
+                "CHOREO_DATA_DIR": str(self.root / "services" / name),
+                "CHOREO_NATS_URL": self.nats.url,
+                "CHOREO_NATS_USER": name,
+                "CHOREO_NATS_PASSWORD": self.creds.nats[name],
+                "CHOREO_NATS_SYNC_INTERVAL": self.nats.sync_interval,
+                "CHOREO_S3_ENDPOINT_URL": self.s3.endpoint_url,
+                "CHOREO_HTTP_HOST": "127.0.0.1",
+                "CHOREO_HTTP_PORT": str(self._service_ports[name]),
+                "CHOREO_LOG_FORMAT": "json",
+                "CHOREO_LOG_LEVEL": os.environ.get("CHOREO_LOG_LEVEL", "INFO"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        for key in ("BUCKET_RAW", "BUCKET_STAGING", "BUCKET_CURATED"):
+            env[f"CHOREO_{key}"] = getattr(self.settings, key.lower())
+        if name in {i.name for i in s3_identities(self.creds, self.settings)}:
+            env["CHOREO_S3_ACCESS_KEY"] = self.creds.s3[name].access_key
+            env["CHOREO_S3_SECRET_KEY"] = self.creds.s3[name].secret_key
+        if name == "audit":
+            env["CHOREO_DATABASE_URL"] = self._dsn(AUDIT_ROLE)
+        return env
+
+    def client_env(self) -> dict[str, str]:
+        """What `<data dir>/env` holds: admin credentials for the CLI and every URL."""
+        env = {
+            "CHOREO_NATS_URL": self.nats.url,
+            "CHOREO_NATS_USER": ADMIN,
+            "CHOREO_NATS_PASSWORD": self.creds.nats[ADMIN],
+            "CHOREO_NATS_MONITOR_URL": self.nats.monitor_url,
+            "CHOREO_S3_ENDPOINT_URL": self.s3.endpoint_url,
+            "CHOREO_S3_ACCESS_KEY": self.creds.s3[ADMIN].access_key,
+            "CHOREO_S3_SECRET_KEY": self.creds.s3[ADMIN].secret_key,
+            "CHOREO_S3_REGION": self.settings.s3_region,
+            "CHOREO_DATABASE_URL": self._dsn(POSTGRES_SUPERUSER),
+        }
+        for name in SERVICES:
+            env[f"CHOREO_{name.upper()}_URL"] = self.parts[name].url
+        return env
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Start servers (in parallel), provision, start the services, write env and state."""
+        self.state.started_at = time.time()
+        self._save()
+        servers = [n for n, p in self.parts.items() if p.kind == "server"]
+        progress(f"starting {', '.join(servers)}")
+        with ThreadPoolExecutor(len(servers)) as pool:
+            for future in [pool.submit(self._start_part, n) for n in servers]:
+                future.result()
+        asyncio.run(
+            provision_database(
+                self._dsn(POSTGRES_SUPERUSER, "postgres"),
+                DATABASE,
+                AUDIT_ROLE,
+                self.creds.postgres[AUDIT_ROLE],
+            )
+        )
+        write_env_file(self.root, self.client_env())
+        progress(f"starting services: {', '.join(SERVICES)}")
+        # Services start together: each spends most of its start-up importing Python.
+        with ThreadPoolExecutor(len(SERVICES)) as pool:
+            for future in [pool.submit(self._start_part, n) for n in SERVICES]:
+                future.result()
+        self.state.status = "ready"
+        self._save()
+        log.info("stack ready", data_dir=str(self.root))
+
+    def _start_part(self, name: str) -> None:
+        part = self.parts[name]
+        part.process.start()
+        self._save()
+
+    def supervise(self) -> None:
+        """Watch every part until `request_stop()`; restart what crashed, with backoff."""
+        while not self._stop.wait(MONITOR_INTERVAL_S):
+            for name, part in self.parts.items():
+                if self._stop.is_set():
+                    break
+                self._check(name, part)
+
+    def _check(self, name: str, part: Part) -> None:
+        process = part.process
+        if process.is_running():
+            return
+        now = time.time()
+        if part.next_restart_at is None:
+            tail = process.log_tail()
+            code = process.returncode
+            self.state.parts[name].crashes.append(Crash(now, code, tail))
+            delay = min(2.0**part.restarts, MAX_RESTART_DELAY_S)
+            part.next_restart_at = now + delay
+            log.error(
+                f"{name} exited unexpectedly (code {code}); restarting in {delay:.0f} s",
+                part=name,
+                returncode=code,
+                log=str(process.log_path),
+                log_tail=tail,
+            )
+            self._save()
+            return
+        if now < part.next_restart_at:
+            return
+        part.restarts += 1
+        part.next_restart_at = None
+        try:
+            process.start()
+            log.info(f"{name} restarted", part=name, restarts=part.restarts)
+        except Exception as exc:
+            log.error(f"{name} failed to restart: {exc}", part=name)
+        self._save()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Services first (they drain into the servers), then the servers."""
+        self.state.status = "stopping"
+        self._save()
+        for kind in ("service", "server"):
+            names = [n for n, p in self.parts.items() if p.kind == kind]
+            with ThreadPoolExecutor(len(names)) as pool:
+                list(pool.map(lambda n: self.parts[n].process.stop(), names))
+        (self.root / "stack.json").unlink(missing_ok=True)
+        log.info("stack stopped", data_dir=str(self.root))
+
+    def _save(self) -> None:
+        with self._state_lock:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        for name, part in self.parts.items():
+            previous = self.state.parts.get(name)
+            self.state.parts[name] = PartState(
+                name=name,
+                kind="server" if part.kind == "server" else "service",
+                pid=part.process.pid,
+                url=part.url,
+                log=str(part.process.log_path),
+                stop_signal=int(part.process.stop_signal),
+                ready=part.process.is_running(),
+                restarts=part.restarts,
+                crashes=previous.crashes if previous else [],
+            )
+        self.state.save(self.root)
+
+
+def run_foreground(
+    data_dir: Path,
+    *,
+    sync_interval: str | None = None,
+    on_ready: Callable[[Stack], None] = lambda _: None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> int:
+    """Start the stack, supervise it until SIGINT/SIGTERM, stop it; the process's exit code."""
+    stack = Stack(data_dir, sync_interval=sync_interval)
+
+    def on_signal(signum: int, _: object) -> None:
+        log.info("stopping the stack", signal=signal.Signals(signum).name)
+        stack.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start(progress)
+    except BaseException as exc:
+        stack.state.status = "failed"
+        stack.state.error = str(exc)
+        stack.state.save(stack.root)
+        log.error("stack failed to start", error=str(exc))
+        stack.stop()
+        stack.state.status = "failed"
+        stack.state.save(stack.root)
+        return 1
+    on_ready(stack)
+    try:
+        stack.supervise()
+    finally:
+        stack.stop()
+    return 0

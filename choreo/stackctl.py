@@ -1,0 +1,111 @@
+"""What `choreo up`, `down` and `ps` do with a stack running in another process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from choreo.servers.process import http_get, stop_pid
+from choreo.state import STATE_FILE, PartState, StackState
+
+SUPERVISOR_LOG = "stack.log"
+STOP_TIMEOUT_S = 45.0
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Health:
+    part: PartState
+    status: str  # "ready", "not ready", "down"
+
+
+def health(state: StackState) -> list[Health]:
+    """Each part's status now: its pid alive and, for services, /readyz answering 200."""
+    out = []
+    for part in state.parts.values():
+        if not alive(part.pid):
+            status = "down"
+        elif part.kind == "service":
+            answer = http_get(f"{part.url}/readyz", timeout=2.0)
+            status = "ready" if answer is not None and answer[0] == 200 else "not ready"
+        else:
+            status = "ready"
+        out.append(Health(part, status))
+    return out
+
+
+def running_state(data_dir: Path) -> StackState | None:
+    """The state of a stack whose supervisor is alive, else None (stale leftovers cleaned)."""
+    state = StackState.load(data_dir)
+    if state is None:
+        return None
+    if alive(state.supervisor_pid):
+        return state
+    cleanup_leftovers(state)
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    return None
+
+
+def cleanup_leftovers(state: StackState) -> list[str]:
+    """Stop parts whose supervisor is gone (it was killed); return their names."""
+    stopped = []
+    for part in state.parts.values():
+        if part.pid is not None and stop_pid(part.pid, 10.0, signal.Signals(part.stop_signal)):
+            stopped.append(part.name)
+    return stopped
+
+
+def spawn_supervisor(data_dir: Path, sync_interval: str | None) -> subprocess.Popen[bytes]:
+    """Start `choreo dev --supervisor` detached from this terminal, logging to stack.log."""
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "choreo", "dev", "--data-dir", str(data_dir), "--supervisor"]
+    if sync_interval:
+        argv += ["--sync-interval", sync_interval]
+    with (logs / SUPERVISOR_LOG).open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_stack(data_dir: Path) -> StackState | None:
+    """Stop the supervisor (which stops everything), then anything it left behind."""
+    state = StackState.load(data_dir)
+    if state is None:
+        return None
+    if alive(state.supervisor_pid):
+        os.kill(state.supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while alive(state.supervisor_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    cleanup_leftovers(state)
+    if alive(state.supervisor_pid):
+        stop_pid(state.supervisor_pid, 5.0, signal.SIGKILL)
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    return state
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
