@@ -21,7 +21,7 @@ class NatsUser:
 
 
 class NatsServer(ServerProcess):
-    """nats-server with JetStream stored under data_dir, users and permissions from NatsUser."""
+    """nats-server with JetStream under data_dir; with no users anyone may connect."""
 
     def __init__(
         self,
@@ -34,7 +34,7 @@ class NatsServer(ServerProcess):
         log_path: Path | None = None,
         start_timeout: float = 30.0,
     ) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir.absolute()
         self.users = list(users)
         self.sync_interval = sync_interval
         self.port = port if port is not None else free_port()

@@ -68,10 +68,10 @@ class ServerProcess(abc.ABC):
     def is_ready(self) -> bool:
         """True once the server accepts the requests its users will make."""
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Run before spawning (write config files, initialise data); default: nothing."""
 
-    def _cleanup(self) -> None:
+    def _cleanup(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Run after the process has exited; default: nothing."""
 
     @property
@@ -98,19 +98,24 @@ class ServerProcess(abc.ABC):
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"--- {stamp} starting {self.name}: {shlex.join(self.argv)}\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                user=self.user,
-                group=group,
-                extra_groups=extra_groups,
-                # A Ctrl-C in the terminal must reach us, not the servers: we stop them in order.
-                start_new_session=True,
-            )
+            try:
+                self._proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    cwd=self.cwd,
+                    user=self.user,
+                    group=group,
+                    extra_groups=extra_groups,
+                    # A Ctrl-C in the terminal must reach us, not the servers: we stop them.
+                    start_new_session=True,
+                )
+            except OSError as error:
+                raise ServerStartError(
+                    self.name, f"could not run {self.argv[0]}: {error}", self.log_tail()
+                ) from error
         try:
             self._wait_ready(timeout)
         except BaseException:

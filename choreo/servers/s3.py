@@ -42,7 +42,7 @@ class S3Server(ServerProcess):
         log_path: Path | None = None,
         start_timeout: float = 30.0,
     ) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir.absolute()
         self.identities = list(identities)
         self.port = port if port is not None else free_port(grpc_offset=GRPC_OFFSET)
         # mini also starts its admin server (even with -admin.ui=false): it needs a port too,

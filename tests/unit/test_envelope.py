@@ -1,0 +1,79 @@
+"""The CloudEvents envelope: round trips, child derivation, ids."""
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from shared.envelope import MSG_ID_HEADER, Event
+from shared.ids import uuid7
+
+
+def test_round_trip_keeps_every_attribute() -> None:
+    event = Event(
+        type="transaction",
+        source="tests",
+        subject="card-1",
+        data={"amount": 12.5, "tags": ["a", "b"], "nested": {"n": None}},
+        runid="run-1",
+        stepid="step-1",
+        attempt=2,
+        correlationid="corr-1",
+        causationid="cause-1",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+    assert Event.from_bytes(event.to_bytes()) == event
+
+
+def test_serialised_form_is_cloudevents_json() -> None:
+    event = Event(type="sale", source="tests", time=datetime(2024, 1, 15, 12, tzinfo=UTC))
+    raw = event.to_bytes()
+    assert b'"specversion":"1.0"' in raw
+    assert b'"time":"2024-01-15T12:00:00Z"' in raw
+    assert b"runid" not in raw  # absent extensions are omitted, not null
+
+
+def test_child_carries_the_chain() -> None:
+    parent = Event(type="wf.step.requested", source="a", runid="r", stepid="s", attempt=3)
+    child = parent.child(type="wf.step.completed", source="b", data={"ok": True})
+    assert child.id != parent.id
+    assert child.causationid == parent.id
+    assert child.correlationid == parent.id  # the root's id when the parent has none
+    assert (child.runid, child.stepid, child.attempt) == ("r", "s", 3)
+    grandchild = child.child(type="x", source="c")
+    assert grandchild.correlationid == parent.id
+    assert grandchild.causationid == child.id
+
+
+def test_child_overrides() -> None:
+    parent = Event(type="a", source="a", stepid="s1")
+    assert parent.child(type="b", source="b", stepid="s2").stepid == "s2"
+
+
+def test_headers_carry_the_id_for_deduplication() -> None:
+    event = Event(type="a", source="a")
+    assert event.headers() == {MSG_ID_HEADER: event.id}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"type": "", "source": "a"},
+        {"type": "a", "source": "a", "attempt": 0},
+        {"type": "a", "source": "a", "unknown": 1},
+        {"type": "a", "source": "a", "specversion": "0.3"},
+    ],
+)
+def test_invalid_envelopes_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Event.model_validate(fields)
+
+
+def test_uuid7_is_version_7_and_time_ordered() -> None:
+    first, second = uuid7(now_ms=1_700_000_000_000), uuid7(now_ms=1_700_000_000_001)
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+    assert first < second
+    assert int(parsed.hex[:12], 16) == 1_700_000_000_000
