@@ -50,7 +50,12 @@ ProcessBatch = Callable[[list[Received]], Awaitable[None]]
 
 
 def batch_subscription(
-    spec: StreamSpec, durable: str, *, batch_size: int = 500, max_wait_s: float = 0.1
+    spec: StreamSpec,
+    durable: str,
+    settings: Settings,
+    *,
+    batch_size: int = 500,
+    max_wait_s: float = 0.1,
 ) -> dict[str, Any]:
     """Keyword arguments for `broker.subscriber(...)`: a durable batch pull consumer.
 
@@ -65,7 +70,9 @@ def batch_subscription(
         "durable": durable,
         "pull_sub": PullSub(batch_size=batch_size, timeout=max_wait_s, batch=True),
         "ack_policy": AckPolicy.MANUAL,
-        "config": ConsumerConfig(ack_wait=30.0, max_deliver=-1, max_ack_pending=20_000),
+        "config": ConsumerConfig(
+            ack_wait=settings.ack_wait_s, max_deliver=-1, max_ack_pending=20_000
+        ),
     }
 
 

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
 
     # Redelivery policy of the durable consumers: attempts, then the dead-letter queue.
     max_deliver: int = 10
+    # How long JetStream waits for an ack before redelivering (e.g. after a crash).
+    ack_wait_s: float = 30.0
     retry_backoff_s: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
     @classmethod

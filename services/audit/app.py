@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, store: EventStore | None = N
 
     for spec in AUDITED_STREAMS:
         broker.subscriber(
-            **batch_subscription(spec, durable=NAME),
+            **batch_subscription(spec, NAME, settings),
             title=f"audit/{spec.name}",
             description=f"Records every event of stream {spec.name} in the `events` table.",
         )(on_events)

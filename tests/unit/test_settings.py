@@ -62,8 +62,8 @@ def test_require_names_every_missing_setting(tmp_path: Path) -> None:
 
 def test_placeholder_secrets_are_refused_in_prod() -> None:
     with pytest.raises(ValidationError, match="CHOREO_NATS_PASSWORD"):
-        Settings(environment="prod", nats_password="changeme")  # type: ignore[arg-type]
-    Settings(environment="dev", nats_password="changeme")  # type: ignore[arg-type]
+        Settings(environment="prod", nats_password="changeme")
+    Settings(environment="dev", nats_password="changeme")
 
 
 @pytest.mark.parametrize(("attempt", "delay"), [(1, 0.5), (2, 1.0), (6, 30.0), (50, 30.0)])

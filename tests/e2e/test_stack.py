@@ -1,0 +1,149 @@
+"""`choreo up` / `choreo down` as a user runs them: real processes, real ports."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from shared.ids import uuid7
+from shared.subjects import SERVICES
+from tests.support import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "choreo", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=check,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")},
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Iterator[Path]:
+    # PostgreSQL runs as another user: its directory's parents must be traversable.
+    directory = Path(tempfile.mkdtemp(prefix="choreo-e2e-"))
+    directory.chmod(0o755)
+    yield directory
+    choreo("down", data_dir=directory, check=False)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack(data_dir: Path) -> dict[str, Any]:
+    result = choreo("up", "--json", data_dir=data_dir)
+    info: dict[str, Any] = json.loads(result.stdout)
+    return info
+
+
+def test_up_starts_every_part_ready(stack: dict[str, Any]) -> None:
+    assert stack["running"] is True
+    assert set(stack["parts"]) == {"nats", "s3", "postgres", *SERVICES}
+    assert {p["status"] for p in stack["parts"].values()} == {"ready"}
+    env = stack["env"]
+    for service in SERVICES:
+        response = httpx.get(f"{env[f'CHOREO_{service.upper()}_URL']}/readyz", timeout=5)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "ready"
+    for key in ("CHOREO_NATS_URL", "CHOREO_S3_ENDPOINT_URL", "CHOREO_DATABASE_URL"):
+        assert env[key]
+
+
+def test_secrets_stay_out_of_the_state_file(stack: dict[str, Any], data_dir: Path) -> None:
+    state = (data_dir / "stack.json").read_text()
+    for key in ("CHOREO_NATS_PASSWORD", "CHOREO_S3_SECRET_KEY"):
+        assert stack["env"][key] not in state
+    assert (data_dir / "env").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_second_up_reuses_the_running_stack(stack: dict[str, Any], data_dir: Path) -> None:
+    supervisor = json.loads((data_dir / "stack.json").read_text())["supervisor_pid"]
+    result = choreo("up", data_dir=data_dir)
+    assert "Reusing the stack" in result.stdout
+    assert json.loads((data_dir / "stack.json").read_text())["supervisor_pid"] == supervisor
+    pids = {name: part["pid"] for name, part in stack["parts"].items()}
+    again = json.loads(choreo("up", "--json", data_dir=data_dir).stdout)
+    assert {name: part["pid"] for name, part in again["parts"].items()} == pids
+
+
+async def test_posted_event_reaches_the_audit_table(stack: dict[str, Any]) -> None:
+    env = stack["env"]
+    event_id = f"e2e-{uuid7()}"
+    async with httpx.AsyncClient(base_url=env["CHOREO_INGEST_URL"]) as http:
+        response = await http.post(
+            "/v1/events", json={"type": "sale", "id": event_id, "data": {"order_id": "o-9"}}
+        )
+    assert response.status_code == 202
+    conn = await asyncpg.connect(env["CHOREO_DATABASE_URL"])
+    try:
+        rows = await wait_for(
+            lambda: conn.fetchval("SELECT count(*) FROM events WHERE id = $1", event_id),
+            lambda n: n == 1,
+        )
+    finally:
+        await conn.close()
+    assert rows == 1
+
+
+def test_a_killed_service_is_reported_and_restarted(stack: dict[str, Any], data_dir: Path) -> None:
+    victim = stack["parts"]["fraud"]["pid"]
+    os.kill(victim, 9)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        part = json.loads((data_dir / "stack.json").read_text())["parts"]["fraud"]
+        if part["restarts"] >= 1 and part["ready"]:
+            break
+        time.sleep(0.2)
+    assert part["crashes"], "the crash was not recorded"
+    assert part["crashes"][-1]["returncode"] == -9
+    result = choreo("up", data_dir=data_dir)
+    assert "fraud crashed" in result.stderr
+    url = stack["env"]["CHOREO_FRAUD_URL"]
+    ready = httpx.get(f"{url}/readyz", timeout=5)
+    assert ready.status_code == 200
+
+
+def test_down_leaves_no_process_and_no_port(stack: dict[str, Any], data_dir: Path) -> None:
+    state = json.loads((data_dir / "stack.json").read_text())
+    pids = [state["supervisor_pid"], *(p["pid"] for p in state["parts"].values())]
+    ports = [urlsplit(p["url"]).port for p in state["parts"].values()]
+    result = choreo("down", data_dir=data_dir)
+    assert "Stopped" in result.stdout
+    for pid in pids:
+        assert not _alive(pid), f"process {pid} is still running"
+    for port in ports:
+        assert port is not None
+        assert not _listening(port), f"port {port} is still open"
+    assert not (data_dir / "stack.json").exists()
+    assert "No stack is running" in choreo("down", data_dir=data_dir).stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent has not collected it yet.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0

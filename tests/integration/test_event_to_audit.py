@@ -1,0 +1,161 @@
+"""An event's path: HTTP -> ingest -> JetStream -> audit -> one row in PostgreSQL."""
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import asyncpg
+import nats
+import pytest
+
+from choreo.servers.ports import free_port
+from choreo.stack import ServiceProcess
+from services.audit.app import create_app as audit_app
+from services.ingest.app import create_app as ingest_app
+from services.ingest.settings import IngestSettings
+from shared.envelope import Event
+from shared.ids import uuid7
+from shared.settings import Settings
+from tests.support import serve, settings_env, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    yield conn
+    await conn.close()
+
+
+async def count(db: asyncpg.Connection, ids: list[str]) -> int:
+    value = await db.fetchval("SELECT count(*) FROM events WHERE id = ANY($1::text[])", ids)
+    return int(value)
+
+
+async def test_event_posted_twice_lands_as_one_row(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    event_id = f"http-{uuid7()}"
+    sentinel_id = f"sentinel-{uuid7()}"
+    body = {"type": "sale", "id": event_id, "data": {"order_id": "o-1", "quantity": 2}}
+    ingest = ingest_app(IngestSettings.model_validate(settings.model_dump()))
+    async with serve(ingest) as http, serve(audit_app(settings)):
+        for _ in range(2):
+            response = await http.post("/v1/events", json=body)
+            assert response.status_code == 202, response.text
+            assert response.json() == {"accepted": 1, "ids": [event_id]}
+        sentinel = {"type": "sale", "id": sentinel_id, "data": {}}
+        assert (await http.post("/v1/events", json=sentinel)).status_code == 202
+        # The sentinel was published after both copies: once it is in, so is all before it.
+        await wait_for(lambda: count(db, [sentinel_id]), lambda n: n == 1)
+    assert await count(db, [event_id]) == 1
+    row = await db.fetchrow(
+        "SELECT type, source, nats_subject, data FROM events WHERE id=$1", event_id
+    )
+    assert row is not None
+    assert (row["type"], row["source"], row["nats_subject"]) == (
+        "sale",
+        "choreo/ingest/http",
+        "data.sale",
+    )
+    assert json.loads(row["data"]) == body["data"]
+
+
+async def test_audit_ignores_a_redelivered_event(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The same event under two NATS message ids (JetStream keeps both): still one row."""
+    event = Event(type="sale", source="tests", data={"n": 1})
+    sentinel = Event(type="sale", source="tests")
+    client = await nats.connect(settings.nats_url)
+    try:
+        js = client.jetstream()
+        async with serve(audit_app(settings)):
+            for copy in ("a", "b"):
+                await js.publish(
+                    "data.sale", event.to_bytes(), headers={"Nats-Msg-Id": copy + event.id}
+                )
+            await js.publish("data.sale", sentinel.to_bytes(), headers=sentinel.headers())
+            await wait_for(lambda: count(db, [sentinel.id]), lambda n: n == 1)
+    finally:
+        await client.close()
+    assert await count(db, [event.id]) == 1
+
+
+async def test_a_message_that_is_not_an_event_goes_to_the_dlq(settings: Settings) -> None:
+    client = await nats.connect(settings.nats_url)
+    marker = f"not-an-event-{uuid7()}"
+    try:
+        js = client.jetstream()
+        async with serve(audit_app(settings)):
+            ack = await js.publish("data.garbage", marker.encode())
+
+            async def last_dead() -> dict[str, object]:
+                try:
+                    msg = await js.get_last_msg("DLQ", "dlq.audit")
+                except nats.js.errors.NotFoundError:
+                    return {}
+                data: dict[str, object] = json.loads(msg.data or b"{}")["data"]
+                return data
+
+            dead = await wait_for(last_dead, lambda d: d.get("payload") == marker)
+    finally:
+        await client.close()
+    assert dead["stream_seq"] == ack.seq
+    assert dead["subject"] == "data.garbage"
+    assert "not a valid event envelope" in str(dead["reason"])
+
+
+async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Kill -9 the audit service while it works through a backlog, start it again:
+    every event ends up in `events` exactly once."""
+    events = [Event(type="killtest", source="tests", data={"n": n}) for n in range(30_000)]
+    ids = [e.id for e in events]
+    client = await nats.connect(settings.nats_url)
+    try:
+        js = client.jetstream()
+        for start in range(0, len(events), 1000):
+            chunk = events[start : start + 1000]
+            await _publish_all(js, chunk)
+    finally:
+        await client.close()
+
+    env = {**os.environ, **settings_env(settings)}
+    log = settings.data_dir / "audit.log"
+
+    def audit_process() -> ServiceProcess:
+        env["CHOREO_HTTP_PORT"] = str(free_port())
+        return ServiceProcess("audit", int(env["CHOREO_HTTP_PORT"]), env, log)
+
+    first = audit_process()
+    first.start()
+    at_kill = await wait_for(lambda: count(db, ids), lambda n: n > 0, interval=0.01)
+    assert first.pid is not None
+    os.kill(first.pid, signal.SIGKILL)
+    first.stop()
+    assert at_kill < len(ids), "the kill came after the backlog was done: nothing was tested"
+
+    second = audit_process()
+    second.start()
+    try:
+        total = await wait_for(lambda: count(db, ids), lambda n: n == len(ids), within=60)
+    finally:
+        second.stop()
+    assert total == len(ids)
+    duplicates = await db.fetchval(
+        "SELECT count(*) - count(DISTINCT id) FROM events WHERE id = ANY($1::text[])", ids
+    )
+    assert duplicates == 0
+    assert first.returncode == -signal.SIGKILL
+
+
+async def _publish_all(js: nats.js.JetStreamContext, events: list[Event]) -> None:
+    await asyncio.gather(
+        *(js.publish("data.killtest", e.to_bytes(), headers=e.headers()) for e in events)
+    )

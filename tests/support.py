@@ -1,0 +1,59 @@
+"""Helpers for tests that run services: serve one in-process, poll with a deadline."""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import httpx
+
+from shared.service import Service
+from shared.settings import Settings
+
+T = TypeVar("T")
+
+
+@asynccontextmanager
+async def serve(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """Run a service's lifespan (broker, subscribers, resources) and give an HTTP client."""
+    app = service.http
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            yield client
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    within: float = 15.0,
+    interval: float = 0.05,
+) -> T:
+    """Call `probe` until `done(result)`; fail with the last result after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not done after {within} s; last result: {result!r}")
+        await asyncio.sleep(interval)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`CHOREO_*` variables that give a subprocess the same settings."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if hasattr(getattr(settings, name), "get_secret_value"):
+            value = getattr(settings, name).get_secret_value()
+        env[f"CHOREO_{name.upper()}"] = value if isinstance(value, str) else _json(value)
+    return env
+
+
+def _json(value: object) -> str:
+    return json.dumps(value)
