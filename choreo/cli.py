@@ -6,6 +6,7 @@ exported `CHOREO_*` variables win. Every command has `--json` for scripts.
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -174,6 +175,98 @@ def ps(data_dir: DataDir, json_out: Json = False) -> None:
         console.print_json(json.dumps(_stack_json(state, data_dir)))
     else:
         print_stack(state, data_dir)
+
+
+@app.command()
+def publish(
+    event_type: Annotated[str, typer.Argument(metavar="TYPE", help="Event type, e.g. sale.")],
+    data_dir: DataDir,
+    data: Annotated[str | None, typer.Option(help="One event's data as a JSON object.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="NDJSON file: one event's data per line, or whole events "
+            '({"type", "data", "id"?}); sent in batches of 1,000.',
+        ),
+    ] = None,
+    json_out: Json = False,
+) -> None:
+    """Publish events through ingest (validated, then stored by JetStream)."""
+    from choreo.client import ClientError, ClientSettings, ndjson_batches, request
+
+    batches: Iterable[list[str]]
+    if data is not None and file is None:
+        batches = [[data]]
+    elif file is not None and data is None:
+        batches = ndjson_batches(file)
+    else:
+        errors.print("Give exactly one of --data JSON or --file NDJSON.")
+        raise typer.Exit(2)
+    url = f"{ClientSettings.load(data_dir).ingest_url}/v1/events"
+    ids: list[str] = []
+    try:
+        for batch in batches:
+            body = "\n".join(_as_event(event_type, line) for line in batch)
+            response = request(
+                "POST", url, content=body, headers={"content-type": "application/x-ndjson"}
+            )
+            ids.extend(response.json()["ids"])
+            if not json_out and file is not None:
+                console.print(f"[dim]…[/dim] {len(ids)} accepted")
+    except (ClientError, ValueError) as exc:
+        errors.print(f"[red]{exc}[/red]")
+        if ids:
+            errors.print(f"{len(ids)} events were accepted before the failure.")
+        raise typer.Exit(1) from exc
+    if json_out:
+        console.print_json(json.dumps({"accepted": len(ids), "ids": ids}))
+    else:
+        console.print(f"Accepted {len(ids)} event(s).")
+
+
+def _as_event(event_type: str, line: str) -> str:
+    """A line that is already an event passes as is; a bare data object gets the type."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {line[:80]!r} ({exc.msg})") from exc
+    if isinstance(value, dict) and "data" in value and "type" in value:
+        return line
+    return json.dumps({"type": event_type, "data": value})
+
+
+@app.command()
+def audit(
+    data_dir: DataDir,
+    event_type: Annotated[str | None, typer.Option("--type", help="Only this type.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    json_out: Json = False,
+) -> None:
+    """Show the newest events in the audit table."""
+    from choreo.client import ClientError, ClientSettings, request
+
+    url = f"{ClientSettings.load(data_dir).audit_url}/v1/audit/events"
+    params: dict[str, str | int] = {"limit": limit}
+    if event_type:
+        params["type"] = event_type
+    try:
+        events = request("GET", url, params=params).json()
+    except ClientError as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    if json_out:
+        console.print_json(json.dumps(events))
+        return
+    table = Table(title=f"Newest {len(events)} audited event(s)", title_justify="left")
+    for column in ("received", "type", "id", "data"):
+        table.add_column(column, overflow="fold")
+    for e in events:
+        data = json.dumps(e["data"], separators=(",", ":"))
+        data = data if len(data) <= 60 else data[:59] + "…"
+        table.add_row(e["received_at"][11:23], e["type"], e["id"], data)
+    console.print(table)
 
 
 def _stack_json(state: StackState, data_dir: Path) -> dict[str, Any]:

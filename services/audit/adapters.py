@@ -1,8 +1,10 @@
 """PostgreSQL adapters of the audit service: the event store and the migration runner."""
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 import asyncpg
 import structlog
@@ -38,6 +40,16 @@ class PgEventStore:
                 "ON CONFLICT (id) DO NOTHING"
             )
         return int(status.rsplit(" ", 1)[-1])
+
+    async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            "SELECT id, type, source, subject, time, runid, stepid, correlationid, causationid,"
+            " nats_subject, stream_seq, received_at, data::text AS data FROM events"
+            " WHERE $1::text IS NULL OR type = $1 ORDER BY received_at DESC, id DESC LIMIT $2",
+            event_type,
+            limit,
+        )
+        return [{**dict(r), "data": json.loads(r["data"]) if r["data"] else None} for r in rows]
 
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")

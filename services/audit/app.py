@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from services.audit.adapters import PgEventStore, migrate, open_pool
+from services.audit.api import audit_router
 from services.audit.domain import event_row, unique_rows
 from services.audit.ports import EventStore
 from shared.consumer import BatchMessage, Received, Settler, batch_subscription
@@ -84,5 +85,6 @@ def create_app(settings: Settings | None = None, *, store: EventStore | None = N
         metrics,
         resources=[] if store is not None else [database],
         checks={"postgres": database_ready},
+        routers=[audit_router(ports.event_store)],
         description="Records every event, workflow run and step in PostgreSQL.",
     )

@@ -1,6 +1,6 @@
 """What the audit service needs from the outside world."""
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.audit.domain import EventRow
 
@@ -10,6 +10,10 @@ class EventStore(Protocol):
 
     async def insert_events(self, rows: list[EventRow]) -> int:
         """Store rows whose id is new; return how many were new."""
+        ...
+
+    async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest stored events (optionally of one type), newest first."""
         ...
 
     async def ping(self) -> None:
