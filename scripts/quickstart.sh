@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up this machine and run Choreo's main job: the embedded stack, sample events
+# posted over HTTP, and the audit table that recorded them.
+#   Usage: scripts/quickstart.sh          (PYTHON=python3.12 to pick another interpreter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/venv.sh
+
+echo "==> Starting the embedded stack (NATS JetStream, SeaweedFS S3, PostgreSQL, 5 services)"
+choreo up
+
+echo "==> Posting sample events to ingest over HTTP"
+choreo publish transaction --file docs/samples/transactions.ndjson
+choreo publish sale --file docs/samples/sales.ndjson
+choreo publish business_event \
+  --data '{"company_id": "acme", "event_type": "invoice.created", "payload": {"total": 1200}}'
+
+echo "==> The newest rows of the audit table (PostgreSQL), written by the audit service"
+sleep 1
+choreo audit --limit 13
+
+cat <<'DONE'
+
+The stack keeps running in the background:
+  .venv/bin/choreo ps       what runs where
+  .venv/bin/choreo down     stop everything
+Connection settings for your own tools: .choreo/env
+DONE

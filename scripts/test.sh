@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install Choreo with its dev dependencies into .venv and run the test suite. The tests
+# start their own nats-server, S3 server and PostgreSQL on free loopback ports.
+#   Usage: scripts/test.sh [pytest args]      e.g. scripts/test.sh -m "not e2e" -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS=dev source scripts/venv.sh
+exec python -m pytest "$@"
