@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from choreo.servers.process import alive as process_alive
 from choreo.servers.process import http_get, stop_pid
 from choreo.state import STATE_FILE, PartState, StackState
 
@@ -16,15 +17,7 @@ STOP_TIMEOUT_S = 45.0
 
 
 def alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid is not None and process_alive(pid)
 
 
 @dataclass

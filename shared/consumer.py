@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from shared.envelope import Event
 from shared.jetstream import EventPublisher
+from shared.logs import bound_event
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.subjects import StreamSpec, dlq_subject
@@ -108,9 +109,17 @@ class Settler:
                 log.warning(
                     "batch failed, will retry", handler=name, size=len(good), error=repr(exc)
                 )
-                for msg, _ in good:
-                    await self.retry(msg, exc)
+                for msg, received in good:
+                    with bound_event(received.event):
+                        await self.retry(msg, exc)
             else:
+                log.info(
+                    "batch processed",
+                    handler=name,
+                    size=len(good),
+                    first_seq=good[0][1].stream_seq,
+                    last_seq=good[-1][1].stream_seq,
+                )
                 for msg, received in good:
                     await msg.ack()
                     self._metrics.count_consumed(msg.subject, "ack")

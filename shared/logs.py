@@ -7,10 +7,14 @@ and uvicorn, which are routed through the same processors.
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import structlog
 from structlog.typing import Processor
+
+from shared.envelope import Event
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -71,3 +75,17 @@ def _add_service(service: str) -> Processor:
 
 def _keep(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
     return event
+
+
+@contextmanager
+def bound_event(event: Event) -> Iterator[None]:
+    """Bind an event's ids to every log line written inside the block (and its tasks)."""
+    ids = {
+        "event_id": event.id,
+        "event_type": event.type,
+        "runid": event.runid,
+        "stepid": event.stepid,
+        "correlationid": event.correlationid,
+    }
+    with structlog.contextvars.bound_contextvars(**{k: v for k, v in ids.items() if v}):
+        yield

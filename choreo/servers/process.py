@@ -183,13 +183,13 @@ class ServerProcess(abc.ABC):
 
 def stop_pid(pid: int, timeout: float = 10.0, sig: signal.Signals = signal.SIGTERM) -> bool:
     """Stop a process we did not spawn (e.g. from a pid file); False if it was not running."""
-    if not _alive(pid):
+    if not alive(pid):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return True
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -201,7 +201,8 @@ def stop_pid(pid: int, timeout: float = 10.0, sig: signal.Signals = signal.SIGTE
     return True
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether `pid` is a running process (a zombie counts as exited)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

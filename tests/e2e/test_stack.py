@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
+from choreo.servers.process import alive
 from shared.ids import uuid7
 from shared.subjects import SERVICES
 from tests.support import wait_for
@@ -126,22 +127,12 @@ def test_down_leaves_no_process_and_no_port(stack: dict[str, Any], data_dir: Pat
     result = choreo("down", data_dir=data_dir)
     assert "Stopped" in result.stdout
     for pid in pids:
-        assert not _alive(pid), f"process {pid} is still running"
+        assert not alive(pid), f"process {pid} is still running"
     for port in ports:
         assert port is not None
         assert not _listening(port), f"port {port} is still open"
     assert not (data_dir / "stack.json").exists()
     assert "No stack is running" in choreo("down", data_dir=data_dir).stdout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited; only its parent has not collected it yet.
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "State:\tZ" not in status.read_text()
 
 
 def _listening(port: int) -> bool:

@@ -4,10 +4,13 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+import structlog
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from shared.envelope import MSG_ID_HEADER, Event
 from shared.ids import uuid7
+from shared.logs import bound_event
 
 
 def test_round_trip_keeps_every_attribute() -> None:
@@ -77,3 +80,14 @@ def test_uuid7_is_version_7_and_time_ordered() -> None:
     assert parsed.variant == uuid.RFC_4122
     assert first < second
     assert int(parsed.hex[:12], 16) == 1_700_000_000_000
+
+
+def test_log_lines_inside_bound_event_carry_its_ids() -> None:
+    event = Event(type="wf.step.completed", source="t", runid="r-1", stepid="s-1")
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        with bound_event(event):
+            structlog.get_logger().info("inside")
+        structlog.get_logger().info("outside")
+    inside, outside = logs
+    assert (inside["event_id"], inside["runid"], inside["stepid"]) == (event.id, "r-1", "s-1")
+    assert "event_id" not in outside
