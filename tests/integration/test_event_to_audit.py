@@ -117,7 +117,7 @@ async def test_stopping_audit_mid_stream_loses_and_duplicates_nothing(
 ) -> None:
     """Kill (or stop) the audit service while it works through a backlog, start it again:
     every event ends up in `events` exactly once. SIGTERM must also exit cleanly in 10 s."""
-    events = [Event(type="stoptest", source="tests", data={"n": n}) for n in range(30_000)]
+    events = [Event(type="stoptest", source="tests", data={"n": n}) for n in range(12_000)]
     ids = [e.id for e in events]
     client = await nats.connect(settings.nats_url)
     try:

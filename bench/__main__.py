@@ -1,0 +1,13 @@
+"""`python -m bench NAME`: run one benchmark (see bench/README.md)."""
+
+import sys
+
+from bench import event_to_audit
+
+BENCHMARKS = {"event_to_audit": event_to_audit.main}
+
+if __name__ == "__main__":
+    name = sys.argv[1] if len(sys.argv) > 1 else "event_to_audit"
+    if name not in BENCHMARKS:
+        sys.exit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    BENCHMARKS[name](sys.argv[2:])
