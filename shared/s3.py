@@ -2,16 +2,19 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import aioboto3
 from aiobotocore.config import AioConfig
-from types_aiobotocore_s3 import S3Client
 
 from shared.settings import Settings
 
+if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
+    from types_aiobotocore_s3 import S3Client
+
 
 @asynccontextmanager
-async def s3_client(settings: Settings) -> AsyncIterator[S3Client]:
+async def s3_client(settings: Settings) -> AsyncIterator["S3Client"]:
     """An S3 client for the configured endpoint, with retries and path-style addressing."""
     settings.require("s3_endpoint_url", "s3_access_key", "s3_secret_key")
     assert settings.s3_access_key is not None

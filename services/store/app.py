@@ -2,15 +2,18 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import structlog
-from types_aiobotocore_s3 import S3Client
 
 from services.store.buckets import ensure_buckets, lake_buckets
 from shared.metrics import Metrics
 from shared.s3 import s3_client
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
+    from types_aiobotocore_s3 import S3Client
 
 NAME = "store"
 log = structlog.get_logger(__name__)

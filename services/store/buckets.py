@@ -1,9 +1,13 @@
 """The medallion buckets and their idempotent creation."""
 
+from typing import TYPE_CHECKING
+
 from botocore.exceptions import ClientError
-from types_aiobotocore_s3 import S3Client
 
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
+    from types_aiobotocore_s3 import S3Client
 
 # Codes an S3 server answers when the bucket exists already (ours or, on AWS, anyone's).
 EXISTS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
@@ -18,7 +22,7 @@ def lake_buckets(settings: Settings) -> dict[str, str]:
     }
 
 
-async def ensure_buckets(s3: S3Client, buckets: list[str]) -> list[str]:
+async def ensure_buckets(s3: "S3Client", buckets: list[str]) -> list[str]:
     """Create the buckets that do not exist; return the ones created."""
     created = []
     for bucket in buckets:
