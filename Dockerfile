@@ -53,7 +53,9 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
 # /healthz answers once the service has connected to NATS (uvicorn serves after the
-# lifespan startup), hence the start period. `|| exit 1`: HEALTHCHECK only knows 0 and 1.
+# lifespan startup), hence the start period. Shell form, for ${CHOREO_HTTP_PORT:-8000} and
+# `|| exit 1` (HEALTHCHECK knows only 0 and 1).
+# hadolint ignore=DL3025
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${CHOREO_HTTP_PORT:-8000}/healthz', timeout=3)" || exit 1
 CMD ["python", "-m", "services.ingest"]

@@ -138,3 +138,34 @@ def test_down_leaves_no_process_and_no_port(stack: dict[str, Any], data_dir: Pat
 def _listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_dev_runs_in_the_foreground_and_ctrl_c_stops_everything() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="choreo-dev-"))
+    directory.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")}
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "choreo", "dev", "--data-dir", str(directory)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline and state.get("status") != "ready":
+            time.sleep(0.2)
+            path = directory / "stack.json"
+            state = json.loads(path.read_text()) if path.exists() else {}
+        assert state.get("status") == "ready"
+        pids = [p["pid"] for p in state["parts"].values()]
+        dev.send_signal(2)  # what Ctrl-C sends
+        output, _ = dev.communicate(timeout=60)
+        assert dev.returncode == 0, output
+        assert "Ctrl-C" in output  # the table and the hint were shown
+        assert not any(alive(pid) for pid in pids)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+        shutil.rmtree(directory, ignore_errors=True)

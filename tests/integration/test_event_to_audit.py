@@ -44,7 +44,7 @@ async def test_event_posted_twice_lands_as_one_row(
     sentinel_id = f"sentinel-{uuid7()}"
     body = {"type": "sale", "id": event_id, "data": {"order_id": "o-1", "quantity": 2}}
     ingest = ingest_app(IngestSettings.model_validate(settings.model_dump()))
-    async with serve(ingest) as http, serve(audit_app(settings)):
+    async with serve(ingest) as http, serve(audit_app(settings)) as audit_http:
         for _ in range(2):
             response = await http.post("/v1/events", json=body)
             assert response.status_code == 202, response.text
@@ -53,6 +53,14 @@ async def test_event_posted_twice_lands_as_one_row(
         assert (await http.post("/v1/events", json=sentinel)).status_code == 202
         # The sentinel was published after both copies: once it is in, so is all before it.
         await wait_for(lambda: count(db, [sentinel_id]), lambda n: n == 1)
+        published = (await http.get("/metrics")).text
+        consumed = (await audit_http.get("/metrics")).text
+        ready = await audit_http.get("/readyz")
+    assert 'choreo_messages_published_total{service="ingest",subject="data.sale"} 3.0' in published
+    assert 'choreo_messages_consumed_total{outcome="ack",service="audit",subject="data.sale"}' in (
+        consumed
+    )
+    assert ready.json()["checks"] == {"nats": "ok", "postgres": "ok"}
     assert await count(db, [event_id]) == 1
     row = await db.fetchrow(
         "SELECT type, source, nats_subject, data FROM events WHERE id=$1", event_id
