@@ -27,10 +27,7 @@ COPY choreo ./choreo
 # A regular (not editable) install, so the venv holds the code and its package data (the
 # audit migrations): the final stage needs nothing but the venv, and there is one copy of
 # the source, in site-packages.
-# Workaround: shared/s3.py and services/store import `types_aiobotocore_s3` at run time, but
-# it comes only with the `dev` extra, so without it the store service cannot start. Drop
-# this once that import is under TYPE_CHECKING (or the package is a runtime dependency).
-RUN /opt/venv/bin/pip install . "types-aioboto3[s3]>=13"
+RUN /opt/venv/bin/pip install .
 
 FROM ${PYTHON_IMAGE}
 # uid/gid 10001 match runAsUser/runAsGroup in k8s/base; no home, no login shell.

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     stream_max_age_s: float = 7 * 24 * 3600.0
     duplicate_window_s: float = 120.0
     # How often JetStream fsyncs: "2m" (nats-server's default) or "always". Used where
-    # Choreo starts nats-server itself; see docs/deploy.md for the cost of each.
+    # Choreo starts nats-server itself (`choreo up --sync-interval`); "always" survives an OS
+    # crash without losing acknowledged writes, at a cost in publish throughput.
     nats_sync_interval: str = "2m"
 
     # S3-compatible object store.

@@ -69,3 +69,13 @@ def test_placeholder_secrets_are_refused_in_prod() -> None:
 @pytest.mark.parametrize(("attempt", "delay"), [(1, 0.5), (2, 1.0), (6, 30.0), (50, 30.0)])
 def test_backoff_steps_then_stays_at_the_last(attempt: int, delay: float) -> None:
     assert Settings().backoff(attempt) == delay
+
+
+def test_ingest_api_keys_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.ingest.settings import IngestSettings
+
+    monkeypatch.setenv("CHOREO_INGEST_API_KEYS", "k1, k2,,")
+    keys = IngestSettings().ingest_api_keys
+    assert [k.get_secret_value() for k in keys] == ["k1", "k2"]
+    monkeypatch.setenv("CHOREO_INGEST_API_KEYS", "")
+    assert IngestSettings().ingest_api_keys == ()

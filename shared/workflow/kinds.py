@@ -1,0 +1,40 @@
+"""Step kinds (`uses`) and the service that owns each (DESIGN §4).
+
+A service implements the kinds it owns (`StepRegistry` in shared.workflow.runtime); this
+table is what the validator and the router of step requests read. Adding a kind: one line
+here, one function in the owning service.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepKind:
+    uses: str
+    service: str
+    required: tuple[str, ...] = ()
+    """Keys its `with` must have (values may be templates)."""
+    one_of: tuple[tuple[str, ...], ...] = ()
+    """Groups of keys of which `with` must have exactly one."""
+
+
+STEP_KINDS: dict[str, StepKind] = {
+    kind.uses: kind
+    for kind in (
+        StepKind("ingest.postgres_query", "ingest", ("source", "sql")),
+        StepKind("ingest.file", "ingest", one_of=(("path", "uri"),)),
+        StepKind("ingest.http_fetch", "ingest", ("url",)),
+        StepKind("transform.pathway", "transform", ("pipeline", "input")),
+        StepKind("transform.sql", "transform", ("inputs",), one_of=(("sql", "pipeline"),)),
+        StepKind("store.put", "store", ("key",), one_of=(("layer", "bucket"), ("data", "text"))),
+        StepKind("store.promote", "store", ("from", "layer", "key")),
+        StepKind("audit.log", "audit", ("message",)),
+        StepKind("notify.publish", "audit", ("subject", "data")),
+        StepKind("fraud.score_batch", "fraud", ("input",)),
+    )
+}
+
+
+def owner(uses: str) -> str:
+    """The service that runs steps of kind `uses` (KeyError when unknown)."""
+    return STEP_KINDS[uses].service
