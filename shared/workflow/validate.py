@@ -1,0 +1,272 @@
+"""Workflow validation: every problem at once, each with its JSON path and a plain sentence.
+
+Structure comes from the pydantic models; the rest is checked on the raw document so that
+one broken step does not hide the problems of the others.
+"""
+
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.workflow import dag
+from shared.workflow.kinds import STEP_KINDS, StepKind
+from shared.workflow.spec import InputType, WorkflowSpec
+from shared.workflow.templates import TemplateError, parse, templates_in
+
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class Validated:
+    """The outcome: the parsed spec (None when its structure is broken), inputs, problems."""
+
+    spec: WorkflowSpec | None
+    inputs: dict[str, Any]
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.spec is not None
+
+
+def validate_workflow(
+    document: Any,
+    inputs: Mapping[str, Any] | None = None,
+    kinds: Mapping[str, StepKind] = STEP_KINDS,
+) -> Validated:
+    """Check a workflow document and, when given, the inputs of a run of it."""
+    if not isinstance(document, dict):
+        return Validated(None, {}, [Problem("$", "a workflow is a JSON object")])
+    problems: list[Problem] = []
+    spec: WorkflowSpec | None = None
+    try:
+        spec = WorkflowSpec.model_validate(document)
+    except ValidationError as exc:
+        problems.extend(Problem(_json_path(e["loc"]), _message(e)) for e in exc.errors())
+
+    steps = _raw_steps(document)
+    raw_inputs = document.get("inputs")
+    declared: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
+    problems += _check_steps(steps, kinds, declared)
+    problems += _check_defaults(declared)
+    effective: dict[str, Any] = {}
+    if spec is not None:
+        if inputs is not None:
+            effective, input_problems = check_inputs(spec, inputs)
+            problems += input_problems
+    return Validated(spec, effective, problems)
+
+
+def check_inputs(
+    spec: WorkflowSpec, given: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[Problem]]:
+    """The run's inputs (defaults filled in) and what is wrong with the given ones."""
+    problems = [
+        Problem(f"inputs.{name}", f"unknown input {name!r}{_suggest(name, spec.inputs)}")
+        for name in given
+        if name not in spec.inputs
+    ]
+    effective: dict[str, Any] = {}
+    for name, declared in spec.inputs.items():
+        if name in given:
+            value = given[name]
+            if not _is_type(value, declared.type):
+                problems.append(
+                    Problem(
+                        f"inputs.{name}",
+                        f"must be of type {declared.type}, got {json.dumps(value)}",
+                    )
+                )
+            effective[name] = value
+        elif declared.default is not None:
+            effective[name] = declared.default
+        else:
+            problems.append(
+                Problem(f"inputs.{name}", f"required input not given (--input {name}=...)")
+            )
+    return effective, problems
+
+
+def coerce_input(raw: str, kind: InputType) -> Any:
+    """A command-line `--input k=v` value as the declared type (strings stay strings)."""
+    if kind == "string":
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw  # reported by check_inputs as the wrong type
+
+
+def _check_steps(
+    steps: list[tuple[int, dict[str, Any]]],
+    kinds: Mapping[str, StepKind],
+    declared_inputs: Mapping[str, Any],
+) -> list[Problem]:
+    problems: list[Problem] = []
+    first_index: dict[str, int] = {}
+    needs: dict[str, list[str]] = {}
+    for index, step in steps:
+        step_id = step.get("id")
+        if not isinstance(step_id, str):
+            continue
+        if step_id in first_index:
+            problems.append(
+                Problem(
+                    f"$.steps[{index}].id",
+                    f"duplicate step id {step_id!r} (also $.steps[{first_index[step_id]}])",
+                )
+            )
+            continue
+        first_index[step_id] = index
+        raw_needs = step.get("needs", [])
+        needs[step_id] = (
+            [n for n in raw_needs if isinstance(n, str)] if isinstance(raw_needs, list) else []
+        )
+
+    for index, step in steps:
+        step_id = step.get("id")
+        here = f"$.steps[{index}]"
+        uses = step.get("uses")
+        if isinstance(uses, str):
+            if uses not in kinds:
+                problems.append(
+                    Problem(f"{here}.uses", f"unknown step kind {uses!r}{_suggest(uses, kinds)}")
+                )
+            elif isinstance(step.get("with", {}), dict):
+                problems += _check_with(kinds[uses], step.get("with", {}), f"{here}.with")
+        for k, need in enumerate(needs.get(step_id, []) if isinstance(step_id, str) else []):
+            if need not in needs:
+                problems.append(
+                    Problem(
+                        f"{here}.needs[{k}]",
+                        f"needs {need!r}, which is not a step of this workflow"
+                        f"{_suggest(need, needs)}",
+                    )
+                )
+        if isinstance(step_id, str) and step_id in needs:
+            problems += _check_templates(
+                step_id, step.get("with", {}), f"{here}.with", needs, declared_inputs
+            )
+
+    for cycle in dag.cycles(needs):
+        problems.append(
+            Problem(
+                f"$.steps[{first_index[cycle[0]]}].needs",
+                f"cycle: {' -> '.join(cycle)} (a step cannot wait for itself)",
+            )
+        )
+    return problems
+
+
+def _check_with(kind: StepKind, with_: Mapping[str, Any], path: str) -> list[Problem]:
+    problems = [
+        Problem(path, f"{kind.uses} needs {key!r}") for key in kind.required if key not in with_
+    ]
+    for group in kind.one_of:
+        present = [key for key in group if key in with_]
+        if len(present) != 1:
+            names = " or ".join(repr(key) for key in group)
+            problems.append(Problem(path, f"{kind.uses} needs exactly one of {names}"))
+    return problems
+
+
+def _check_templates(
+    step_id: str,
+    with_: Any,
+    path: str,
+    needs: Mapping[str, list[str]],
+    declared_inputs: Mapping[str, Any],
+) -> list[Problem]:
+    problems: list[Problem] = []
+    upstream = dag.ancestors(needs, step_id)
+    for where, expression in templates_in(with_, path):
+        try:
+            ref = parse(expression)
+        except TemplateError as exc:
+            problems.append(Problem(where, str(exc)))
+            continue
+        if ref.root == "inputs" and ref.name not in declared_inputs:
+            problems.append(
+                Problem(
+                    where,
+                    f"{{{{ {ref.text} }}}} names unknown input {ref.name!r}"
+                    f"{_suggest(ref.name, declared_inputs)}",
+                )
+            )
+        elif ref.root == "steps" and ref.name not in needs:
+            problems.append(
+                Problem(
+                    where, f"{{{{ {ref.text} }}}} names step {ref.name!r}, which does not exist"
+                )
+            )
+        elif ref.root == "steps" and ref.name not in upstream:
+            problems.append(
+                Problem(
+                    where,
+                    f"{{{{ {ref.text} }}}} names step {ref.name!r}, which is not upstream of "
+                    f"{step_id!r}: add it to {step_id!r}'s needs",
+                )
+            )
+    return problems
+
+
+def _check_defaults(declared: Mapping[str, Any]) -> list[Problem]:
+    problems = []
+    for name, spec in declared.items():
+        if not isinstance(spec, dict) or spec.get("default") is None:
+            continue
+        kind = spec.get("type", "string")
+        if kind in _PYTHON_TYPES and not _is_type(spec["default"], kind):
+            problems.append(Problem(f"$.inputs.{name}.default", f"default is not of type {kind}"))
+    return problems
+
+
+def _raw_steps(document: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    steps = document.get("steps")
+    if not isinstance(steps, list):
+        return []
+    return [(i, s) for i, s in enumerate(steps) if isinstance(s, dict)]
+
+
+def _is_type(value: Any, kind: str) -> bool:
+    if isinstance(value, bool) and kind != "boolean":
+        return False
+    return isinstance(value, _PYTHON_TYPES[kind])
+
+
+def _json_path(loc: tuple[int | str, ...]) -> str:
+    path = "$"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    return str(error["msg"])
+
+
+def _suggest(name: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
