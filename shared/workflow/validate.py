@@ -70,10 +70,9 @@ def validate_workflow(
     problems += _check_steps(steps, kinds, declared)
     problems += _check_defaults(declared)
     effective: dict[str, Any] = {}
-    if spec is not None:
-        if inputs is not None:
-            effective, input_problems = check_inputs(spec, inputs)
-            problems += input_problems
+    if spec is not None and inputs is not None:
+        effective, input_problems = check_inputs(spec, inputs)
+        problems += input_problems
     return Validated(spec, effective, problems)
 
 
