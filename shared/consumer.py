@@ -48,6 +48,12 @@ class Received:
 
 
 ProcessBatch = Callable[[list[Received]], Awaitable[None]]
+ProcessOne = Callable[[Event], Awaitable[float | None]]
+"""Handle one event; return None to ack it, or seconds after which to see it again."""
+
+
+class Unprocessable(Exception):
+    """Raised by a handler for a message that can never succeed: dead-lettered at once."""
 
 
 def batch_subscription(
@@ -74,6 +80,21 @@ def batch_subscription(
         "config": ConsumerConfig(
             ack_wait=settings.ack_wait_s, max_deliver=-1, max_ack_pending=20_000
         ),
+    }
+
+
+def message_subscription(
+    subject: str, spec: StreamSpec, durable: str, settings: Settings, *, concurrency: int = 16
+) -> dict[str, Any]:
+    """Keyword arguments for `broker.subscriber(...)`: a durable pull consumer handing
+    messages one at a time to the handler, up to `concurrency` of them at once."""
+    return {
+        "subject": subject,
+        "stream": JStream(spec.name, declare=False),
+        "durable": durable,
+        "pull_sub": PullSub(batch_size=concurrency, timeout=0.2),
+        "ack_policy": AckPolicy.MANUAL,
+        "config": ConsumerConfig(ack_wait=settings.ack_wait_s, max_deliver=-1),
     }
 
 
@@ -127,6 +148,30 @@ class Settler:
         self._metrics.handler_seconds.labels(self.service, name).observe(
             time.perf_counter() - started
         )
+
+    async def handle_one(self, msg: Msg, process: ProcessOne) -> None:
+        """Parse one message as an `Event`, process it with its ids bound to the logs, settle."""
+        try:
+            event = Event.from_bytes(msg.data)
+        except ValidationError as exc:
+            await self.dead_letter(msg, f"not a valid event envelope: {exc}")
+            return
+        with bound_event(event):
+            try:
+                delay = await process(event)
+            except Unprocessable as exc:
+                await self.dead_letter(msg, str(exc))
+                return
+            except Exception as exc:
+                log.warning("handler failed, will retry", subject=msg.subject, error=repr(exc))
+                await self.retry(msg, exc)
+                return
+        if delay is None:
+            await msg.ack()
+            self._metrics.count_consumed(msg.subject, "ack")
+        else:
+            await msg.nak(delay=delay)
+            self._metrics.count_consumed(msg.subject, "nack")
 
     async def retry(self, msg: Msg, exc: BaseException) -> None:
         """Redeliver after the backoff, or dead-letter on the last allowed delivery."""

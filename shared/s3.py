@@ -38,3 +38,13 @@ async def s3_client(settings: Settings) -> AsyncIterator["S3Client"]:
 
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key); ValueError naming what is wrong."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"an s3 URI needs a bucket and a key: {uri!r}")
+    return bucket, key

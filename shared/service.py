@@ -26,6 +26,7 @@ from shared.jetstream import ensure_streams, jetstream
 from shared.logs import configure_logging
 from shared.metrics import Metrics
 from shared.settings import Settings
+from shared.workflow.runtime import Choreography
 
 log = structlog.get_logger(__name__)
 
@@ -77,15 +78,21 @@ def build_service(
     checks: Mapping[str, ReadinessCheck] | None = None,
     routers: Sequence[APIRouter] = (),
     on_ready: Sequence[Callable[[JetStreamContext], Awaitable[None]]] = (),
+    choreography: Choreography | None = None,
     title: str | None = None,
     description: str = "",
 ) -> Service:
     """Assemble a service; `resources` open in order before the subscribers start.
 
-    Pass `broker` and `metrics` when the service registers subscribers on them.
+    Pass `broker` and `metrics` when the service registers subscribers on them, and
+    `choreography` when it takes part in workflows.
     """
     broker = broker or create_broker(settings, name)
     metrics = metrics or Metrics(name)
+    if choreography is not None:
+        # The run-state bucket opens before the subscribers start.
+        on_ready = [*on_ready, choreography.open]
+        choreography.subscribe()
     all_checks: dict[str, ReadinessCheck] = {"nats": lambda: _nats_ready(broker)}
     all_checks.update(checks or {})
 

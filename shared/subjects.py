@@ -44,8 +44,11 @@ DATA_IN = StreamSpec("DATA_IN", ("data.in.>",), "raw events published straight t
 WORKFLOW = StreamSpec("WORKFLOW", ("wf.>",), "workflow runs and steps")
 FRAUD = StreamSpec("FRAUD", ("fraud.>",), "fraud scores and alerts")
 DLQ = StreamSpec("DLQ", ("dlq.>",), "messages a service gave up on, with the error")
+NOTIFY = StreamSpec(
+    "NOTIFY", ("notify.>", "reports.>"), "notifications published by workflows (notify.publish)"
+)
 
-STREAMS: tuple[StreamSpec, ...] = (DATA, DATA_IN, WORKFLOW, FRAUD, DLQ)
+STREAMS: tuple[StreamSpec, ...] = (DATA, DATA_IN, WORKFLOW, FRAUD, DLQ, NOTIFY)
 
 
 def stream_for(subject: str) -> StreamSpec:
@@ -84,10 +87,12 @@ class Permissions:
         return [*self.subscribe, "_INBOX.>"]
 
 
+# Every service publishes workflow events: a step's completion may request a successor
+# owned by any service.
 SERVICE_PERMISSIONS: dict[str, Permissions] = {
     "ingest": Permissions(publish=("data.*", "wf.>", dlq_subject("ingest"))),
     "transform": Permissions(publish=("wf.>", dlq_subject("transform"))),
     "store": Permissions(publish=("wf.>", dlq_subject("store"))),
-    "audit": Permissions(publish=("wf.>", dlq_subject("audit"))),
+    "audit": Permissions(publish=("wf.>", dlq_subject("audit"), *NOTIFY.subjects)),
     "fraud": Permissions(publish=("fraud.>", "wf.>", dlq_subject("fraud"))),
 }

@@ -1,8 +1,9 @@
 """PostgreSQL adapters of the audit service: the event store and the migration runner."""
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from importlib import resources
 from typing import Any
 
@@ -10,11 +11,98 @@ import asyncpg
 import structlog
 
 from services.audit.domain import EVENT_COLUMNS, EventRow
+from services.audit.projections import RunUpdate, StepUpdate
 
 log = structlog.get_logger(__name__)
 
 # Any constant works; it only has to be the same in every audit replica.
 MIGRATION_LOCK_ID = 0x63686F72656F  # "choreo"
+
+
+RUN_COLUMNS = tuple(f.name for f in fields(RunUpdate))
+STEP_COLUMNS = tuple(f.name for f in fields(StepUpdate))
+JSON_COLUMNS = {"inputs", "outputs", "output", "problems"}
+
+
+def _upsert(
+    table: str,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    *,
+    keep_first: tuple[str, ...],
+    earliest: tuple[str, ...],
+    when_set: tuple[str, ...],
+) -> str:
+    """An INSERT ... ON CONFLICT that applies an update only if it is not older than the
+    row (order_key); `keep_first` columns keep their first non-null value, `earliest` the
+    smallest, `when_set` take a newer update's value only when it has one."""
+    newer = "EXCLUDED.order_key >= t.order_key"
+    sets = []
+    for column in columns:
+        if column in key:
+            continue
+        if column == "order_key":
+            value = "GREATEST(t.order_key, EXCLUDED.order_key)"
+        elif column in keep_first:
+            value = f"COALESCE(t.{column}, EXCLUDED.{column})"
+        elif column in earliest:
+            value = f"LEAST(t.{column}, EXCLUDED.{column})"
+        elif column in when_set:
+            value = (
+                f"CASE WHEN {newer} AND EXCLUDED.{column} IS NOT NULL "
+                f"THEN EXCLUDED.{column} ELSE t.{column} END"
+            )
+        else:
+            value = f"CASE WHEN {newer} THEN EXCLUDED.{column} ELSE t.{column} END"
+        sets.append(f"{column} = {value}")
+    placeholders = ", ".join(
+        f"${n}::jsonb" if c in JSON_COLUMNS else f"${n}" for n, c in enumerate(columns, 1)
+    )
+    return (
+        f"INSERT INTO {table} AS t ({', '.join(columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(sets)}, updated_at = now()"
+    )
+
+
+RUN_UPSERT = _upsert(
+    "workflow_runs",
+    RUN_COLUMNS,
+    ("runid",),
+    keep_first=("name",),
+    earliest=("requested_at", "started_at"),
+    when_set=("inputs",),
+)
+STEP_UPSERT = _upsert(
+    "step_runs",
+    STEP_COLUMNS,
+    ("runid", "stepid"),
+    keep_first=("uses", "service"),
+    earliest=("requested_at",),
+    when_set=("inputs", "started_at", "duration_s"),
+)
+
+
+def _values(update: RunUpdate | StepUpdate, columns: tuple[str, ...]) -> list[Any]:
+    return [
+        json.dumps(getattr(update, c))
+        if c in JSON_COLUMNS and getattr(update, c) is not None
+        else getattr(update, c)
+        for c in columns
+    ]
+
+
+RUN_SUMMARY = (
+    "runid, name, status, generation, reason, failed_step, requested_at, started_at, ended_at"
+)
+_JSON_TEXT = {"data", "inputs", "outputs", "output", "problems"}
+
+
+def _decode(record: asyncpg.Record) -> dict[str, Any]:
+    """A row as a dict, JSON columns (selected as text) parsed."""
+    return {
+        k: json.loads(v) if k in _JSON_TEXT and isinstance(v, str) else v
+        for k, v in dict(record).items()
+    }
 
 
 class PgEventStore:
@@ -27,7 +115,12 @@ class PgEventStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def insert_events(self, rows: list[EventRow]) -> int:
+    async def insert_events(
+        self,
+        rows: list[EventRow],
+        runs: Sequence[RunUpdate] = (),
+        steps: Sequence[StepUpdate] = (),
+    ) -> int:
         columns = ", ".join(EVENT_COLUMNS)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -39,6 +132,11 @@ class PgEventStore:
                 f"INSERT INTO events ({columns}) SELECT {columns} FROM events_in "
                 "ON CONFLICT (id) DO NOTHING"
             )
+            # In event order: each upsert keeps whichever state is later (order_key).
+            if runs:
+                await conn.executemany(RUN_UPSERT, [_values(u, RUN_COLUMNS) for u in runs])
+            if steps:
+                await conn.executemany(STEP_UPSERT, [_values(u, STEP_COLUMNS) for u in steps])
         return int(status.rsplit(" ", 1)[-1])
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
@@ -49,7 +147,54 @@ class PgEventStore:
             event_type,
             limit,
         )
-        return [{**dict(r), "data": json.loads(r["data"]) if r["data"] else None} for r in rows]
+        return [_decode(r) for r in rows]
+
+    async def runs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            f"SELECT {RUN_SUMMARY} FROM workflow_runs WHERE $1::text IS NULL OR status = $1"
+            " ORDER BY COALESCE(requested_at, started_at) DESC NULLS LAST LIMIT $2",
+            status,
+            limit,
+        )
+        return [_decode(r) for r in rows]
+
+    async def run(self, runid: str) -> dict[str, Any] | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {RUN_SUMMARY}, inputs::text, outputs::text, problems::text"
+            " FROM workflow_runs WHERE runid = $1",
+            runid,
+        )
+        if row is None:
+            return None
+        steps = await self._pool.fetch(
+            "SELECT stepid, status, generation, attempt, uses, service, inputs::text,"
+            " output::text, error, requested_at, started_at, ended_at, duration_s"
+            " FROM step_runs WHERE runid = $1",
+            runid,
+        )
+        return {**_decode(row), "steps": [_decode(s) for s in steps]}
+
+    async def run_events(self, runid: str) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            "SELECT id, type, source, subject, time, runid, stepid, attempt, correlationid,"
+            " causationid, nats_subject, received_at, data::text AS data"
+            " FROM events WHERE runid = $1",
+            runid,
+        )
+        return [_decode(r) for r in rows]
+
+    async def log_message(
+        self, entry_id: str, runid: str, stepid: str, message: str, details: Any
+    ) -> None:
+        await self._pool.execute(
+            "INSERT INTO audit_log (id, runid, stepid, message, details)"
+            " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (id) DO NOTHING",
+            entry_id,
+            runid,
+            stepid,
+            message,
+            json.dumps(details),
+        )
 
     async def ping(self) -> None:
         await self._pool.fetchval("SELECT 1")

@@ -9,7 +9,6 @@ ignores ids it already has.
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from prometheus_client import Counter
 
@@ -17,33 +16,35 @@ from services.audit.adapters import PgEventStore, migrate, open_pool
 from services.audit.api import audit_router
 from services.audit.domain import event_row, unique_rows
 from services.audit.ports import EventStore
-from shared.consumer import BatchMessage, Received, Settler, batch_subscription
-from shared.jetstream import EventPublisher
+from services.audit.projections import run_update, step_update
+from services.audit.steps import audit_steps
+from shared.consumer import BatchMessage, Received, batch_subscription
 from shared.metrics import Metrics
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
+from shared.slot import Slot
 from shared.subjects import DATA, FRAUD, WORKFLOW, StreamSpec
+from shared.workflow.runtime import Choreography, StepRegistry
 
 NAME = "audit"
 AUDITED_STREAMS: tuple[StreamSpec, ...] = (DATA, WORKFLOW, FRAUD)
 
 
-@dataclass
-class Ports:
-    store: EventStore | None = None
-
-    def event_store(self) -> EventStore:
-        if self.store is None:
-            raise RuntimeError("the event store is not open yet")
-        return self.store
-
-
-def create_app(settings: Settings | None = None, *, store: EventStore | None = None) -> Service:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: EventStore | None = None,
+    steps: StepRegistry | None = None,
+) -> Service:
+    """`store` replaces PostgreSQL; `steps` may carry extra step kinds (tests)."""
     settings = settings or Settings.load()
     metrics = Metrics(NAME)
     broker = create_broker(settings, NAME)
-    ports = Ports(store)
-    settler = Settler(NAME, EventPublisher(broker, metrics), metrics, settings)
+    event_store: Slot[EventStore] = Slot("the event store", store)
+    steps = steps if steps is not None else StepRegistry(NAME)
+    choreography = Choreography.create(NAME, settings, broker, metrics, steps)
+    audit_steps(steps, event_store.get, choreography.publisher)
+    settler = choreography.settler
     rows = Counter(
         "choreo_audit_rows",
         "Event rows offered to the events table: new, or a duplicate of a stored id.",
@@ -52,7 +53,12 @@ def create_app(settings: Settings | None = None, *, store: EventStore | None = N
     )
 
     async def record(batch: list[Received]) -> None:
-        new = await ports.event_store().insert_events(unique_rows([event_row(r) for r in batch]))
+        events = [r.event for r in batch]
+        new = await event_store.get().insert_events(
+            unique_rows([event_row(r) for r in batch]),
+            runs=[u for u in map(run_update, events) if u is not None],
+            steps=[u for u in map(step_update, events) if u is not None],
+        )
         rows.labels("new").inc(new)
         rows.labels("duplicate").inc(len(batch) - new)
 
@@ -72,11 +78,11 @@ def create_app(settings: Settings | None = None, *, store: EventStore | None = N
         assert settings.database_url is not None
         async with open_pool(settings.database_url.get_secret_value()) as pool:
             await migrate(pool)
-            ports.store = PgEventStore(pool)
+            event_store.set(PgEventStore(pool))
             yield
 
     async def database_ready() -> None:
-        await ports.event_store().ping()
+        await event_store.get().ping()
 
     return build_service(
         NAME,
@@ -85,6 +91,7 @@ def create_app(settings: Settings | None = None, *, store: EventStore | None = N
         metrics,
         resources=[] if store is not None else [database],
         checks={"postgres": database_ready},
-        routers=[audit_router(ports.event_store)],
+        routers=[audit_router(event_store.get)],
+        choreography=choreography,
         description="Records every event, workflow run and step in PostgreSQL.",
     )

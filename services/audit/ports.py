@@ -1,19 +1,45 @@
 """What the audit service needs from the outside world."""
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from services.audit.domain import EventRow
+from services.audit.projections import RunUpdate, StepUpdate
 
 
 class EventStore(Protocol):
     """Durable, idempotent storage of event rows."""
 
-    async def insert_events(self, rows: list[EventRow]) -> int:
-        """Store rows whose id is new; return how many were new."""
+    async def insert_events(
+        self,
+        rows: list[EventRow],
+        runs: Sequence[RunUpdate] = (),
+        steps: Sequence[StepUpdate] = (),
+    ) -> int:
+        """Store rows whose id is new and apply the run/step updates, in one transaction;
+        return how many rows were new."""
         ...
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
         """The newest stored events (optionally of one type), newest first."""
+        ...
+
+    async def runs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest workflow runs, newest first."""
+        ...
+
+    async def run(self, runid: str) -> dict[str, Any] | None:
+        """One run with its steps (`steps`, in no particular order)."""
+        ...
+
+    async def run_events(self, runid: str) -> list[dict[str, Any]]:
+        """Every stored event of a run."""
+        ...
+
+    async def log_message(
+        self, entry_id: str, runid: str, stepid: str, message: str, details: Any
+    ) -> None:
+        """Store an audit.log entry once per id."""
         ...
 
     async def ping(self) -> None:

@@ -1,17 +1,54 @@
-"""The transform service: Transforms lake data with Pathway (streaming) and DuckDB (batch).
+"""The transform service: runs `transform.pathway` steps over lake objects.
 
-Not built yet: for now it connects to NATS, provisions the streams and reports ready.
+Not built yet: the Pathway engine (streaming pipelines) and `transform.sql` (DuckDB);
+`transform.pathway` runs built-in plain-Python pipelines for now (services/transform/
+pipelines.py).
 """
 
-from shared.service import Service, build_service
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from services.transform.steps import transform_steps
+from shared.metrics import Metrics
+from shared.s3 import s3_client
+from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
+from shared.slot import Slot
+from shared.workflow.runtime import Choreography, StepRegistry
+
+if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
+    from types_aiobotocore_s3 import S3Client
 
 NAME = "transform"
 
 
-def create_app(settings: Settings | None = None) -> Service:
+def create_app(settings: Settings | None = None, *, steps: StepRegistry | None = None) -> Service:
+    """`steps` may carry extra step kinds of this service (tests, extensions)."""
+    settings = settings or Settings.load()
+    metrics = Metrics(NAME)
+    broker = create_broker(settings, NAME)
+    client: Slot[S3Client] = Slot("the S3 client")
+    steps = steps if steps is not None else StepRegistry(NAME)
+    transform_steps(steps, client.get, settings)
+
+    @asynccontextmanager
+    async def object_store() -> AsyncIterator[None]:
+        async with s3_client(settings) as s3:
+            client.set(s3)
+            yield
+            client.set(None)
+
+    async def s3_ready() -> None:
+        await client.get().list_buckets()
+
     return build_service(
         NAME,
-        settings or Settings.load(),
-        description="Transforms lake data with Pathway (streaming) and DuckDB (batch).",
+        settings,
+        broker,
+        metrics,
+        resources=[object_store],
+        checks={"s3": s3_ready},
+        choreography=Choreography.create(NAME, settings, broker, metrics, steps),
+        description="Transforms lake data (Pathway streaming and DuckDB batch: not built yet).",
     )

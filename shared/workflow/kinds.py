@@ -1,8 +1,9 @@
 """Step kinds (`uses`) and the service that owns each (DESIGN §4).
 
-A service implements the kinds it owns (`StepRegistry` in shared.workflow.runtime); this
-table is what the validator and the router of step requests read. Adding a kind: one line
-here, one function in the owning service.
+This table is what workflows may use (the validator reads it) and who runs each kind
+(step requests are routed by it). A kind not listed here, e.g. one a deployment or a test
+adds, is run by the service its prefix names (`<service>.<name>`). Adding a kind is one
+line here and one function in the owning service's StepRegistry.
 """
 
 from dataclasses import dataclass
@@ -36,5 +37,6 @@ STEP_KINDS: dict[str, StepKind] = {
 
 
 def owner(uses: str) -> str:
-    """The service that runs steps of kind `uses` (KeyError when unknown)."""
-    return STEP_KINDS[uses].service
+    """The service that runs steps of kind `uses`."""
+    known = STEP_KINDS.get(uses)
+    return known.service if known else uses.split(".", 1)[0]

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
+# The inside may not contain "}}", so one match never spans two templates.
+TEMPLATE = re.compile(r"\{\{((?:(?!\}\}).)*)\}\}")
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_-]*"
 EXPRESSION = re.compile(rf"^\s*({_SEGMENT}(?:\.{_SEGMENT})*)\s*$")
 
@@ -60,6 +61,16 @@ def templates_in(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from templates_in(item, f"{path}[{index}]")
+
+
+def referenced_steps(value: Any) -> set[str]:
+    """The ids of the steps whose outputs `value`'s templates read."""
+    names = set()
+    for _, expression in templates_in(value):
+        ref = parse(expression)
+        if ref.root == "steps":
+            names.add(ref.name)
+    return names
 
 
 def render(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:

@@ -17,6 +17,7 @@ OUTPUTS = {"query": {"uri": "s3://raw/x.jsonl", "rows": 42, "cols": ["a", "b"]}}
         ("{{ steps.query.output.cols.1 }}", "b"),
         ("rows={{ steps.query.output.rows }} on {{ inputs.date }}", "rows=42 on 2024-01-15"),
         ("flags: {{ inputs.flags }}", 'flags: {"a":true}'),
+        ("{{ inputs.limit }}+{{ inputs.date }}", "10+2024-01-15"),
         (" {{ inputs.limit }}", " 10"),
         ("no templates", "no templates"),
         (

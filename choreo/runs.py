@@ -1,0 +1,63 @@
+"""Starting, cancelling and retrying runs from a client (the CLI, tests, scripts)."""
+
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from shared.envelope import Event
+from shared.ids import uuid7
+from shared.workflow import events as ev
+
+CLI_SOURCE = "choreo/cli"
+
+
+async def _publish(js: JetStreamContext, event: Event) -> None:
+    await js.publish(event.type, event.to_bytes(), headers=event.headers())
+
+
+async def request_run(
+    js: JetStreamContext,
+    workflow: dict[str, Any],
+    inputs: dict[str, Any],
+    runid: str | None = None,
+) -> str:
+    """Publish `wf.run.requested`; the run id is chosen here so the caller can follow it."""
+    runid = runid or uuid7()
+    await _publish(
+        js,
+        Event(
+            id=f"{runid}:requested",
+            type=ev.RUN_REQUESTED,
+            source=CLI_SOURCE,
+            runid=runid,
+            correlationid=runid,
+            data=ev.RunRequested(workflow=workflow, inputs=inputs).model_dump(mode="json"),
+        ),
+    )
+    return runid
+
+
+async def request_cancel(js: JetStreamContext, runid: str, reason: str | None = None) -> None:
+    await _publish(
+        js,
+        Event(
+            type=ev.RUN_CANCEL_REQUESTED,
+            source=CLI_SOURCE,
+            runid=runid,
+            correlationid=runid,
+            data=ev.RunCommand(reason=reason).model_dump(mode="json"),
+        ),
+    )
+
+
+async def request_retry(js: JetStreamContext, runid: str) -> None:
+    await _publish(
+        js,
+        Event(
+            type=ev.RUN_RETRY_REQUESTED,
+            source=CLI_SOURCE,
+            runid=runid,
+            correlationid=runid,
+            data=ev.RunCommand().model_dump(mode="json"),
+        ),
+    )

@@ -1,0 +1,166 @@
+"""Workflow runs and steps as rows, projected from the `wf.*` events. Pure functions.
+
+Events may arrive twice or out of order (a late `wf.step.started` after its `completed`).
+Each update carries an order key; a row takes an update's state only when the key is at
+least the row's. Timestamps merge regardless of order (first start, last end).
+
+    run:  generation, then requested < started < completed | failed | cancelled
+    step: generation, then attempt, then requested < started < completed | failed;
+          skipped ends its generation, whatever the attempt
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.envelope import Event
+from shared.workflow import events as ev
+
+_RUN_RANK = {
+    ev.RUN_REQUESTED: 0,
+    ev.RUN_STARTED: 1,
+    ev.RUN_COMPLETED: 2,
+    ev.RUN_FAILED: 2,
+    ev.RUN_CANCELLED: 2,
+}
+_RUN_STATUS = {
+    ev.RUN_REQUESTED: "requested",
+    ev.RUN_STARTED: "running",
+    ev.RUN_COMPLETED: "completed",
+    ev.RUN_FAILED: "failed",
+    ev.RUN_CANCELLED: "cancelled",
+}
+_STEP_RANK = {"requested": 0, ev.STEP_STARTED: 1, ev.STEP_COMPLETED: 2, ev.STEP_FAILED: 2}
+_SKIPPED_ATTEMPT = 99_999_999  # a skip ends the generation: later than any attempt
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    runid: str
+    status: str
+    generation: int
+    order_key: int
+    name: str | None = None
+    inputs: Any = None
+    outputs: Any = None
+    reason: str | None = None
+    failed_step: str | None = None
+    problems: Any = None
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StepUpdate:
+    runid: str
+    stepid: str
+    status: str
+    generation: int
+    attempt: int
+    order_key: int
+    uses: str | None = None
+    service: str | None = None
+    inputs: Any = None
+    output: Any = None
+    error: str | None = None
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: float | None = None
+
+
+def run_update(event: Event) -> RunUpdate | None:
+    if event.type not in _RUN_RANK or not event.runid or not isinstance(event.data, dict):
+        return None
+    data: dict[str, Any] = event.data
+    generation = int(data.get("generation") or 1)
+    ended = _RUN_RANK[event.type] == 2
+    workflow = data.get("workflow")
+    name = data.get("name") or (workflow.get("name") if isinstance(workflow, dict) else None)
+    return RunUpdate(
+        runid=event.runid,
+        status=_RUN_STATUS[event.type],
+        generation=generation,
+        order_key=generation * 10 + _RUN_RANK[event.type],
+        name=name if isinstance(name, str) else None,
+        inputs=data.get("inputs"),
+        outputs=data.get("outputs") if event.type == ev.RUN_COMPLETED else None,
+        reason=data.get("reason"),
+        failed_step=data.get("step") if event.type == ev.RUN_FAILED else None,
+        problems=data.get("problems") or None,
+        requested_at=event.time if event.type == ev.RUN_REQUESTED else None,
+        started_at=event.time if event.type == ev.RUN_STARTED else None,
+        ended_at=event.time if ended else None,
+    )
+
+
+def step_update(event: Event) -> StepUpdate | None:
+    kind = _step_kind(event.type)
+    if kind is None or not event.runid or not isinstance(event.data, dict):
+        return None
+    data: dict[str, Any] = event.data
+    step = data.get("step")
+    if not isinstance(step, str):
+        return None
+    generation = int(data.get("generation") or 1)
+    attempt = int(data.get("attempt") or event.attempt or 0)
+    if kind == ev.STEP_SKIPPED:
+        status, order_attempt, rank = "skipped", _SKIPPED_ATTEMPT, 2
+    elif kind == ev.STEP_FAILED and data.get("will_retry"):
+        status, order_attempt, rank = "retrying", attempt, 2
+    else:
+        status = {
+            "requested": "requested",
+            ev.STEP_STARTED: "running",
+            ev.STEP_COMPLETED: "completed",
+            ev.STEP_FAILED: "failed",
+        }[kind]
+        order_attempt, rank = attempt, _STEP_RANK[kind]
+    ended = kind in (ev.STEP_COMPLETED, ev.STEP_FAILED, ev.STEP_SKIPPED)
+    return StepUpdate(
+        runid=event.runid,
+        stepid=step,
+        status=status,
+        generation=generation,
+        attempt=attempt,
+        order_key=generation * 10**9 + order_attempt * 10 + rank,
+        uses=data.get("uses"),
+        service=data.get("service"),
+        inputs=data.get("inputs") if kind == ev.STEP_STARTED else None,
+        output=data.get("output"),
+        error=data.get("error"),
+        requested_at=event.time if kind == "requested" else None,
+        started_at=event.time if kind == ev.STEP_STARTED else None,
+        ended_at=event.time if ended else None,
+        duration_s=data.get("duration_s"),
+    )
+
+
+def _step_kind(event_type: str) -> str | None:
+    if event_type.startswith("wf.step.") and event_type.endswith(".requested"):
+        return "requested"
+    if event_type in (ev.STEP_STARTED, ev.STEP_COMPLETED, ev.STEP_FAILED, ev.STEP_SKIPPED):
+        return event_type
+    return None
+
+
+def causation_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events as a depth-first walk of their causation tree, siblings by time; each gets
+    `depth` (its distance from the root) and `after_ms` (time since its cause)."""
+    by_id = {e["id"]: e for e in events}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for event in events:
+        parent = event.get("causationid")
+        children.setdefault(parent if parent in by_id else None, []).append(event)
+    ordered: list[dict[str, Any]] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for child in sorted(children.get(parent, []), key=lambda e: (e["time"], e["id"])):
+            cause = by_id.get(child.get("causationid") or "")
+            after = (child["time"] - cause["time"]).total_seconds() * 1000 if cause else None
+            ordered.append({**child, "depth": depth, "after_ms": after})
+            walk(child["id"], depth + 1)
+
+    walk(None, 0)
+    return ordered

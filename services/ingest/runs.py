@@ -1,0 +1,130 @@
+"""Ingest's part in workflows: starting runs, cancelling them, retrying them.
+
+`wf.run.requested` -> validate, store the run in KV, `wf.run.started`, and a step request
+for every step without `needs`. Each handler is idempotent: a redelivered command replays
+the same events (same ids), which JetStream de-duplicates.
+"""
+
+from collections.abc import Mapping
+
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+
+from shared.consumer import message_subscription
+from shared.envelope import Event
+from shared.settings import Settings
+from shared.subjects import WORKFLOW
+from shared.workflow import events as ev
+from shared.workflow.kinds import STEP_KINDS, StepKind
+from shared.workflow.runtime import Choreography, parse_data
+from shared.workflow.spec import WorkflowSpec
+from shared.workflow.state import RunRecord
+from shared.workflow.validate import validate_workflow
+
+
+class RunCoordinator:
+    def __init__(
+        self, choreography: Choreography, kinds: Mapping[str, StepKind] = STEP_KINDS
+    ) -> None:
+        self.choreo = choreography
+        self.kinds = kinds
+
+    def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
+        handlers = {
+            ev.RUN_REQUESTED: ("ingest-runs", self.on_run_requested),
+            ev.RUN_CANCEL_REQUESTED: ("ingest-cancels", self.on_cancel_requested),
+            ev.RUN_RETRY_REQUESTED: ("ingest-retries", self.on_retry_requested),
+        }
+        for subject, (durable, handler) in handlers.items():
+            broker.subscriber(
+                **message_subscription(subject, WORKFLOW, durable, settings),
+                title=f"ingest/{subject}",
+            )(handler)
+
+    async def on_run_requested(self, msg: NatsMessage) -> None:
+        await self.choreo.settler.handle_one(msg.raw_message, self.start_run)
+
+    async def on_cancel_requested(self, msg: NatsMessage) -> None:
+        await self.choreo.settler.handle_one(msg.raw_message, self.cancel_run)
+
+    async def on_retry_requested(self, msg: NatsMessage) -> None:
+        await self.choreo.settler.handle_one(msg.raw_message, self.retry_run)
+
+    async def start_run(self, event: Event) -> None:
+        request = parse_data(ev.RunRequested, event)
+        runid = event.runid or event.id
+        cause = event.model_copy(update={"runid": runid})
+        checked = validate_workflow(request.workflow, request.inputs, self.kinds)
+        if not checked.ok or checked.spec is None:
+            name = request.workflow.get("name")
+            await self.choreo.publisher.publish(
+                ev.RUN_FAILED,
+                cause.child(
+                    type=ev.RUN_FAILED,
+                    source=self.choreo.source,
+                    id=f"{runid}:invalid",
+                    data=ev.RunEnded(
+                        name=name if isinstance(name, str) else "?",
+                        reason="the workflow is invalid",
+                        problems=[str(p) for p in checked.problems],
+                    ).model_dump(mode="json"),
+                ),
+            )
+            return
+        spec = checked.spec
+        record = RunRecord(runid, spec.dump(), checked.inputs)
+        if not await self.choreo.store.create_run(record):
+            record = await self.choreo.store.run(runid) or record
+        await self._start_generation(cause, record, spec)
+        return
+
+    async def cancel_run(self, event: Event) -> None:
+        record = await self.choreo.store.run(event.runid or "")
+        if record is None or record.status != "running":
+            return  # unknown, or ended already: nothing to cancel
+        reason = parse_data(ev.RunCommand, event).reason or "cancelled on request"
+        spec = WorkflowSpec.model_validate(record.workflow)
+        await self.choreo.end_run(event, record, spec, "cancelled", reason=reason)
+        return
+
+    async def retry_run(self, event: Event) -> None:
+        """Start a new generation: failed and skipped steps run again, done ones do not."""
+        store = self.choreo.store
+        record = await store.run(event.runid or "")
+        if record is None:
+            return
+        if event.id not in record.retries:
+            if record.status not in ("failed", "cancelled"):
+                return  # running or completed: nothing to retry
+            changed = await store.change_run(
+                record.runid,
+                expect=("failed", "cancelled"),
+                status="running",
+                generation=record.generation + 1,
+                reason=None,
+                retries=[*record.retries, event.id],
+            )
+            if changed is None:
+                return
+            record = changed
+        await self._start_generation(event, record, WorkflowSpec.model_validate(record.workflow))
+        return
+
+    async def _start_generation(self, cause: Event, record: RunRecord, spec: WorkflowSpec) -> None:
+        """`wf.run.started`, then a request for every step not done whose needs are done."""
+        started = cause.child(
+            type=ev.RUN_STARTED,
+            source=self.choreo.source,
+            id=f"{record.runid}:started:{record.generation}",
+            data=ev.RunStarted(
+                name=spec.name,
+                inputs=record.inputs,
+                steps=[s.id for s in spec.steps],
+                generation=record.generation,
+            ).model_dump(mode="json"),
+        )
+        await self.choreo.publisher.publish(ev.RUN_STARTED, started)
+        done = await self.choreo.store.done_steps(record.runid, [s.id for s in spec.steps])
+        for step in spec.steps:
+            if step.id not in done and set(step.needs) <= done:
+                await self.choreo.request_step(started, record, spec, step.id)

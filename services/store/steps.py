@@ -1,0 +1,90 @@
+"""The step kinds the store service runs: `store.put` and `store.promote`.
+
+Keys are the workflow's own, so a repeated attempt rewrites the same object: the effect
+happens once however often the step runs.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from services.store.buckets import lake_buckets
+from shared.s3 import parse_s3_uri, s3_uri
+from shared.settings import Settings
+from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
+
+if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
+    from types_aiobotocore_s3 import S3Client
+
+
+def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Settings) -> None:
+    """Register store's step kinds on `steps`."""
+    layers = lake_buckets(settings)
+
+    def bucket_of(params: dict[str, Any]) -> str:
+        if "bucket" in params:
+            return str(params["bucket"])
+        layer = params.get("layer")
+        if layer not in layers:
+            raise StepFailed(f"with.layer must be one of {sorted(layers)}, got {layer!r}")
+        return layers[layer]
+
+    @steps.kind("store.put")
+    async def put(ctx: StepContext) -> StepOutput:
+        """Write inline `data` (as JSON) or `text` to `bucket`/`layer` at `key`."""
+        bucket, key = bucket_of(ctx.params), _key(ctx.params["key"])
+        if "data" in ctx.params:
+            body = (json.dumps(ctx.params["data"], indent=2) + "\n").encode()
+            content_type = "application/json"
+        else:
+            body = str(ctx.params["text"]).encode()
+            content_type = "text/plain; charset=utf-8"
+        sha256 = hashlib.sha256(body).hexdigest()
+        response = await s3().put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            ContentType=content_type,
+            Metadata=_lineage(ctx, sha256),
+        )
+        return {
+            "uri": s3_uri(bucket, key),
+            "etag": response["ETag"].strip('"'),
+            "sha256": sha256,
+            "bytes": len(body),
+        }
+
+    @steps.kind("store.promote")
+    async def promote(ctx: StepContext) -> StepOutput:
+        """Copy the object at `from` into `layer` under `key`, with lineage metadata."""
+        try:
+            source_bucket, source_key = parse_s3_uri(str(ctx.params["from"]))
+        except ValueError as exc:
+            raise StepFailed(f"with.from: {exc}") from exc
+        bucket, key = bucket_of(ctx.params), _key(ctx.params["key"])
+        digest = hashlib.sha256()
+        source = await s3().get_object(Bucket=source_bucket, Key=source_key)
+        async for chunk in source["Body"].iter_chunks(1024 * 1024):
+            digest.update(chunk)
+        sha256 = digest.hexdigest()
+        metadata = {**_lineage(ctx, sha256), "source-uri": s3_uri(source_bucket, source_key)}
+        await s3().copy_object(
+            Bucket=bucket,
+            Key=key,
+            CopySource={"Bucket": source_bucket, "Key": source_key},
+            Metadata=metadata,
+            MetadataDirective="REPLACE",
+        )
+        return {"uri": s3_uri(bucket, key), "sha256": sha256}
+
+
+def _key(value: object) -> str:
+    key = str(value)
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise StepFailed(f"with.key {key!r} must be a relative path without '..'")
+    return key
+
+
+def _lineage(ctx: StepContext, sha256: str) -> dict[str, str]:
+    return {"run-id": ctx.runid, "step-id": ctx.step, "sha256": sha256}

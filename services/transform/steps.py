@@ -1,0 +1,64 @@
+"""The step kinds the transform service runs. For now `transform.pathway` runs the
+built-in plain-Python pipelines of `pipelines.py` over a JSON or JSONL object."""
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from services.transform.pipelines import PIPELINES
+from shared.s3 import parse_s3_uri, s3_uri
+from shared.settings import Settings
+from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
+
+if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
+    from types_aiobotocore_s3 import S3Client
+
+
+def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Settings) -> None:
+    """Register transform's step kinds on `steps`."""
+
+    @steps.kind("transform.pathway")
+    async def run_pipeline(ctx: StepContext) -> StepOutput:
+        """Run pipeline `pipeline` over the rows at `input`; write the result to `layer`."""
+        name = ctx.params["pipeline"]
+        pipeline = PIPELINES.get(str(name))
+        if pipeline is None:
+            raise StepFailed(f"unknown pipeline {name!r}; built in: {sorted(PIPELINES)}")
+        try:
+            bucket, key = parse_s3_uri(str(ctx.params["input"]))
+        except ValueError as exc:
+            raise StepFailed(f"with.input: {exc}") from exc
+        response = await s3().get_object(Bucket=bucket, Key=key)
+        rows = _rows(await response["Body"].read(), key)
+        params = ctx.params.get("params") or {}
+        result, rejected = pipeline(rows, params if isinstance(params, dict) else {})
+        layer = str(ctx.params.get("layer", "staging"))
+        target_bucket = {"staging": settings.bucket_staging, "curated": settings.bucket_curated}
+        if layer not in target_bucket:
+            raise StepFailed(f"with.layer must be staging or curated, got {layer!r}")
+        target_key = f"runs/{ctx.runid}/{ctx.step}/{name}.json"
+        await s3().put_object(
+            Bucket=target_bucket[layer],
+            Key=target_key,
+            Body=(json.dumps(result, indent=2) + "\n").encode(),
+            ContentType="application/json",
+        )
+        return {
+            "uri": s3_uri(target_bucket[layer], target_key),
+            "rows": len(rows),
+            "rejected": rejected,
+            "engine": "python",
+        }
+
+
+def _rows(body: bytes, key: str) -> list[Any]:
+    text = body.decode("utf-8")
+    try:
+        if key.endswith((".jsonl", ".ndjson")):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StepFailed(f"{key}: not JSON/JSONL: {exc.msg} (line {exc.lineno})") from exc
+    if not isinstance(value, list):
+        raise StepFailed(f"{key}: expected a JSON array of rows")
+    return value

@@ -1,0 +1,478 @@
+"""The choreography runtime every service runs: no orchestrator, only events and KV.
+
+A service that owns step kinds subscribes to `wf.step.<service>.requested`. For each
+request it claims the attempt in the run-state bucket (so two replicas never both run it),
+renders the step's templates from the run's inputs and its upstream outputs, runs it,
+stores the output, publishes `wf.step.completed`, and advances the run: it records itself
+once as a finished dependency of each successor, and requests every successor whose
+dependencies are now all recorded (message id `run:step:attempt`, de-duplicated by
+JetStream). Whoever finds every step done completes the run. A failed attempt is retried
+after the step's backoff; the last failed attempt fails the run and skips the steps that
+had not started.
+
+Every step is safe to replay: a redelivered request whose output exists re-runs only the
+idempotent "after success" part, and every event has a deterministic id.
+"""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+import structlog
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import BaseModel, JsonValue, ValidationError
+
+from shared.consumer import Settler, Unprocessable, message_subscription
+from shared.envelope import Event
+from shared.jetstream import EventPublisher
+from shared.metrics import Metrics
+from shared.settings import Settings
+from shared.subjects import WORKFLOW
+from shared.workflow import dag
+from shared.workflow import events as ev
+from shared.workflow.kinds import owner
+from shared.workflow.spec import StepSpec, WorkflowSpec
+from shared.workflow.state import AttemptKey, RunRecord, RunStore, ensure_bucket
+from shared.workflow.templates import TemplateError, referenced_steps, render
+
+log = structlog.get_logger(__name__)
+
+StepOutput = dict[str, JsonValue]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step function gets: its rendered `with` and where it runs."""
+
+    runid: str
+    step: str
+    uses: str
+    attempt: int
+    generation: int
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same for every attempt of the step: use it to make effects happen once."""
+        return f"{self.runid}:{self.step}"
+
+
+StepFunction = Callable[[StepContext], Awaitable[StepOutput]]
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+def parse_data(model: type[DataT], event: Event) -> DataT:
+    """The event's data as `model`; Unprocessable (dead-lettered) when it does not fit."""
+    try:
+        return model.model_validate(event.data)
+    except ValidationError as exc:
+        raise Unprocessable(f"{event.type} with unexpected data: {exc}") from exc
+
+
+class StepFailed(Exception):
+    """Raise from a step for a failure no retry can fix (the run fails at once)."""
+
+
+class StepRegistry:
+    """The step kinds one service implements: `@steps.kind("audit.log")`."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._functions: dict[str, StepFunction] = {}
+
+    def kind(self, uses: str) -> Callable[[StepFunction], StepFunction]:
+        if owner(uses) != self.service:
+            raise ValueError(f"{uses!r} is owned by {owner(uses)!r}, not {self.service!r}")
+
+        def register(function: StepFunction) -> StepFunction:
+            self._functions[uses] = function
+            return function
+
+        return register
+
+    def get(self, uses: str) -> StepFunction | None:
+        return self._functions.get(uses)
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._functions)
+
+
+class Choreography:
+    """The workflow side of one service: run owned steps, advance and end runs."""
+
+    def __init__(
+        self,
+        service: str,
+        broker: NatsBroker,
+        publisher: EventPublisher,
+        settler: Settler,
+        settings: Settings,
+        steps: StepRegistry | None = None,
+    ) -> None:
+        self.service = service
+        self.source = f"choreo/{service}"
+        self.publisher = publisher
+        self.settler = settler
+        self.settings = settings
+        self.steps = steps if steps is not None else StepRegistry(service)
+        self.instance = f"{service}-{uuid.uuid4().hex[:12]}"
+        self.lease_s = max(settings.ack_wait_s, 1.0)
+        self._store: RunStore | None = None
+        self._broker = broker
+
+    @classmethod
+    def create(
+        cls,
+        service: str,
+        settings: Settings,
+        broker: NatsBroker,
+        metrics: Metrics,
+        steps: StepRegistry | None = None,
+    ) -> "Choreography":
+        """The runtime with its own publisher and settler (exposed for the service's use)."""
+        publisher = EventPublisher(broker, metrics)
+        settler = Settler(service, publisher, metrics, settings)
+        return cls(service, broker, publisher, settler, settings, steps)
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            raise RuntimeError("the run-state bucket is not open yet")
+        return self._store
+
+    async def open(self, js: JetStreamContext) -> None:
+        """Open the run-state bucket (an `on_ready` hook of the service)."""
+        self._store = RunStore(await ensure_bucket(js, self.settings))
+
+    def subscribe(self) -> None:
+        """Consume this service's step requests, when it owns any step kind."""
+        if not self.steps.kinds:
+            return
+        subject = ev.step_requested(self.service)
+        self._broker.subscriber(
+            **message_subscription(subject, WORKFLOW, f"{self.service}-steps", self.settings),
+            title=f"{self.service}/steps",
+            description=f"Runs the workflow steps the {self.service} service owns.",
+        )(self.on_step_requested)
+
+    # -- handling a step request -----------------------------------------------------------
+
+    async def on_step_requested(self, msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        await self.settler.handle_one(raw, lambda event: self._handle(raw, event))
+
+    async def _handle(self, raw: Msg, event: Event) -> float | None:
+        """Run (or replay) one requested attempt; seconds to wait before looking again."""
+        request = parse_data(ev.StepRequested, event)
+        runid = event.runid or ""
+        record = await self.store.run(runid)
+        if record is None:
+            raise Unprocessable(f"unknown run {runid!r}")
+        spec = WorkflowSpec.model_validate(record.workflow)
+        step = spec.step(request.step)
+        key = AttemptKey(runid, step.id, request.generation, request.attempt)
+        output = await self.store.output(runid, step.id)
+        if output is not None:
+            # Done before (a redelivery, or a crash after the output was stored): replay
+            # the idempotent rest so the run still advances.
+            await self._succeeded(event, record, spec, key, output, duration=None)
+        elif record.status != "running" or request.generation != record.generation:
+            log.info("step not started: run is not running", status=record.status)
+        elif request.not_before and request.not_before > datetime.now(UTC):
+            return max((request.not_before - datetime.now(UTC)).total_seconds(), 0.05)
+        else:
+            held = await self.store.claim(key, self.instance, self.lease_s)
+            if held is not None:
+                # Another replica runs it; look again once its lease would have expired.
+                return max(held.lease_until - time.time(), 0.2)
+            await self._execute(raw, event, record, spec, step, key)
+        return None
+
+    async def _execute(
+        self,
+        raw: Msg,
+        event: Event,
+        record: RunRecord,
+        spec: WorkflowSpec,
+        step: StepSpec,
+        key: AttemptKey,
+    ) -> None:
+        function = self.steps.get(step.uses)
+        started = time.monotonic()
+        try:
+            if function is None:
+                raise StepFailed(f"{self.service} does not implement {step.uses!r}")
+            # Any upstream step, not only a direct need (the validator checked that).
+            wanted = sorted(referenced_steps(step.with_))
+            outputs = await self.store.outputs(record.runid, wanted)
+            params = render(step.with_, record.inputs, outputs)
+            await self._publish(
+                event.child(
+                    type=ev.STEP_STARTED,
+                    source=self.source,
+                    id=f"{key.message_id}:started",
+                    attempt=key.attempt,
+                    data=ev.StepStarted(
+                        step=step.id,
+                        generation=key.generation,
+                        uses=step.uses,
+                        service=self.service,
+                        inputs=params,
+                    ).model_dump(mode="json"),
+                )
+            )
+            context = StepContext(
+                record.runid, step.id, step.uses, key.attempt, key.generation, params, record.inputs
+            )
+            output = await self._run_with_heartbeat(raw, key, function, context, spec, step)
+        except (StepFailed, TemplateError) as exc:
+            await self._failed(event, record, spec, key, str(exc), permanent=True)
+        except TimeoutError:
+            timeout = spec.timeout_of(step)
+            await self._failed(event, record, spec, key, f"timed out after {timeout:g} s")
+        except Exception as exc:
+            await self._failed(event, record, spec, key, f"{type(exc).__name__}: {exc}")
+        else:
+            await self.store.put_output(record.runid, step.id, output)
+            await self._succeeded(
+                event, record, spec, key, output, duration=time.monotonic() - started
+            )
+
+    async def _run_with_heartbeat(
+        self,
+        raw: Msg,
+        key: AttemptKey,
+        function: StepFunction,
+        context: StepContext,
+        spec: WorkflowSpec,
+        step: StepSpec,
+    ) -> StepOutput:
+        """Run the step within its timeout, telling JetStream and the claim we are alive."""
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(self.lease_s / 3)
+                await raw.in_progress()
+                await self.store.renew(key, self.instance, self.lease_s)
+
+        beat = asyncio.create_task(heartbeat())
+        try:
+            async with asyncio.timeout(spec.timeout_of(step)):
+                return await function(context)
+        finally:
+            beat.cancel()
+
+    # -- after an attempt ------------------------------------------------------------------
+
+    async def _succeeded(
+        self,
+        cause: Event,
+        record: RunRecord,
+        spec: WorkflowSpec,
+        key: AttemptKey,
+        output: StepOutput,
+        duration: float | None,
+    ) -> None:
+        step = spec.step(key.step)
+        completed = cause.child(
+            type=ev.STEP_COMPLETED,
+            source=self.source,
+            id=f"{key.message_id}:completed",
+            attempt=key.attempt,
+            data=ev.StepEnded(
+                step=step.id,
+                generation=key.generation,
+                uses=step.uses,
+                service=self.service,
+                output=output,
+                duration_s=duration,
+            ).model_dump(mode="json"),
+        )
+        await self._publish(completed)
+        current = await self.store.run(record.runid) or record
+        if current.status not in ("running", "completed"):
+            return
+        needs = {s.id: s.needs for s in spec.steps}
+        for successor in dag.successors(needs, step.id):
+            await self.store.record_dependency(record.runid, successor, step.id)
+            done = await self.store.dependencies_done(record.runid, successor, needs[successor])
+            if set(needs[successor]) <= done:
+                await self.request_step(completed, current, spec, successor)
+        await self.complete_if_done(completed, current, spec)
+
+    async def _failed(
+        self,
+        cause: Event,
+        record: RunRecord,
+        spec: WorkflowSpec,
+        key: AttemptKey,
+        error: str,
+        *,
+        permanent: bool = False,
+    ) -> None:
+        step = spec.step(key.step)
+        policy = spec.retry_of(step)
+        current = await self.store.run(record.runid) or record
+        will_retry = (
+            not permanent
+            and key.attempt < policy.max_attempts
+            and current.status == "running"
+            and current.generation == key.generation
+        )
+        next_at = (
+            datetime.now(UTC) + timedelta(seconds=policy.delay_before(key.attempt + 1))
+            if will_retry
+            else None
+        )
+        log.warning("step attempt failed", step=step.id, attempt=key.attempt, error=error)
+        failed = cause.child(
+            type=ev.STEP_FAILED,
+            source=self.source,
+            id=f"{key.message_id}:failed",
+            attempt=key.attempt,
+            data=ev.StepEnded(
+                step=step.id,
+                generation=key.generation,
+                uses=step.uses,
+                service=self.service,
+                error=error,
+                will_retry=will_retry,
+                next_attempt_at=next_at,
+            ).model_dump(mode="json"),
+        )
+        await self._publish(failed)
+        if will_retry:
+            await self.request_step(failed, current, spec, step.id, key.attempt + 1, next_at)
+        elif current.generation == key.generation:
+            # end_run changes only a running run, or replays exactly what it did before.
+            attempts = f"{key.attempt} attempt{'s' if key.attempt > 1 else ''}"
+            await self.end_run(
+                failed,
+                current,
+                spec,
+                "failed",
+                step=step.id,
+                reason=f"step {step.id!r} failed after {attempts}: {error}",
+            )
+
+    # -- moving the run along (also used by ingest's run coordinator) ----------------------
+
+    async def request_step(
+        self,
+        cause: Event,
+        record: RunRecord,
+        spec: WorkflowSpec,
+        step_id: str,
+        attempt: int = 1,
+        not_before: datetime | None = None,
+    ) -> None:
+        step = spec.step(step_id)
+        key = AttemptKey(record.runid, step_id, record.generation, attempt)
+        await self._publish(
+            cause.child(
+                type=ev.step_requested(owner(step.uses)),
+                source=self.source,
+                id=key.message_id,
+                stepid=step_id,
+                attempt=attempt,
+                data=ev.StepRequested(
+                    step=step_id,
+                    uses=step.uses,
+                    attempt=attempt,
+                    generation=record.generation,
+                    not_before=not_before,
+                ).model_dump(mode="json"),
+            )
+        )
+
+    async def complete_if_done(self, cause: Event, record: RunRecord, spec: WorkflowSpec) -> None:
+        """Complete the run when every step has an output (idempotent)."""
+        all_steps = [s.id for s in spec.steps]
+        if not set(all_steps) <= await self.store.done_steps(record.runid, all_steps):
+            return
+        updated = await self.store.change_run(
+            record.runid, expect=("running", "completed"), status="completed"
+        )
+        if updated is None:
+            return
+        outputs = await self.store.outputs(record.runid, all_steps)
+        await self._publish(
+            cause.child(
+                type=ev.RUN_COMPLETED,
+                source=self.source,
+                id=f"{record.runid}:completed",
+                stepid=None,
+                attempt=None,
+                data=ev.RunEnded(
+                    name=spec.name, generation=updated.generation, outputs=outputs
+                ).model_dump(mode="json"),
+            )
+        )
+
+    async def end_run(
+        self,
+        cause: Event,
+        record: RunRecord,
+        spec: WorkflowSpec,
+        status: Literal["failed", "cancelled"],
+        *,
+        step: str | None = None,
+        reason: str,
+    ) -> None:
+        """Fail or cancel the run and skip the steps that had not started. Idempotent: a
+        replay after a crash publishes the same events, which JetStream de-duplicates."""
+        updated = await self.store.change_run(
+            record.runid, expect=("running",), status=status, reason=reason
+        )
+        if updated is None:
+            current = await self.store.run(record.runid)
+            replay = current is not None and (
+                current.status,
+                current.reason,
+                current.generation,
+            ) == (status, reason, record.generation)
+            if not replay:
+                return
+        event_type = ev.RUN_FAILED if status == "failed" else ev.RUN_CANCELLED
+        ended = cause.child(
+            type=event_type,
+            source=self.source,
+            id=f"{record.runid}:{status}:{record.generation}",
+            stepid=None,
+            attempt=None,
+            data=ev.RunEnded(
+                name=spec.name, generation=record.generation, step=step, reason=reason
+            ).model_dump(mode="json"),
+        )
+        await self._publish(ended)
+        done = await self.store.done_steps(record.runid, [s.id for s in spec.steps])
+        started = await self.store.claimed_steps(record.runid, record.generation)
+        for other in spec.steps:
+            if other.id in done or other.id in started or other.id == step:
+                continue
+            await self._publish(
+                ended.child(
+                    type=ev.STEP_SKIPPED,
+                    source=self.source,
+                    id=f"{record.runid}:{other.id}:skipped:{record.generation}",
+                    stepid=other.id,
+                    data=ev.StepEnded(
+                        step=other.id,
+                        generation=record.generation,
+                        uses=other.uses,
+                        error=f"skipped: the run {status}",
+                    ).model_dump(mode="json"),
+                )
+            )
+
+    async def _publish(self, event: Event) -> None:
+        await self.publisher.publish(event.type, event)

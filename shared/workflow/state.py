@@ -1,0 +1,223 @@
+"""Run state in a JetStream KV bucket: the shared memory of a choreographed run.
+
+Every write that decides something is conditional, so concurrent or repeated handlers
+agree without a coordinator:
+
+    run.<run>                    the run: workflow, inputs, status, generation  (CAS)
+    claim.<run>.<step>.<g>.<n>   who runs attempt n of generation g, until when (create, or
+                                 CAS once the holder's lease expired)
+    out.<run>.<step>             the step's output; its existence means "done"
+    dep.<run>.<step>.<dep>       `dep` finished, recorded once for `step` (create-if-absent)
+"""
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
+from nats.js.kv import KeyValue
+
+from shared.settings import Settings
+
+BUCKET = "choreo_runs"
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+
+
+@dataclass
+class RunRecord:
+    runid: str
+    workflow: dict[str, Any]
+    inputs: dict[str, Any]
+    status: RunStatus = "running"
+    generation: int = 1
+    created_at: float = field(default_factory=time.time)
+    reason: str | None = None
+    retries: list[str] = field(default_factory=list)
+    """Ids of the `wf.run.retry.requested` events applied, so a redelivery is a replay."""
+
+
+@dataclass(frozen=True)
+class AttemptKey:
+    """One attempt of one step: attempts count from 1 in each generation of the run
+    (`choreo retry` starts a new generation)."""
+
+    runid: str
+    step: str
+    generation: int
+    attempt: int
+
+    @property
+    def claim_key(self) -> str:
+        return f"claim.{self.runid}.{self.step}.{self.generation}.{self.attempt}"
+
+    @property
+    def message_id(self) -> str:
+        """`run:step:attempt` (DESIGN §2); later generations add `g<n>` to stay distinct."""
+        if self.generation == 1:
+            return f"{self.runid}:{self.step}:{self.attempt}"
+        return f"{self.runid}:{self.step}:g{self.generation}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    owner: str
+    lease_until: float
+
+
+async def ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
+    """Open the run-state bucket, creating it when missing (safe when services race)."""
+    try:
+        return await js.key_value(BUCKET)
+    except BucketNotFoundError:
+        pass
+    # Creating with an identical config is idempotent in JetStream, so a race is harmless.
+    return await js.create_key_value(
+        KeyValueConfig(
+            bucket=BUCKET,
+            description="workflow run state",
+            history=1,
+            ttl=settings.stream_max_age_s,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+        )
+    )
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class RunStore:
+    """Typed access to the run-state bucket."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def create_run(self, record: RunRecord) -> bool:
+        """Store a new run; False when it exists already (a redelivered request)."""
+        try:
+            await self.kv.create(f"run.{record.runid}", _dump(asdict(record)))
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def run(self, runid: str) -> RunRecord | None:
+        entry = await self._get(f"run.{runid}")
+        return None if entry is None else RunRecord(**json.loads(entry[0]))
+
+    async def change_run(
+        self, runid: str, *, expect: tuple[RunStatus, ...], status: RunStatus, **changes: Any
+    ) -> RunRecord | None:
+        """Move the run to `status` if it is in one of `expect` (compare-and-set, retried
+        on a concurrent write); the new record, or None when the run was not in `expect`."""
+        while True:
+            entry = await self._get(f"run.{runid}")
+            if entry is None:
+                return None
+            record = RunRecord(**json.loads(entry[0]))
+            if record.status not in expect:
+                return None
+            updated = RunRecord(**{**asdict(record), **changes, "status": status})
+            try:
+                await self.kv.update(f"run.{runid}", _dump(asdict(updated)), last=entry[1])
+            except KeyWrongLastSequenceError:
+                continue
+            return updated
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def claim(self, attempt: AttemptKey, owner: str, lease_s: float) -> Claim | None:
+        """Take the attempt: create the claim, or take over one whose lease expired.
+        Returns the current holder's claim when someone else holds it (None when we won)."""
+        key = attempt.claim_key
+        mine = Claim(owner, time.time() + lease_s)
+        try:
+            await self.kv.create(key, _dump(asdict(mine)))
+            return None
+        except KeyWrongLastSequenceError:
+            pass
+        entry = await self._get(key)
+        if entry is None:
+            return await self.claim(attempt, owner, lease_s)
+        held = Claim(**json.loads(entry[0]))
+        if held.owner != owner and held.lease_until > time.time():
+            return held
+        try:
+            await self.kv.update(key, _dump(asdict(mine)), last=entry[1])
+        except KeyWrongLastSequenceError:
+            entry = await self._get(key)
+            return Claim(**json.loads(entry[0])) if entry else mine
+        return None
+
+    async def renew(self, attempt: AttemptKey, owner: str, lease_s: float) -> None:
+        await self.kv.put(attempt.claim_key, _dump(asdict(Claim(owner, time.time() + lease_s))))
+
+    async def claimed_steps(self, runid: str, generation: int) -> set[str]:
+        """Steps with an attempt claimed (started) in `generation`."""
+        keys = await self._keys(f"claim.{runid}.*.{generation}.*")
+        return {key.split(".")[2] for key in keys}
+
+    # -- outputs and dependencies ----------------------------------------------------------
+
+    async def put_output(self, runid: str, step: str, output: dict[str, Any]) -> None:
+        await self.kv.put(f"out.{runid}.{step}", _dump(output))
+
+    async def output(self, runid: str, step: str) -> dict[str, Any] | None:
+        entry = await self._get(f"out.{runid}.{step}")
+        return None if entry is None else dict(json.loads(entry[0]))
+
+    async def outputs(self, runid: str, steps: list[str]) -> dict[str, Any]:
+        found = {}
+        for step in steps:
+            value = await self.output(runid, step)
+            if value is not None:
+                found[step] = value
+        return found
+
+    async def done_steps(self, runid: str, steps: list[str]) -> set[str]:
+        """Which of `steps` have an output."""
+        return {step for step in steps if await self._get(f"out.{runid}.{step}") is not None}
+
+    async def record_dependency(self, runid: str, step: str, dep: str) -> None:
+        """Record once that `dep` finished, for `step` (a redelivery changes nothing)."""
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self.kv.create(f"dep.{runid}.{step}.{dep}", b"1")
+
+    async def dependencies_done(self, runid: str, step: str, needs: list[str]) -> set[str]:
+        """Which of `needs` are recorded as finished for `step`."""
+        return {dep for dep in needs if await self._get(f"dep.{runid}.{step}.{dep}") is not None}
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _get(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return entry.value, entry.revision
+
+    async def _keys(self, pattern: str) -> list[str]:
+        """Keys matching a subject pattern, filtered by the server. (nats-py's
+        `KeyValue.keys(filters=...)` reads every key of the bucket and matches substrings.)"""
+        watcher = await self.kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        keys = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of the current values
+                    break
+                keys.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        return keys

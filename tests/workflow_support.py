@@ -1,0 +1,92 @@
+"""Test step kinds and helpers for running workflows on real servers.
+
+The kinds are registered on the transform service (their `transform.` prefix routes
+them there) and added to the kinds ingest accepts, as a deployment with its own kinds would.
+"""
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from services.audit.app import create_app as audit_app
+from services.ingest.app import create_app as ingest_app
+from services.ingest.settings import IngestSettings
+from services.store.app import create_app as store_app
+from services.transform.app import create_app as transform_app
+from shared.settings import Settings
+from shared.workflow.kinds import STEP_KINDS, StepKind
+from shared.workflow.runtime import StepContext, StepOutput, StepRegistry
+from tests.support import serve, wait_for
+
+TEST_KINDS = {
+    **STEP_KINDS,
+    **{
+        uses: StepKind(uses, "transform")
+        for uses in ("transform.flaky", "transform.always_fails", "transform.sleep")
+    },
+}
+calls: Counter[str] = Counter()
+
+
+def test_steps() -> StepRegistry:
+    steps = StepRegistry("transform")
+
+    @steps.kind("transform.flaky")
+    async def flaky(ctx: StepContext) -> StepOutput:
+        """Fails its first `fail_times` calls (per run and step), then succeeds."""
+        calls[ctx.idempotency_key] += 1
+        if calls[ctx.idempotency_key] <= int(ctx.params.get("fail_times", 0)):
+            raise RuntimeError(f"flaky failure {calls[ctx.idempotency_key]}")
+        return {"attempt": ctx.attempt, "calls": calls[ctx.idempotency_key]}
+
+    @steps.kind("transform.always_fails")
+    async def always_fails(ctx: StepContext) -> StepOutput:
+        raise RuntimeError("boom: this step always fails")
+
+    @steps.kind("transform.sleep")
+    async def sleep(ctx: StepContext) -> StepOutput:
+        await asyncio.sleep(float(ctx.params.get("seconds", 1)))
+        return {"slept": ctx.params.get("seconds", 1), "value": ctx.params.get("value")}
+
+    return steps
+
+
+@asynccontextmanager
+async def workflow_services(settings: Settings) -> AsyncIterator[None]:
+    """ingest, store, transform (with the test kinds) and audit, in this process."""
+    async with AsyncExitStack() as stack:
+        for service in (
+            audit_app(settings),
+            store_app(settings),
+            transform_app(settings, steps=test_steps()),
+            ingest_app(IngestSettings.model_validate(settings.model_dump()), kinds=TEST_KINDS),
+        ):
+            await stack.enter_async_context(serve(service))
+        yield
+
+
+ENDED = ("completed", "failed", "cancelled")
+
+
+async def run_row(db: asyncpg.Connection, runid: str) -> dict[str, Any] | None:
+    row = await db.fetchrow("SELECT * FROM workflow_runs WHERE runid = $1", runid)
+    return dict(row) if row else None
+
+
+async def wait_run_ended(
+    db: asyncpg.Connection, runid: str, within: float = 30.0
+) -> dict[str, Any]:
+    row = await wait_for(
+        lambda: run_row(db, runid), lambda r: r is not None and r["status"] in ENDED, within=within
+    )
+    assert row is not None
+    return row
+
+
+async def step_rows(db: asyncpg.Connection, runid: str) -> dict[str, dict[str, Any]]:
+    rows = await db.fetch("SELECT * FROM step_runs WHERE runid = $1", runid)
+    return {r["stepid"]: dict(r) for r in rows}
