@@ -12,43 +12,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from choreo import stackctl
+from choreo.cli_common import DataDir, Json, SyncInterval, app, console, errors
 from choreo.state import StackState
-from shared.settings import ENV_FILE_NAME, data_dir_from_env
+from shared.settings import ENV_FILE_NAME
 
-app = typer.Typer(
-    help="Choreo: event-driven data pipelines choreographed over NATS JetStream.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-errors = Console(stderr=True)
-
-DataDir = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir",
-        help="Where the stack keeps its state, logs and env file (env: CHOREO_DATA_DIR).",
-        default_factory=data_dir_from_env,
-        show_default=".choreo",
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-SyncInterval = Annotated[
-    str | None,
-    typer.Option(
-        "--sync-interval",
-        help="How often JetStream fsyncs: '2m' (default, fast) or 'always' (durable, slower).",
-    ),
-]
 UP_TIMEOUT_S = 120.0
 
 
 def main() -> None:
+    # Workflow commands register themselves on the same app.
+    import choreo.cli_runs  # noqa: F401
+
     app()
 
 

@@ -10,6 +10,7 @@ an OpenAPI document.
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -51,7 +52,10 @@ def create_broker(settings: Settings, service: str) -> NatsBroker:
         security=security,
         max_reconnect_attempts=-1,
         graceful_timeout=DRAIN_TIMEOUT_S,
-        logger=structlog.stdlib.get_logger(f"faststream.{service}"),
+        # A plain stdlib logger: its records go through the root handler configured in
+        # shared.logs; per-message "Received/Processed" lines are DEBUG, not INFO.
+        logger=logging.getLogger(f"faststream.{service}"),
+        log_level=logging.DEBUG,
         description=f"Choreo {service} service",
     )
 

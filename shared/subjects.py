@@ -77,8 +77,11 @@ class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...] = ()
     # JetStream needs these for every client: the API (stream info, consumer create,
-    # pull requests), acknowledgements, and replies on the client's inbox.
-    jetstream: tuple[str, ...] = field(default=("$JS.API.>", "$JS.ACK.>", "_INBOX.>"))
+    # pull requests), acknowledgements, replies on the client's inbox, and writes to the
+    # workflow run-state KV bucket (shared.workflow.state.BUCKET).
+    jetstream: tuple[str, ...] = field(
+        default=("$JS.API.>", "$JS.ACK.>", "_INBOX.>", "$KV.choreo_runs.>")
+    )
 
     def publish_allow(self) -> list[str]:
         return [*self.publish, *self.jetstream]

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from shared.workflow import dag
 from shared.workflow.kinds import STEP_KINDS, StepKind
-from shared.workflow.spec import InputType, WorkflowSpec
+from shared.workflow.spec import WorkflowSpec
 from shared.workflow.templates import TemplateError, parse, templates_in
 
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
@@ -106,7 +106,7 @@ def check_inputs(
     return effective, problems
 
 
-def coerce_input(raw: str, kind: InputType) -> Any:
+def coerce_input(raw: str, kind: str) -> Any:
     """A command-line `--input k=v` value as the declared type (strings stay strings)."""
     if kind == "string":
         return raw

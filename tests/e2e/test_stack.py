@@ -1,5 +1,6 @@
 """`choreo up` / `choreo down` as a user runs them: real processes, real ports."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aioboto3
 import asyncpg
 import httpx
 import pytest
@@ -23,6 +25,7 @@ from shared.subjects import SERVICES
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -100,6 +103,69 @@ async def test_posted_event_reaches_the_audit_table(stack: dict[str, Any]) -> No
     finally:
         await conn.close()
     assert rows == 1
+
+
+def test_the_example_workflow_completes_and_stores_its_object(
+    stack: dict[str, Any], data_dir: Path
+) -> None:
+    result = choreo(
+        "run", str(ROOT / "workflows/minio-store/workflow.json"), "--json", data_dir=data_dir
+    )
+    run = json.loads(result.stdout)
+    assert run["status"] == "completed", result.stdout
+    assert set(run["steps"].values()) == {"completed"}
+    assert (
+        run["outputs"]["store-result"]["uri"]
+        == "s3://curated/outputs/minio-store-sample/result.json"
+    )
+    env = stack["env"]
+
+    async def fetch() -> dict[str, Any]:
+        session = aioboto3.Session()
+        async with session.client(
+            "s3",
+            endpoint_url=env["CHOREO_S3_ENDPOINT_URL"],
+            aws_access_key_id=env["CHOREO_S3_ACCESS_KEY"],
+            aws_secret_access_key=env["CHOREO_S3_SECRET_KEY"],
+            region_name="us-east-1",
+        ) as s3:
+            obj = await s3.get_object(
+                Bucket="curated", Key="outputs/minio-store-sample/result.json"
+            )
+            body: dict[str, Any] = json.loads(await obj["Body"].read())
+            return body
+
+    result_object = asyncio.run(fetch())
+    assert result_object["north"]["count"] == 2
+    assert result_object["north"]["fields"]["revenue"]["sum"] == 47.5
+
+    timeline = json.loads(choreo("events", run["runid"], "--json", data_dir=data_dir).stdout)
+    types = [e["type"] for e in timeline]
+    assert types[0] == "wf.run.requested"
+    assert types[-1] == "wf.run.completed"
+    # One causation chain: every event but the first was caused by an earlier one.
+    ids = {e["id"] for e in timeline}
+    assert all(e["causationid"] in ids for e in timeline[1:])
+    assert [e["depth"] for e in timeline] == sorted(e["depth"] for e in timeline)
+
+
+def test_an_invalid_workflow_exits_2_with_every_problem(data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "steps": [
+                    {"id": "a", "uses": "audit.nope", "with": {}},
+                    {"id": "b", "uses": "audit.log", "needs": ["ghost"], "with": {"message": "x"}},
+                ],
+            }
+        )
+    )
+    result = choreo("run", str(bad), data_dir=data_dir, check=False)
+    assert result.returncode == 2
+    assert "$.steps[0].uses" in result.stderr
+    assert "$.steps[1].needs[0]" in result.stderr
 
 
 def test_a_killed_service_is_reported_and_restarted(stack: dict[str, Any], data_dir: Path) -> None:

@@ -1,0 +1,397 @@
+"""Workflow commands: `choreo validate`, `run`, `runs`, `status`, `events`, `retry`, `cancel`.
+
+Runs start over NATS (`wf.run.requested`) and are followed live from their events; what
+happened is read back from the audit service's API.
+"""
+
+import asyncio
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from choreo.cli_common import DataDir, Json, app, console, errors
+from choreo.client import ClientError, ClientSettings, request
+from choreo.follow import RunView, StepView, connect, follow
+from choreo.runs import request_cancel, request_retry, request_run
+from shared.ids import uuid7
+from shared.workflow.spec import WorkflowSpec
+from shared.workflow.validate import Validated, coerce_input, validate_workflow
+
+EXIT_INVALID = 2
+STATE_STYLE = {
+    "waiting": "dim",
+    "requested": "cyan",
+    "running": "yellow",
+    "retrying": "magenta",
+    "completed": "green",
+    "failed": "red",
+    "skipped": "dim",
+}
+Inputs = Annotated[
+    list[str] | None,
+    typer.Option("--input", "-i", help="An input as NAME=VALUE (repeatable)."),
+]
+
+
+def _load(file: Path, raw_inputs: list[str] | None) -> tuple[dict[str, Any], Validated]:
+    """Read and validate a workflow file with its inputs; exit 2 with every problem."""
+    try:
+        document = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        errors.print(f"[red]{file}: cannot read the workflow: {exc}[/red]")
+        raise typer.Exit(EXIT_INVALID) from exc
+    given: dict[str, Any] = {}
+    declared = document.get("inputs", {}) if isinstance(document, dict) else {}
+    for item in raw_inputs or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            errors.print(f"[red]--input {item!r}: use NAME=VALUE[/red]")
+            raise typer.Exit(EXIT_INVALID)
+        spec = declared.get(name) if isinstance(declared, dict) else None
+        kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
+        given[name] = coerce_input(value, str(kind))
+    return document, validate_workflow(document, given)
+
+
+def _print_problems(file: Path, checked: Validated, json_out: bool) -> None:
+    if json_out:
+        problems = [{"path": p.path, "message": p.message} for p in checked.problems]
+        console.print_json(json.dumps({"file": str(file), "valid": False, "problems": problems}))
+        return
+    errors.print(f"[red]{file}: {len(checked.problems)} problem(s)[/red]")
+    for problem in checked.problems:
+        errors.print(f"  [bold]{problem.path}[/bold]: {problem.message}")
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="workflow.json")],
+    inputs: Inputs = None,
+    json_out: Json = False,
+) -> None:
+    """Check a workflow file (and inputs, when given); exit 0 if valid, 2 if not."""
+    _, checked = _load(file, inputs)
+    if not checked.ok:
+        _print_problems(file, checked, json_out)
+        raise typer.Exit(EXIT_INVALID)
+    assert checked.spec is not None
+    if json_out:
+        console.print_json(json.dumps({"file": str(file), "valid": True, "problems": []}))
+    else:
+        steps = len(checked.spec.steps)
+        console.print(f"[green]{file}: valid[/green] ({checked.spec.name}, {steps} steps)")
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="workflow.json")],
+    data_dir: DataDir,
+    inputs: Inputs = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Start it and return.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop following after S seconds (the run goes on).")
+    ] = None,
+    json_out: Json = False,
+) -> None:
+    """Validate a workflow, start a run and follow it step by step.
+
+    Exit code: 0 completed, 1 failed, cancelled or still running at --timeout, 2 invalid.
+    """
+    document, checked = _load(file, inputs)
+    if not checked.ok or checked.spec is None:
+        _print_problems(file, checked, json_out)
+        raise typer.Exit(EXIT_INVALID)
+    settings = ClientSettings.load(data_dir)
+    spec = checked.spec
+    view = _new_view("", spec)
+
+    async def go() -> bool:
+        async with connect(settings) as client:
+            js = client.jetstream()
+            if no_wait:
+                view.runid = await request_run(js, document, checked.inputs)
+                return True
+
+            async def start() -> None:
+                await request_run(js, document, checked.inputs, runid=view.runid)
+
+            view.runid = uuid7()
+            return await _follow_live(client, view, start, timeout, json_out)
+
+    finished = _run_async(go)
+    _finish(view, finished, no_wait, json_out)
+
+
+@app.command()
+def retry(
+    runid: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    data_dir: DataDir,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Ask for it and return.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Stop following after S s.")] = None,
+    json_out: Json = False,
+) -> None:
+    """Re-run the failed and skipped steps of a failed or cancelled run (done ones stay)."""
+    settings = ClientSettings.load(data_dir)
+    current = _audit(settings, f"/v1/audit/runs/{runid}")
+    if current["status"] not in ("failed", "cancelled"):
+        errors.print(f"Run {runid} is {current['status']}: only failed or cancelled runs retry.")
+        raise typer.Exit(1)
+    workflow = WorkflowSpec.model_validate(_workflow_of(current))
+    view = _new_view(runid, workflow, generation=current["generation"] + 1)
+
+    async def go() -> bool:
+        async with connect(settings) as client:
+            js = client.jetstream()
+            if no_wait:
+                await request_retry(js, runid)
+                return True
+            return await _follow_live(
+                client, view, lambda: request_retry(js, runid), timeout, json_out
+            )
+
+    finished = _run_async(go)
+    _finish(view, finished, no_wait, json_out)
+
+
+@app.command()
+def cancel(
+    runid: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    data_dir: DataDir,
+    reason: Annotated[str | None, typer.Option(help="Recorded with the run.")] = None,
+    json_out: Json = False,
+) -> None:
+    """Cancel a run: running steps finish, nothing new starts, the run ends cancelled."""
+    settings = ClientSettings.load(data_dir)
+
+    async def go() -> None:
+        async with connect(settings) as client:
+            await request_cancel(client.jetstream(), runid, reason)
+
+    _run_async(go)
+    status = "?"
+    for _ in range(50):
+        status = _audit(settings, f"/v1/audit/runs/{runid}")["status"]
+        if status != "running":
+            break
+        time.sleep(0.2)
+    if json_out:
+        console.print_json(json.dumps({"runid": runid, "status": status}))
+    else:
+        console.print(f"Run {runid}: {status}")
+    raise typer.Exit(0 if status == "cancelled" else 1)
+
+
+@app.command()
+def runs(
+    data_dir: DataDir,
+    status: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    json_out: Json = False,
+) -> None:
+    """List the newest runs."""
+    settings = ClientSettings.load(data_dir)
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    found = _audit(settings, "/v1/audit/runs", params=params)
+    if json_out:
+        console.print_json(json.dumps(found, default=str))
+        return
+    table = Table(title=f"{len(found)} run(s)", title_justify="left")
+    for column in ("run", "workflow", "status", "started", "took", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in found:
+        table.add_row(
+            r["runid"],
+            r["name"] or "?",
+            _styled(r["status"]),
+            (r["started_at"] or r["requested_at"] or "")[:19],
+            _took(r["started_at"], r["ended_at"]),
+            r["reason"] or "",
+        )
+    console.print(table)
+
+
+@app.command()
+def status(
+    runid: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    data_dir: DataDir,
+    json_out: Json = False,
+) -> None:
+    """Show one run: its state, each step's state, attempts, timings, errors and outputs."""
+    found = _audit(ClientSettings.load(data_dir), f"/v1/audit/runs/{runid}")
+    if json_out:
+        console.print_json(json.dumps(found, default=str))
+        return
+    console.print(
+        f"Run [bold]{runid}[/bold] ({found['name']}): {_styled(found['status'])}"
+        f" (generation {found['generation']})"
+    )
+    if found.get("reason"):
+        console.print(f"  reason: {found['reason']}")
+    table = Table(title_justify="left")
+    for column in ("step", "uses", "state", "attempt", "took", "error / output"):
+        table.add_column(column, overflow="fold")
+    for s in sorted(found["steps"], key=lambda s: s["requested_at"] or ""):
+        detail = s["error"] or (json.dumps(s["output"]) if s["output"] is not None else "")
+        table.add_row(
+            s["stepid"],
+            s["uses"] or "",
+            _styled(s["status"]),
+            str(s["attempt"]),
+            _took(s["started_at"], s["ended_at"]),
+            detail[:200],
+        )
+    console.print(table)
+
+
+@app.command()
+def events(
+    runid: Annotated[str, typer.Argument(metavar="RUN_ID")],
+    data_dir: DataDir,
+    json_out: Json = False,
+) -> None:
+    """The timeline of a run: every event across services, in causation order."""
+    found = _audit(ClientSettings.load(data_dir), f"/v1/audit/runs/{runid}/events")
+    if json_out:
+        console.print_json(json.dumps(found, default=str))
+        return
+    table = Table(title=f"Run {runid}: {len(found)} events", title_justify="left")
+    for column in ("time", "+ms", "event", "service", "step", "try"):
+        table.add_column(column, overflow="fold")
+    for e in found:
+        after = "" if e["after_ms"] is None else f"{e['after_ms']:.0f}"
+        table.add_row(
+            e["time"][11:23],
+            after,
+            "  " * e["depth"] + e["type"],
+            e["source"].removeprefix("choreo/"),
+            e["stepid"] or "",
+            str(e["attempt"] or ""),
+        )
+    console.print(table)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _new_view(runid: str, spec: WorkflowSpec, generation: int = 1) -> RunView:
+    steps = {s.id: StepView(s.id, s.uses, generation=generation) for s in spec.steps}
+    return RunView(runid, steps, generation=generation)
+
+
+async def _follow_live(
+    client: Any, view: RunView, start: Any, within: float | None, json_out: bool
+) -> bool:
+    if json_out:
+        return await follow(client, view.runid, view, start, lambda _: None, within)
+    with Live(_table(view), console=console, refresh_per_second=8) as live:
+        finished = await follow(
+            client, view.runid, view, start, lambda v: live.update(_table(v)), within
+        )
+    console.print()
+    return finished
+
+
+def _table(view: RunView) -> Table:
+    table = Table(title=f"Run {view.runid or '…'}: {view.status}", title_justify="left")
+    for column in ("step", "uses", "state", "attempt", "time", "note"):
+        table.add_column(column, overflow="fold")
+    for step in view.steps.values():
+        took = step.duration_s
+        if took is None and step.started is not None and step.state == "running":
+            took = time.monotonic() - step.started
+        table.add_row(
+            step.step,
+            step.uses,
+            _styled(step.state),
+            str(step.attempt or ""),
+            "" if took is None else f"{took:.2f}s",
+            (step.error or "")[:120],
+        )
+    return table
+
+
+def _finish(view: RunView, finished: bool, no_wait: bool, json_out: bool) -> None:
+    if no_wait:
+        if json_out:
+            console.print_json(json.dumps({"runid": view.runid, "status": "requested"}))
+        else:
+            console.print(f"Started run {view.runid}; follow it with `choreo status {view.runid}`.")
+        return
+    if json_out:
+        console.print_json(
+            json.dumps(
+                {
+                    "runid": view.runid,
+                    "status": view.status if finished else "running",
+                    "reason": view.reason,
+                    "problems": view.problems,
+                    "outputs": view.outputs,
+                    "steps": {s.step: s.state for s in view.steps.values()},
+                }
+            )
+        )
+    elif not finished:
+        errors.print(f"Still running after the timeout; `choreo status {view.runid}` shows it.")
+    elif view.status == "completed":
+        console.print(f"[green]Run {view.runid} completed.[/green]")
+        for uri in _uris(view.outputs):
+            console.print(f"  stored: {uri}")
+        console.print(f"  timeline: choreo events {view.runid}")
+    else:
+        errors.print(f"[red]Run {view.runid} {view.status}: {view.reason}[/red]")
+        for problem in view.problems:
+            errors.print(f"  {problem}")
+    if view.problems:
+        raise typer.Exit(EXIT_INVALID)
+    raise typer.Exit(0 if finished and view.status == "completed" else 1)
+
+
+def _uris(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.startswith("s3://") else []
+    if isinstance(value, dict):
+        return [u for v in value.values() for u in _uris(v)]
+    if isinstance(value, list):
+        return [u for v in value for u in _uris(v)]
+    return []
+
+
+def _audit(settings: ClientSettings, path: str, **kwargs: Any) -> Any:
+    try:
+        return request("GET", f"{settings.audit_url}{path}", **kwargs).json()
+    except ClientError as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
+def _workflow_of(run: dict[str, Any]) -> dict[str, Any]:
+    """A workflow spec rebuilt from the audit record (steps and their kinds)."""
+    steps = [{"id": s["stepid"], "uses": s["uses"] or "audit.log"} for s in run["steps"]]
+    return {"name": run["name"] or "run", "steps": steps}
+
+
+def _run_async(go: Any) -> Any:
+    try:
+        return asyncio.run(go())
+    except OSError as exc:
+        errors.print(f"[red]cannot reach NATS: {exc}; is the stack running? `choreo up`[/red]")
+        raise typer.Exit(1) from exc
+
+
+def _styled(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def _took(start: str | None, end: str | None) -> str:
+    if not start or not end:
+        return ""
+    seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    return f"{seconds:.2f}s"
