@@ -40,11 +40,18 @@ MONITOR_INTERVAL_S = 0.5
 class ServiceProcess(ServerProcess):
     """One Choreo service run as `python -m services.<name>`; ready when /readyz says so."""
 
-    def __init__(self, name: str, port: int, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        env: dict[str, str],
+        log_path: Path,
+        module: str | None = None,
+    ) -> None:
         self.port = port
         super().__init__(
             name,
-            [sys.executable, "-m", f"services.{name}"],
+            [sys.executable, "-m", module or f"services.{name}"],
             log_path=log_path,
             env=env,
             start_timeout=SERVICE_START_TIMEOUT_S,

@@ -56,15 +56,18 @@ def test_steps() -> StepRegistry:
 
 
 @asynccontextmanager
-async def workflow_services(settings: Settings) -> AsyncIterator[None]:
-    """ingest, store, transform (with the test kinds) and audit, in this process."""
+async def workflow_services(settings: Settings, *, transform: bool = True) -> AsyncIterator[None]:
+    """ingest, store, audit and (unless a test runs its own) transform with the test kinds,
+    in this process."""
+    services = [
+        audit_app(settings),
+        store_app(settings),
+        ingest_app(IngestSettings.model_validate(settings.model_dump()), kinds=TEST_KINDS),
+    ]
+    if transform:
+        services.append(transform_app(settings, steps=test_steps()))
     async with AsyncExitStack() as stack:
-        for service in (
-            audit_app(settings),
-            store_app(settings),
-            transform_app(settings, steps=test_steps()),
-            ingest_app(IngestSettings.model_validate(settings.model_dump()), kinds=TEST_KINDS),
-        ):
+        for service in services:
             await stack.enter_async_context(serve(service))
         yield
 

@@ -242,10 +242,10 @@ class Choreography:
         except Exception as exc:
             await self._failed(event, record, spec, key, f"{type(exc).__name__}: {exc}")
         else:
+            duration = time.monotonic() - started
             await self.store.put_output(record.runid, step.id, output)
-            await self._succeeded(
-                event, record, spec, key, output, duration=time.monotonic() - started
-            )
+            log.info("step completed", step=step.id, attempt=key.attempt, duration_s=duration)
+            await self._succeeded(event, record, spec, key, output, duration=duration)
 
     async def _run_with_heartbeat(
         self,

@@ -1,0 +1,98 @@
+"""Killing the service that owns a running step: the run still completes, effects once."""
+
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import asyncpg
+import nats
+import pytest
+
+from choreo.runs import request_run
+from choreo.servers.ports import free_port
+from choreo.stack import ServiceProcess
+from shared.settings import Settings
+from tests.support import settings_env, wait_for
+from tests.workflow_support import step_rows, wait_run_ended, workflow_services
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    yield conn
+    await conn.close()
+
+
+async def test_sigkill_of_the_step_owner_mid_step(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    env = {**os.environ, **settings_env(settings)}
+
+    def transform() -> ServiceProcess:
+        env["CHOREO_HTTP_PORT"] = str(free_port())
+        return ServiceProcess(
+            "transform",
+            int(env["CHOREO_HTTP_PORT"]),
+            env,
+            settings.data_dir / "transform.log",
+            module="tests.transform_with_test_kinds",
+        )
+
+    workflow = {
+        "name": "crash-test",
+        "steps": [
+            {"id": "slow", "uses": "transform.sleep", "with": {"seconds": 3, "value": "v"}},
+            {"id": "log", "uses": "audit.log", "needs": ["slow"], "with": {"message": "once"}},
+            {
+                "id": "notify",
+                "uses": "notify.publish",
+                "needs": ["log"],
+                "with": {
+                    "subject": "notify.crash-test",
+                    "data": {"v": "{{ steps.slow.output.value }}"},
+                },
+            },
+        ],
+    }
+    first = transform()
+    first.start()
+    client = await nats.connect(settings.nats_url)
+    try:
+        async with workflow_services(settings, transform=False):
+            js = client.jetstream()
+            runid = await request_run(js, workflow, {})
+            await wait_for(
+                lambda: step_rows(db, runid), lambda s: s.get("slow", {}).get("status") == "running"
+            )
+            assert first.pid is not None
+            os.kill(first.pid, signal.SIGKILL)
+            first.stop()
+            second = transform()
+            second.start()
+            try:
+                run = await wait_run_ended(db, runid, within=60)
+            finally:
+                second.stop()
+            notified = await js.get_last_msg("NOTIFY", "notify.crash-test")
+    finally:
+        await client.close()
+    assert run["status"] == "completed"
+    steps = await step_rows(db, runid)
+    assert steps["slow"]["attempt"] == 1  # the same attempt, taken over after the lease
+    # The killed owner never finished the step: its successor did, in the same attempt.
+    completions = [
+        line
+        for line in (settings.data_dir / "transform.log").read_text().splitlines()
+        if '"step completed"' in line and runid in line
+    ]
+    assert len(completions) == 1
+    assert first.returncode == -signal.SIGKILL
+    # Effects downstream happened once.
+    assert await db.fetchval("SELECT count(*) FROM audit_log WHERE runid = $1", runid) == 1
+    assert notified.headers is not None
+    assert notified.headers["Nats-Msg-Id"] == f"{runid}:notify"
+    assert json.loads(notified.data or b"{}")["data"] == {"v": "v"}
