@@ -2,9 +2,9 @@
 
 import sys
 
-from bench import event_to_audit
+from bench import event_to_audit, workflows
 
-BENCHMARKS = {"event_to_audit": event_to_audit.main}
+BENCHMARKS = {"event_to_audit": event_to_audit.main, "workflows": workflows.main}
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "event_to_audit"

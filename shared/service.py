@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js import JetStreamContext
 
+import shared.compat  # noqa: F401  (applied on import: see the module)
 from shared.jetstream import ensure_streams, jetstream
 from shared.logs import configure_logging
 from shared.metrics import Metrics

@@ -50,6 +50,12 @@ def roots(needs: Mapping[str, Sequence[str]]) -> list[str]:
     return [step for step, deps in needs.items() if not deps]
 
 
+def sinks(needs: Mapping[str, Sequence[str]]) -> list[str]:
+    """The steps nothing needs."""
+    needed = {dep for deps in needs.values() for dep in deps}
+    return [step for step in needs if step not in needed]
+
+
 def descendants(needs: Mapping[str, Sequence[str]], step: str) -> set[str]:
     """Every step that depends on `step`, directly or not."""
     seen: set[str] = set()

@@ -302,12 +302,14 @@ class Choreography:
         if current.status not in ("running", "completed"):
             return
         needs = {s.id: s.needs for s in spec.steps}
-        for successor in dag.successors(needs, step.id):
+        successors = dag.successors(needs, step.id)
+        for successor in successors:
             await self.store.record_dependency(record.runid, successor, step.id)
             done = await self.store.dependencies_done(record.runid, successor, needs[successor])
             if set(needs[successor]) <= done:
                 await self.request_step(completed, current, spec, successor)
-        await self.complete_if_done(completed, current, spec)
+        if not successors:
+            await self.complete_if_done(completed, current, spec)
 
     async def _failed(
         self,
@@ -395,10 +397,13 @@ class Choreography:
         )
 
     async def complete_if_done(self, cause: Event, record: RunRecord, spec: WorkflowSpec) -> None:
-        """Complete the run when every step has an output (idempotent)."""
-        all_steps = [s.id for s in spec.steps]
-        if not set(all_steps) <= await self.store.done_steps(record.runid, all_steps):
+        """Complete the run when every step has an output (idempotent). Checking the sinks
+        is enough: a step only runs once its needs are done, so a done sink means all its
+        ancestors are done, and every step is a sink or an ancestor of one."""
+        sinks = dag.sinks({s.id: s.needs for s in spec.steps})
+        if not set(sinks) <= await self.store.done_steps(record.runid, sinks):
             return
+        all_steps = [s.id for s in spec.steps]
         updated = await self.store.change_run(
             record.runid, expect=("running", "completed"), status="completed"
         )

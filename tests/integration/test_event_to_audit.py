@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import nats
 import pytest
+from faststream.nats.subscriber.usecases import stream_pull_subscriber
 
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
@@ -169,7 +170,28 @@ async def test_stopping_audit_mid_stream_loses_and_duplicates_nothing(
     assert duplicates == 0
 
 
-async def _publish_all(js: nats.js.JetStreamContext, events: list[Event]) -> None:
-    await asyncio.gather(
-        *(js.publish("data.stoptest", e.to_bytes(), headers=e.headers()) for e in events)
-    )
+async def _publish_all(
+    js: nats.js.JetStreamContext, events: list[Event], subject: str = "data.stoptest"
+) -> None:
+    await asyncio.gather(*(js.publish(subject, e.to_bytes(), headers=e.headers()) for e in events))
+
+
+async def test_every_fetch_timeout_is_one_faststream_catches(settings: Settings) -> None:
+    """nats-py's fetch() may time out with a plain asyncio.TimeoutError; FastStream's pull
+    loop must catch it (shared/compat.py), or a batch subscriber drops what it fetched."""
+    client = await nats.connect(settings.nats_url)
+    try:
+        js = client.jetstream()
+        await ensure_streams(js, settings)
+        sub = await js.pull_subscribe("data.fetchprobe", durable=f"probe-{uuid7()}", stream="DATA")
+        kinds = set()
+        for timeout in [0.0005, 0.001, 0.002, 0.005] * 25:
+            try:
+                await sub.fetch(batch=10, timeout=timeout)
+            except Exception as exc:
+                kinds.add(type(exc))
+        assert kinds, "no fetch timed out: the probe tested nothing"
+        uncaught = {k for k in kinds if not issubclass(k, stream_pull_subscriber.TimeoutError)}
+        assert uncaught == set()
+    finally:
+        await client.close()

@@ -105,6 +105,8 @@ def test_dag_helpers() -> None:
     assert dag.successors(needs, "a") == ["b", "c"]
     assert dag.ancestors(needs, "d") == {"a", "b", "c"}
     assert dag.descendants(needs, "b") == {"d"}
+    assert dag.sinks(needs) == ["d"]
+    assert dag.sinks({"x": [], "y": []}) == ["x", "y"]
     assert dag.cycles(needs) == []
     assert dag.cycles({"x": ["x"]}) == [["x", "x"]]
 
