@@ -77,8 +77,8 @@ STEP_UPSERT = _upsert(
     STEP_COLUMNS,
     ("runid", "stepid"),
     keep_first=("uses", "service"),
-    earliest=("requested_at",),
-    when_set=("inputs", "started_at", "duration_s"),
+    earliest=("requested_at", "started_at"),
+    when_set=("inputs", "duration_s"),
 )
 
 

@@ -1,0 +1,121 @@
+"""The run/step projection in PostgreSQL: idempotent, and order-tolerant."""
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from services.audit.adapters import PgEventStore, migrate
+from services.audit.projections import run_update, step_update
+from shared.envelope import Event
+from shared.ids import uuid7
+from shared.settings import Settings
+from shared.workflow import events as ev
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2024, 1, 15, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[PgEventStore]:
+    assert settings.database_url is not None
+    pool = await asyncpg.create_pool(settings.database_url.get_secret_value(), min_size=1)
+    await migrate(pool)
+    yield PgEventStore(pool)
+    await pool.close()
+
+
+def step_event(
+    runid: str, kind: str, seconds: int, attempt: int | None = 1, **data: object
+) -> Event:
+    return Event(
+        type=kind,
+        source="tests",
+        time=T0 + timedelta(seconds=seconds),
+        runid=runid,
+        stepid="s",
+        attempt=attempt,
+        data={"step": "s", "uses": "audit.log", **data},
+    )
+
+
+async def apply(store: PgEventStore, events: list[Event]) -> None:
+    await store.insert_events(
+        [],
+        runs=[u for u in map(run_update, events) if u is not None],
+        steps=[u for u in map(step_update, events) if u is not None],
+    )
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+async def test_any_order_of_a_steps_events_ends_completed(
+    store: PgEventStore, order: tuple[int, ...]
+) -> None:
+    runid = uuid7()
+    events = [
+        step_event(runid, "wf.step.audit.requested", 0),
+        step_event(runid, ev.STEP_STARTED, 1, service="audit", inputs={"message": "m"}),
+        step_event(runid, ev.STEP_FAILED, 2, error="boom", will_retry=True),
+        step_event(runid, ev.STEP_COMPLETED, 4, attempt=2, output={"ok": True}, duration_s=1.5),
+    ]
+    for index in order:  # one event per transaction, in this order
+        await apply(store, [events[index]])
+    await apply(store, events)  # and every one again: a redelivery
+    run = await store.run(runid)
+    assert run is None  # no run events: only the step row exists
+    row = await store._pool.fetchrow("SELECT * FROM step_runs WHERE runid = $1", runid)
+    assert row is not None
+    assert (row["status"], row["attempt"], row["error"]) == ("completed", 2, None)
+    assert json.loads(row["output"]) == {"ok": True}
+    assert row["started_at"] == T0 + timedelta(seconds=1)
+    assert row["requested_at"] == T0
+    assert row["service"] == "audit"
+
+
+async def test_a_late_started_never_overwrites_completed_and_skips_end_a_generation(
+    store: PgEventStore,
+) -> None:
+    runid = uuid7()
+    requested = Event(
+        type=ev.RUN_REQUESTED,
+        source="t",
+        runid=runid,
+        time=T0,
+        data={"workflow": {"name": "wf"}, "inputs": {}},
+    )
+    started = Event(
+        type=ev.RUN_STARTED,
+        source="t",
+        runid=runid,
+        time=T0,
+        data={"name": "wf", "inputs": {"a": 1}, "steps": ["s"], "generation": 1},
+    )
+    failed = Event(
+        type=ev.RUN_FAILED,
+        source="t",
+        runid=runid,
+        time=T0,
+        data={"name": "wf", "step": "s", "reason": "r"},
+    )
+    retried = Event(
+        type=ev.RUN_STARTED,
+        source="t",
+        runid=runid,
+        time=T0 + timedelta(seconds=9),
+        data={"name": "wf", "inputs": {"a": 1}, "steps": ["s"], "generation": 2},
+    )
+    await apply(store, [retried, failed, started, requested])
+    run = await store.run(runid)
+    assert run is not None
+    assert (run["status"], run["generation"], run["name"]) == ("running", 2, "wf")
+    assert run["ended_at"] is None
+    assert run["requested_at"] == T0
+
+    skipped = step_event(runid, ev.STEP_SKIPPED, 3, attempt=None)
+    await apply(store, [skipped, step_event(runid, "wf.step.audit.requested", 1, attempt=1)])
+    row = await store._pool.fetchrow("SELECT status FROM step_runs WHERE runid = $1", runid)
+    assert row is not None
+    assert row["status"] == "skipped"
