@@ -2,7 +2,7 @@
 
 Events may arrive twice or out of order (a late `wf.step.started` after its `completed`).
 Each update carries an order key; a row takes an update's state only when the key is at
-least the row's. Timestamps merge regardless of order (first start, last end).
+least the row's. Request and start times merge regardless of order (the earliest wins).
 
     run:  generation, then requested < started < completed | failed | cancelled
     step: generation, then attempt, then requested < started < completed | failed;
