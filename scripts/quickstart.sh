@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up this machine and run Choreo's main job: the embedded stack, sample events
-# posted over HTTP, and the audit table that recorded them.
+# posted over HTTP, the audit table that recorded them, and the example workflow.
 #   Usage: scripts/quickstart.sh          (PYTHON=python3.12 to pick another interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ choreo publish business_event \
 echo "==> The newest rows of the audit table (PostgreSQL), written by the audit service"
 sleep 1
 choreo audit --limit 13
+
+echo "==> Running the example workflow (workflows/minio-store)"
+choreo run workflows/minio-store/workflow.json
 
 cat <<'DONE'
 
