@@ -195,13 +195,11 @@ def runs(
     json_out: Json = False,
 ) -> None:
     """List the newest runs."""
-    settings = ClientSettings.load(data_dir)
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
-    found = _audit(settings, "/v1/audit/runs", params=params)
-    if json_out:
-        console.print_json(json.dumps(found, default=str))
+    found = _audit_or_json(data_dir, "/v1/audit/runs", json_out, params=params)
+    if found is None:
         return
     table = Table(title=f"{len(found)} run(s)", title_justify="left")
     for column in ("run", "workflow", "status", "started", "took", "reason"):
@@ -225,9 +223,8 @@ def status(
     json_out: Json = False,
 ) -> None:
     """Show one run: its state, each step's state, attempts, timings, errors and outputs."""
-    found = _audit(ClientSettings.load(data_dir), f"/v1/audit/runs/{runid}")
-    if json_out:
-        console.print_json(json.dumps(found, default=str))
+    found = _audit_or_json(data_dir, f"/v1/audit/runs/{runid}", json_out)
+    if found is None:
         return
     console.print(
         f"Run [bold]{runid}[/bold] ({found['name']}): {_styled(found['status'])}"
@@ -258,9 +255,8 @@ def events(
     json_out: Json = False,
 ) -> None:
     """The timeline of a run: every event across services, in causation order."""
-    found = _audit(ClientSettings.load(data_dir), f"/v1/audit/runs/{runid}/events")
-    if json_out:
-        console.print_json(json.dumps(found, default=str))
+    found = _audit_or_json(data_dir, f"/v1/audit/runs/{runid}/events", json_out)
+    if found is None:
         return
     table = Table(title=f"Run {runid}: {len(found)} events", title_justify="left")
     for column in ("time", "+ms", "event", "service", "step", "try"):
@@ -370,6 +366,15 @@ def _audit(settings: ClientSettings, path: str, **kwargs: Any) -> Any:
     except ClientError as exc:
         errors.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
+
+
+def _audit_or_json(data_dir: Path, path: str, json_out: bool, **kwargs: Any) -> Any:
+    """Read from the audit API; with --json print it and return None (nothing to render)."""
+    found = _audit(ClientSettings.load(data_dir), path, **kwargs)
+    if json_out:
+        console.print_json(json.dumps(found, default=str))
+        return None
+    return found
 
 
 def _workflow_of(run: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import aioboto3
 from aiobotocore.config import AioConfig
 
 from shared.settings import Settings
+from shared.slot import Slot
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
@@ -34,6 +35,17 @@ async def s3_client(settings: Settings) -> AsyncIterator["S3Client"]:
         ),
     ) as client:
         yield client
+
+
+@asynccontextmanager
+async def open_s3(settings: Settings, slot: "Slot[S3Client]") -> AsyncIterator["S3Client"]:
+    """A service resource: the S3 client, put in `slot` for handlers while it is open."""
+    async with s3_client(settings) as s3:
+        slot.set(s3)
+        try:
+            yield s3
+        finally:
+            slot.set(None)
 
 
 def s3_uri(bucket: str, key: str) -> str:

@@ -12,10 +12,11 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from choreo.servers.nats import NatsServer
@@ -122,3 +123,12 @@ def settings(nats_url: str, s3_endpoint: S3Endpoint, database_url: str, tmp_path
         retry_backoff_s=(0.1, 0.2),
         max_deliver=3,
     )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the session's database."""
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    yield conn
+    await conn.close()

@@ -10,7 +10,7 @@ import structlog
 from services.store.buckets import ensure_buckets, lake_buckets
 from services.store.steps import store_steps
 from shared.metrics import Metrics
-from shared.s3 import s3_client
+from shared.s3 import open_s3
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
@@ -35,12 +35,10 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
 
     @asynccontextmanager
     async def object_store() -> AsyncIterator[None]:
-        async with s3_client(settings) as s3:
+        async with open_s3(settings, client) as s3:
             created = await ensure_buckets(s3, buckets)
             log.info("lake buckets ready", buckets=buckets, created=created)
-            client.set(s3)
             yield
-            client.set(None)
 
     async def buckets_ready() -> None:
         for bucket in buckets:

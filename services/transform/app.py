@@ -5,13 +5,11 @@ Not built yet: the Pathway engine (streaming pipelines) and `transform.sql` (Duc
 pipelines.py).
 """
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from services.transform.steps import transform_steps
 from shared.metrics import Metrics
-from shared.s3 import s3_client
+from shared.s3 import open_s3
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
@@ -32,13 +30,6 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
     steps = steps if steps is not None else StepRegistry(NAME)
     transform_steps(steps, client.get, settings)
 
-    @asynccontextmanager
-    async def object_store() -> AsyncIterator[None]:
-        async with s3_client(settings) as s3:
-            client.set(s3)
-            yield
-            client.set(None)
-
     async def s3_ready() -> None:
         await client.get().list_buckets()
 
@@ -47,7 +38,7 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
         settings,
         broker,
         metrics,
-        resources=[object_store],
+        resources=[lambda: open_s3(settings, client)],
         checks={"s3": s3_ready},
         choreography=Choreography.create(NAME, settings, broker, metrics, steps),
         description="Transforms lake data (Pathway streaming and DuckDB batch: not built yet).",

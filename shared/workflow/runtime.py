@@ -283,19 +283,8 @@ class Choreography:
         duration: float | None,
     ) -> None:
         step = spec.step(key.step)
-        completed = cause.child(
-            type=ev.STEP_COMPLETED,
-            source=self.source,
-            id=f"{key.message_id}:completed",
-            attempt=key.attempt,
-            data=ev.StepEnded(
-                step=step.id,
-                generation=key.generation,
-                uses=step.uses,
-                service=self.service,
-                output=output,
-                duration_s=duration,
-            ).model_dump(mode="json"),
+        completed = self._step_event(
+            cause, ev.STEP_COMPLETED, key, step, output=output, duration_s=duration
         )
         await self._publish(completed)
         current = await self.store.run(record.runid) or record
@@ -336,20 +325,14 @@ class Choreography:
             else None
         )
         log.warning("step attempt failed", step=step.id, attempt=key.attempt, error=error)
-        failed = cause.child(
-            type=ev.STEP_FAILED,
-            source=self.source,
-            id=f"{key.message_id}:failed",
-            attempt=key.attempt,
-            data=ev.StepEnded(
-                step=step.id,
-                generation=key.generation,
-                uses=step.uses,
-                service=self.service,
-                error=error,
-                will_retry=will_retry,
-                next_attempt_at=next_at,
-            ).model_dump(mode="json"),
+        failed = self._step_event(
+            cause,
+            ev.STEP_FAILED,
+            key,
+            step,
+            error=error,
+            will_retry=will_retry,
+            next_attempt_at=next_at,
         )
         await self._publish(failed)
         if will_retry:
@@ -478,6 +461,24 @@ class Choreography:
                     ).model_dump(mode="json"),
                 )
             )
+
+    def _step_event(
+        self, cause: Event, event_type: str, key: AttemptKey, step: StepSpec, **data: Any
+    ) -> Event:
+        """`wf.step.completed` or `wf.step.failed` of an attempt, with its deterministic id."""
+        return cause.child(
+            type=event_type,
+            source=self.source,
+            id=f"{key.message_id}:{event_type.rsplit('.', 1)[1]}",
+            attempt=key.attempt,
+            data=ev.StepEnded(
+                step=step.id,
+                generation=key.generation,
+                uses=step.uses,
+                service=self.service,
+                **data,
+            ).model_dump(mode="json"),
+        )
 
     async def _publish(self, event: Event) -> None:
         await self.publisher.publish(event.type, event)

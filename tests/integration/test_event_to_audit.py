@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 
 import asyncpg
 import nats
@@ -23,14 +22,6 @@ from shared.settings import Settings
 from tests.support import serve, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    assert settings.database_url is not None
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
-    yield conn
-    await conn.close()
 
 
 async def count(db: asyncpg.Connection, ids: list[str]) -> int:

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 
 import asyncpg
 import nats
@@ -17,14 +16,6 @@ from tests.support import settings_env, wait_for
 from tests.workflow_support import step_rows, wait_run_ended, workflow_services
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    assert settings.database_url is not None
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
-    yield conn
-    await conn.close()
 
 
 async def test_sigkill_of_the_step_owner_mid_step(

@@ -24,14 +24,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    assert settings.database_url is not None
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
     async with workflow_services(settings):
         client = await nats.connect(settings.nats_url)
