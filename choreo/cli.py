@@ -246,6 +246,37 @@ def audit(
     console.print(table)
 
 
+@app.command()
+def seed(
+    what: Annotated[str, typer.Argument(help="What to seed: sales.")],
+    data_dir: DataDir,
+    first_day: Annotated[str, typer.Option(help="First day (YYYY-MM-DD).")] = "2024-01-01",
+    days: Annotated[int, typer.Option(min=1)] = 31,
+    per_day: Annotated[int, typer.Option(min=1, help="Orders per day.")] = 200,
+    json_out: Json = False,
+) -> None:
+    """Fill sample data: `sales` writes a deterministic sales table to the `sales` source."""
+    import asyncio
+    from datetime import date
+
+    from choreo.client import ClientSettings
+    from choreo.seed import sales_rows, seed_sales
+
+    if what != "sales":
+        errors.print(f"Unknown seed {what!r}: the only one is 'sales'.")
+        raise typer.Exit(2)
+    dsn = ClientSettings.load(data_dir).ingest_sources.get("sales")
+    if dsn is None:
+        errors.print("No `sales` source configured (CHOREO_INGEST_SOURCES): run `choreo up`.")
+        raise typer.Exit(1)
+    rows = sales_rows(date.fromisoformat(first_day), days, per_day)
+    written = asyncio.run(seed_sales(dsn, rows))
+    if json_out:
+        console.print_json(json.dumps({"table": "sales", "rows": written}))
+    else:
+        console.print(f"Seeded {written} rows into the `sales` source's table `sales`.")
+
+
 def _stack_json(state: StackState, data_dir: Path) -> dict[str, Any]:
     from dotenv import dotenv_values
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import Field
 
 from shared.settings import Settings
 
@@ -19,6 +20,8 @@ class ClientSettings(Settings):
     store_url: str = "http://127.0.0.1:8002"
     audit_url: str = "http://127.0.0.1:8003"
     fraud_url: str = "http://127.0.0.1:8004"
+    # Named source databases (JSON: name -> DSN), as ingest.postgres_query reads them.
+    ingest_sources: dict[str, str] = Field(default_factory=dict)
 
 
 class ClientError(Exception):

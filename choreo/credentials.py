@@ -15,7 +15,12 @@ from shared.subjects import SERVICES
 ADMIN = "admin"
 POSTGRES_SUPERUSER = "postgres"
 AUDIT_ROLE = "choreo_audit"
+TRANSFORM_ROLE = "choreo_transform"
+SOURCES_ROLE = "choreo_sources"
 DATABASE = "choreo"
+# Each role owns one database: the audit trail, the streaming analytics of transform, and
+# the sample source database that `ingest.postgres_query` reads (`choreo seed sales`).
+DATABASES = {AUDIT_ROLE: DATABASE, TRANSFORM_ROLE: "analytics", SOURCES_ROLE: "sales"}
 
 
 def _token() -> str:

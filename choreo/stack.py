@@ -7,6 +7,7 @@ with the end of its log and restarted with backoff. `choreo dev` runs it in the 
 """
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -20,7 +21,16 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from choreo.credentials import ADMIN, AUDIT_ROLE, DATABASE, POSTGRES_SUPERUSER, Credentials
+from choreo.credentials import (
+    ADMIN,
+    AUDIT_ROLE,
+    DATABASE,
+    DATABASES,
+    POSTGRES_SUPERUSER,
+    SOURCES_ROLE,
+    TRANSFORM_ROLE,
+    Credentials,
+)
 from choreo.servers.nats import NatsServer, NatsUser
 from choreo.servers.ports import free_port
 from choreo.servers.postgres import PostgresServer
@@ -205,7 +215,16 @@ class Stack:
             env["CHOREO_S3_SECRET_KEY"] = self.creds.s3[name].secret_key
         if name == "audit":
             env["CHOREO_DATABASE_URL"] = self._dsn(AUDIT_ROLE)
+        if name == "ingest":
+            env["CHOREO_INGEST_SOURCES"] = self._sources()
+        if name == "transform":
+            env["CHOREO_TRANSFORM_DATABASE_URL"] = self._dsn(TRANSFORM_ROLE, "analytics")
+            env["CHOREO_TRANSFORM_STATE_DIR"] = str(self.root / "transform-state")
         return env
+
+    def _sources(self) -> str:
+        """The named databases `ingest.postgres_query` may read (JSON: name -> DSN)."""
+        return json.dumps({"sales": self._dsn(SOURCES_ROLE, DATABASES[SOURCES_ROLE])})
 
     def client_env(self) -> dict[str, str]:
         """What `<data dir>/env` holds: admin credentials for the CLI and every URL."""
@@ -219,6 +238,8 @@ class Stack:
             "CHOREO_S3_SECRET_KEY": self.creds.s3[ADMIN].secret_key,
             "CHOREO_S3_REGION": self.settings.s3_region,
             "CHOREO_DATABASE_URL": self._dsn(POSTGRES_SUPERUSER),
+            # For `choreo seed sales`, which fills the sample source database.
+            "CHOREO_INGEST_SOURCES": self._sources(),
         }
         for name in SERVICES:
             env[f"CHOREO_{name.upper()}_URL"] = self.parts[name].url
@@ -235,14 +256,15 @@ class Stack:
         with ThreadPoolExecutor(len(servers)) as pool:
             for future in [pool.submit(self._start_part, n) for n in servers]:
                 future.result()
-        asyncio.run(
-            provision_database(
-                self._dsn(POSTGRES_SUPERUSER, "postgres"),
-                DATABASE,
-                AUDIT_ROLE,
-                self.creds.postgres[AUDIT_ROLE],
+        for role, database in DATABASES.items():
+            asyncio.run(
+                provision_database(
+                    self._dsn(POSTGRES_SUPERUSER, "postgres"),
+                    database,
+                    role,
+                    self.creds.postgres[role],
+                )
             )
-        )
         write_env_file(self.root, self.client_env())
         progress(f"starting services: {', '.join(SERVICES)}")
         # Services start together: each spends most of its start-up importing Python.

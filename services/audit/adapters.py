@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 
 from services.audit.domain import EVENT_COLUMNS, EventRow
-from services.audit.projections import RunUpdate, StepUpdate
+from services.audit.projections import BusinessRow, RunUpdate, StepUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +120,7 @@ class PgEventStore:
         rows: list[EventRow],
         runs: Sequence[RunUpdate] = (),
         steps: Sequence[StepUpdate] = (),
+        business: Sequence[BusinessRow] = (),
     ) -> int:
         columns = ", ".join(EVENT_COLUMNS)
         async with self._pool.acquire() as conn, conn.transaction():
@@ -137,6 +138,23 @@ class PgEventStore:
                 await conn.executemany(RUN_UPSERT, [_values(u, RUN_COLUMNS) for u in runs])
             if steps:
                 await conn.executemany(STEP_UPSERT, [_values(u, STEP_COLUMNS) for u in steps])
+            if business:
+                await conn.executemany(
+                    "INSERT INTO business_events"
+                    " (id, company_id, event_type, payload, occurred_at, time)"
+                    " VALUES ($1, $2, $3, $4::jsonb, $5, $6) ON CONFLICT (id) DO NOTHING",
+                    [
+                        (
+                            b.id,
+                            b.company_id,
+                            b.event_type,
+                            json.dumps(b.payload),
+                            b.occurred_at,
+                            b.time,
+                        )
+                        for b in business
+                    ],
+                )
         return int(status.rsplit(" ", 1)[-1])
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:

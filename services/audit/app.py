@@ -16,7 +16,7 @@ from services.audit.adapters import PgEventStore, migrate, open_pool
 from services.audit.api import audit_router
 from services.audit.domain import event_row, unique_rows
 from services.audit.ports import EventStore
-from services.audit.projections import run_update, step_update
+from services.audit.projections import business_row, run_update, step_update
 from services.audit.steps import audit_steps
 from shared.consumer import BatchMessage, Received, batch_subscription
 from shared.metrics import Metrics
@@ -58,6 +58,7 @@ def create_app(
             unique_rows([event_row(r) for r in batch]),
             runs=[u for u in map(run_update, events) if u is not None],
             steps=[u for u in map(step_update, events) if u is not None],
+            business=[b for b in map(business_row, events) if b is not None],
         )
         rows.labels("new").inc(new)
         rows.labels("duplicate").inc(len(batch) - new)

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from services.audit.domain import EventRow
-from services.audit.projections import RunUpdate, StepUpdate
+from services.audit.projections import BusinessRow, RunUpdate, StepUpdate
 
 
 class EventStore(Protocol):
@@ -15,9 +15,10 @@ class EventStore(Protocol):
         rows: list[EventRow],
         runs: Sequence[RunUpdate] = (),
         steps: Sequence[StepUpdate] = (),
+        business: Sequence[BusinessRow] = (),
     ) -> int:
-        """Store rows whose id is new and apply the run/step updates, in one transaction;
-        return how many rows were new."""
+        """Store rows whose id is new, apply the run/step updates and record business
+        events, in one transaction; return how many event rows were new."""
         ...
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:

@@ -137,6 +137,37 @@ def step_update(event: Event) -> StepUpdate | None:
     )
 
 
+@dataclass(frozen=True)
+class BusinessRow:
+    """A `business_events` row (columns in table order, but for received_at)."""
+
+    id: str
+    company_id: str
+    event_type: str
+    payload: Any
+    occurred_at: datetime | None
+    time: datetime
+
+
+BUSINESS_EVENT = "business_event"
+
+
+def business_row(event: Event) -> BusinessRow | None:
+    """The business_events row of a `business_event` (ingest validated its schema)."""
+    if event.type != BUSINESS_EVENT or not isinstance(event.data, dict):
+        return None
+    data: dict[str, Any] = event.data
+    occurred = data.get("occurred_at")
+    return BusinessRow(
+        id=event.id,
+        company_id=str(data.get("company_id")),
+        event_type=str(data.get("event_type")),
+        payload=data.get("payload") or {},
+        occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else None,
+        time=event.time,
+    )
+
+
 def _step_kind(event_type: str) -> str | None:
     if event_type.startswith("wf.step.") and event_type.endswith(".requested"):
         return "requested"

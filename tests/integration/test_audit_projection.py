@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from services.audit.adapters import PgEventStore, migrate
-from services.audit.projections import run_update, step_update
+from services.audit.projections import business_row, run_update, step_update
 from shared.envelope import Event
 from shared.ids import uuid7
 from shared.settings import Settings
@@ -119,3 +119,24 @@ async def test_a_late_started_never_overwrites_completed_and_skips_end_a_generat
     row = await store._pool.fetchrow("SELECT status FROM step_runs WHERE runid = $1", runid)
     assert row is not None
     assert row["status"] == "skipped"
+
+
+async def test_business_events_are_recorded_once(store: PgEventStore) -> None:
+    event = Event(
+        type="business_event",
+        source="tests",
+        data={
+            "company_id": "acme",
+            "event_type": "invoice.created",
+            "payload": {"total": 1200},
+            "occurred_at": "2024-01-15T10:00:00Z",
+        },
+    )
+    for _ in range(2):  # a redelivery changes nothing
+        await store.insert_events([], business=[b for b in [business_row(event)] if b])
+    rows = await store._pool.fetch("SELECT * FROM business_events WHERE id = $1", event.id)
+    assert len(rows) == 1
+    assert (rows[0]["company_id"], rows[0]["event_type"]) == ("acme", "invoice.created")
+    assert json.loads(rows[0]["payload"]) == {"total": 1200}
+    assert rows[0]["occurred_at"] == datetime(2024, 1, 15, 10, tzinfo=UTC)
+    assert business_row(Event(type="sale", source="t", data={})) is None
