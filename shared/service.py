@@ -24,10 +24,12 @@ from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js import JetStreamContext
 
 import shared.compat  # noqa: F401  (applied on import: see the module)
+from shared.envelope import Event
 from shared.jetstream import ensure_streams, jetstream
 from shared.logs import configure_logging
 from shared.metrics import Metrics
 from shared.settings import Settings
+from shared.subjects import SERVICE_PERMISSIONS
 from shared.workflow.runtime import Choreography
 
 log = structlog.get_logger(__name__)
@@ -94,6 +96,7 @@ def build_service(
     """
     broker = broker or create_broker(settings, name)
     metrics = metrics or Metrics(name)
+    _document_publishers(broker, name)
     if choreography is not None:
         # The run-state bucket opens before the subscribers start.
         on_ready = [*on_ready, choreography.open]
@@ -145,6 +148,19 @@ def build_service(
     for router in routers:
         app.include_router(router)
     return Service(name, settings, broker, metrics, app, all_checks)
+
+
+def _document_publishers(broker: NatsBroker, service: str) -> None:
+    """Declare what the service publishes (its NATS permissions) for the AsyncAPI document;
+    the service publishes through `EventPublisher`, not through these objects."""
+    permissions = SERVICE_PERMISSIONS.get(service)
+    for subject in permissions.publish if permissions else ():
+        broker.publisher(
+            subject,
+            title=f"{service} publishes {subject}",
+            description="CloudEvents 1.0 envelopes (shared.envelope.Event), JSON.",
+            schema=Event,
+        )
 
 
 async def _nats_ready(broker: NatsBroker) -> None:
