@@ -30,7 +30,11 @@ async def run(events: int, rate: float) -> dict[str, float]:
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=settings.ingest_url) as http:
         for n, event_id in enumerate(ids):
-            body = {"type": "bench", "id": event_id, "data": {"n": n}}
+            body = {
+                "type": "business_event",
+                "id": event_id,
+                "data": {"company_id": "bench", "event_type": "bench.tick", "payload": {"n": n}},
+            }
             response = await http.post("/v1/events", json=body)
             response.raise_for_status()
             pause = started + (n + 1) / rate - time.perf_counter()

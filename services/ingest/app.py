@@ -1,36 +1,64 @@
-"""The ingest service: the entry point of events (HTTP) and of workflow runs."""
+"""The ingest service: the entry point of events (HTTP and `data.in.<type>`), validated
+against the schema registry, of workflow runs, and of source extraction steps."""
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from services.ingest.api import events_router
+from services.ingest.api import events_router, schemas_router
+from services.ingest.inbound import InboundEvents
+from services.ingest.registry import SchemaRegistry, load_registry
 from services.ingest.runs import RunCoordinator
 from services.ingest.settings import IngestSettings
-from shared.jetstream import EventPublisher
+from services.ingest.steps import ingest_steps
 from shared.metrics import Metrics
+from shared.s3 import open_s3
 from shared.service import Service, build_service, create_broker
+from shared.slot import Slot
 from shared.workflow.kinds import STEP_KINDS, StepKind
-from shared.workflow.runtime import Choreography
+from shared.workflow.runtime import Choreography, StepRegistry
+
+if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
+    from types_aiobotocore_s3 import S3Client
 
 NAME = "ingest"
 
 
 def create_app(
-    settings: IngestSettings | None = None, *, kinds: Mapping[str, StepKind] = STEP_KINDS
+    settings: IngestSettings | None = None,
+    *,
+    kinds: Mapping[str, StepKind] = STEP_KINDS,
+    steps: StepRegistry | None = None,
+    registry: SchemaRegistry | None = None,
 ) -> Service:
-    """`kinds`: the step kinds workflows may use (the shipped ones unless extended)."""
+    """`kinds`: the step kinds workflows may use (the shipped ones unless extended);
+    `steps`: extra step kinds of this service; `registry`: the event schemas (by default
+    the shipped ones plus CHOREO_INGEST_SCHEMA_DIR's)."""
     settings = settings or IngestSettings.load()
+    registry = registry or load_registry(settings.ingest_schema_dir)
     metrics = Metrics(NAME)
     broker = create_broker(settings, NAME)
-    publisher = EventPublisher(broker, metrics)
-    choreography = Choreography.create(NAME, settings, broker, metrics)
+    client: Slot[S3Client] = Slot("the S3 client")
+    steps = steps if steps is not None else StepRegistry(NAME)
+    ingest_steps(steps, client.get, settings)
+    choreography = Choreography.create(NAME, settings, broker, metrics, steps)
     RunCoordinator(choreography, kinds).subscribe(broker, settings)
+    InboundEvents(registry, choreography.publisher, choreography.settler, metrics).subscribe(
+        broker, settings
+    )
+    # No S3 readiness check on purpose: events (the main job) need only NATS, and a step
+    # that finds S3 down fails and is retried; ingest's key may not list buckets anyway.
     return build_service(
         NAME,
         settings,
         broker,
         metrics,
-        routers=[events_router(settings, publisher)],
+        resources=[lambda: open_s3(settings, client)],
+        routers=[
+            events_router(settings, choreography.publisher, registry),
+            schemas_router(registry),
+        ],
         choreography=choreography,
         title="Choreo ingest",
-        description="Validates events and publishes them to JetStream (`data.<type>`).",
+        description="Validates events against the schema registry and publishes them to "
+        "JetStream (`data.<type>`); runs the source extraction steps (`ingest.*`).",
     )

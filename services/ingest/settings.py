@@ -1,8 +1,9 @@
 """Settings of the ingest service (`CHOREO_INGEST_*`)."""
 
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from shared.settings import Settings
@@ -14,6 +15,17 @@ class IngestSettings(Settings):
     # When set, `POST /v1/events` needs one of these in `X-API-Key`:
     # CHOREO_INGEST_API_KEYS=key1,key2 (empty: no key needed).
     ingest_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # More event schemas, `<type>.v<N>.json` files, beside the shipped ones.
+    ingest_schema_dir: Path | None = None
+    # The databases `ingest.postgres_query` may read, by the name a workflow uses as its
+    # `source`: CHOREO_INGEST_SOURCES='{"sales": "postgresql://reader:...@host/db"}'.
+    # Workflows name a source, never a DSN, so credentials stay out of them.
+    ingest_sources: dict[str, SecretStr] = Field(default_factory=dict)
+    # `ingest.file` reads local files only below this directory (relative paths start
+    # here); hidden files and directories (`.choreo`, `.env`, ...) are never read.
+    ingest_file_root: Path = Path()
+    # `ingest.http_fetch`: seconds to connect and between bytes received.
+    ingest_fetch_timeout_s: float = 30.0
 
     @field_validator("ingest_api_keys", mode="before")
     @classmethod

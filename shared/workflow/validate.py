@@ -177,10 +177,24 @@ def _check_steps(
     return problems
 
 
+def looks_like_dsn(source: str) -> bool:
+    """A URL (`postgresql://...`) or a libpq key/value string (`host=... dbname=...`)."""
+    return "://" in source or "=" in source or "@" in source
+
+
 def _check_with(kind: StepKind, with_: Mapping[str, Any], path: str) -> list[Problem]:
     problems = [
         Problem(path, f"{kind.uses} needs {key!r}") for key in kind.required if key not in with_
     ]
+    source = with_.get("source")
+    if kind.uses == "ingest.postgres_query" and isinstance(source, str) and looks_like_dsn(source):
+        # The workflow travels in events and the audit trail: a DSN there leaks credentials.
+        problems.append(
+            Problem(
+                f"{path}.source",
+                "name a configured source (CHOREO_INGEST_SOURCES), never a connection string",
+            )
+        )
     for group in kind.one_of:
         present = [key for key in group if key in with_]
         if len(present) != 1:

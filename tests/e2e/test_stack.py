@@ -91,7 +91,19 @@ async def test_posted_event_reaches_the_audit_table(stack: dict[str, Any]) -> No
     event_id = f"e2e-{uuid7()}"
     async with httpx.AsyncClient(base_url=env["CHOREO_INGEST_URL"]) as http:
         response = await http.post(
-            "/v1/events", json={"type": "sale", "id": event_id, "data": {"order_id": "o-9"}}
+            "/v1/events",
+            json={
+                "type": "sale",
+                "id": event_id,
+                "data": {
+                    "order_id": "o-9",
+                    "day": "2024-01-15",
+                    "region": "north",
+                    "product": "widget",
+                    "quantity": 1,
+                    "unit_price": 9.5,
+                },
+            },
         )
     assert response.status_code == 202
     conn = await asyncpg.connect(env["CHOREO_DATABASE_URL"])

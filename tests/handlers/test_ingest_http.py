@@ -36,6 +36,23 @@ async def ingest() -> AsyncIterator[tuple[httpx.AsyncClient, list[dict[str, Any]
 
 
 NDJSON = {"content-type": "application/x-ndjson"}
+SALE = {
+    "order_id": "o-1",
+    "day": "2024-01-15",
+    "region": "north",
+    "product": "widget",
+    "quantity": 2,
+    "unit_price": 9.5,
+}
+TRANSACTION = {
+    "transaction_id": "tx-1",
+    "card_id": "card-1",
+    "terminal_id": "term-1",
+    "amount": 84.34,
+    "currency": "EUR",
+    "timestamp": "2024-01-15T10:01:00Z",
+}
+VALID = {"sale": SALE, "transaction": TRANSACTION}
 
 
 async def test_a_batch_is_published_event_by_event(
@@ -43,16 +60,16 @@ async def test_a_batch_is_published_event_by_event(
 ) -> None:
     client, published = ingest
     body = "\n".join(
-        json.dumps({"type": t, "data": {"n": n}, "id": f"e{n}"})
+        json.dumps({"type": t, "data": VALID[t], "id": f"e{n}"})
         for n, t in enumerate(["sale", "transaction", "sale"])
     )
     response = await client.post("/v1/events", content=body, headers=NDJSON)
     assert response.status_code == 202
     assert response.json() == {"accepted": 3, "ids": ["e0", "e1", "e2"]}
-    assert sorted((p["id"], p["type"], p["data"]["n"]) for p in published) == [
-        ("e0", "sale", 0),
-        ("e1", "transaction", 1),
-        ("e2", "sale", 2),
+    assert sorted((p["id"], p["type"], p["data"]) for p in published) == [
+        ("e0", "sale", SALE),
+        ("e1", "transaction", TRANSACTION),
+        ("e2", "sale", SALE),
     ]
     assert all(p["specversion"] == "1.0" for p in published)
 
@@ -65,7 +82,7 @@ async def test_a_batch_is_published_event_by_event(
         ({"content-type": "application/json"}, "x" * 3_000, 413, "limit is 2000"),
         (NDJSON, '{"type":"a","data":{}}\n' * 6, 413, "limit is 5"),
         ({"content-type": "application/json"}, "{", 400, "invalid JSON"),
-        (NDJSON, '{"type":"a","data":{}}\n{"type":"B","data":{}}', 422, "index"),
+        (NDJSON, '{"type":"sale","data":{}}\n{"type":"B","data":{}}', 422, "data.order_id"),
     ],
 )
 async def test_refused_bodies_publish_nothing(
@@ -85,13 +102,53 @@ async def test_refused_bodies_publish_nothing(
 async def test_422_names_each_bad_item(
     ingest: tuple[httpx.AsyncClient, list[dict[str, Any]]],
 ) -> None:
-    client, _ = ingest
-    body = '{"type":"sale","data":{}}\n{"type":"sale"}\n{"type":"sale","data":5}'
+    client, published = ingest
+    items: list[dict[str, Any]] = [
+        {"type": "sale", "data": SALE},
+        {"type": "sale"},
+        {"type": "sale", "data": 5},
+        {"type": "sale", "data": {**SALE, "quantity": -1, "day": "tomorrow"}},
+        {"type": "order", "data": {}},
+    ]
+    body = "\n".join(json.dumps(item) for item in items)
     response = await client.post("/v1/events", content=body, headers=NDJSON)
     assert response.status_code == 422
     detail = response.json()["detail"]
-    assert [(d["index"], d["field"]) for d in detail] == [(1, "data"), (2, "data")]
+    assert [(d["index"], d["field"]) for d in detail] == [
+        (1, "data"),
+        (2, "data"),
+        (3, "data.day"),
+        (3, "data.quantity"),
+        (4, "type"),
+    ]
+    assert "known types: business_event, sale, transaction" in detail[-1]["message"]
     assert response.json()["published"] == 0
+    assert response.json()["message"] == "4 of 5 items invalid; nothing was published"
+    assert published == []
+
+
+async def test_the_schemas_are_served(
+    ingest: tuple[httpx.AsyncClient, list[dict[str, Any]]],
+) -> None:
+    client, _ = ingest
+    listed = (await client.get("/v1/schemas")).json()["schemas"]
+    assert {s["type"]: s["current"] for s in listed} == {
+        "business_event": 1,
+        "sale": 1,
+        "transaction": 1,
+    }
+    sale = await client.get("/v1/schemas/sale")
+    assert sale.status_code == 200
+    assert sale.json()["required"] == list(SALE)
+    assert (await client.get("/v1/schemas/sale?version=1")).json() == sale.json()
+    missing = {
+        "/v1/schemas/order": "unknown event type 'order'",
+        "/v1/schemas/sale?version=2": "sale has no schema version 2",
+    }
+    for path, needle in missing.items():
+        response = await client.get(path)
+        assert response.status_code == 404
+        assert needle in response.json()["detail"]
 
 
 async def test_openapi_documents_the_endpoint(
@@ -102,4 +159,6 @@ async def test_openapi_documents_the_endpoint(
     post = spec["paths"]["/v1/events"]["post"]
     assert set(post["requestBody"]["content"]) == {"application/json", "application/x-ndjson"}
     assert {"202", "401", "413", "415", "422"} <= set(post["responses"])
-    assert {"/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert {"/healthz", "/readyz", "/metrics", "/v1/schemas", "/v1/schemas/{event_type}"} <= set(
+        spec["paths"]
+    )

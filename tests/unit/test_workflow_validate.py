@@ -71,6 +71,17 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
     assert not result.ok
 
 
+def test_a_connection_string_as_source_is_refused() -> None:
+    query = {
+        "id": "q",
+        "uses": "ingest.postgres_query",
+        "with": {"source": "postgresql://u:secret@db/sales", "sql": "select 1"},
+    }
+    problems = validate_workflow(workflow(query)).problems
+    assert [p.path for p in problems] == ["$.steps[0].with.source"]
+    assert "secret" not in problems[0].message
+
+
 def test_input_problems() -> None:
     document = workflow(
         log("a"),

@@ -1,0 +1,1 @@
+"""The event schemas shipped with ingest: `<type>.v<N>.json` (JSON Schema 2020-12)."""
