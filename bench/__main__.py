@@ -2,9 +2,14 @@
 
 import sys
 
-from bench import event_to_audit, workflows
+from bench import event_to_audit, ingest, sales_report, workflows
 
-BENCHMARKS = {"event_to_audit": event_to_audit.main, "workflows": workflows.main}
+BENCHMARKS = {
+    "event_to_audit": event_to_audit.main,
+    "ingest": ingest.main,
+    "sales_report": sales_report.main,
+    "workflows": workflows.main,
+}
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "event_to_audit"

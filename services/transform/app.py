@@ -1,9 +1,5 @@
-"""The transform service: runs `transform.pathway` steps over lake objects.
-
-Not built yet: the Pathway engine (streaming pipelines) and `transform.sql` (DuckDB);
-`transform.pathway` runs built-in plain-Python pipelines for now (services/transform/
-pipelines.py).
-"""
+"""The transform service: `transform.sql` (DuckDB) and `transform.pathway` steps over
+lake objects."""
 
 from typing import TYPE_CHECKING
 
@@ -41,5 +37,5 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
         resources=[lambda: open_s3(settings, client)],
         checks={"s3": s3_ready},
         choreography=Choreography.create(NAME, settings, broker, metrics, steps),
-        description="Transforms lake data (Pathway streaming and DuckDB batch: not built yet).",
+        description="Transforms lake data: DuckDB SQL and Pathway pipelines.",
     )

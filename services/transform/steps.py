@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from services.transform.pipelines import PIPELINES
+from services.transform.sql_steps import register_sql_steps
 from shared.s3 import parse_s3_uri, s3_uri
 from shared.settings import Settings
 from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
@@ -49,6 +50,8 @@ def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings:
             "rejected": rejected,
             "engine": "python",
         }
+
+    register_sql_steps(steps, s3, settings)
 
 
 def _rows(body: bytes, key: str) -> list[Any]:
