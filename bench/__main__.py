@@ -2,11 +2,12 @@
 
 import sys
 
-from bench import event_to_audit, ingest, sales_report, workflows
+from bench import event_to_audit, ingest, lander, sales_report, workflows
 
 BENCHMARKS = {
     "event_to_audit": event_to_audit.main,
     "ingest": ingest.main,
+    "lander": lander.main,
     "sales_report": sales_report.main,
     "workflows": workflows.main,
 }

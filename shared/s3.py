@@ -28,6 +28,8 @@ async def s3_client(settings: Settings) -> AsyncIterator["S3Client"]:
         aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
         region_name=settings.s3_region,
         config=AioConfig(
+            # SigV4: botocore would presign with the legacy SigV2 in us-east-1.
+            signature_version="s3v4",
             s3={"addressing_style": "path"},
             retries={"max_attempts": 5, "mode": "standard"},
             connect_timeout=5,

@@ -106,6 +106,9 @@ def build_service(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The stack unwinds in reverse, so shutdown runs: stop consuming and let in-flight
+        # handlers finish; close the resources (a final flush may still ack over NATS);
+        # drain and close the NATS connection.
         async with AsyncExitStack() as stack:
             await broker.connect()
             stack.push_async_callback(broker.stop)
@@ -115,11 +118,11 @@ def build_service(
                 await stack.enter_async_context(resource())
             for hook in on_ready:
                 await hook(js)
+            stack.push_async_callback(_stop_consuming, broker)
             await broker.start()
             log.info("service started", service=name)
             yield
             log.info("service stopping: draining in-flight messages", service=name)
-            # The stack unwinds in reverse: broker (drain) first, then the resources.
 
     app = FastAPI(
         title=title or f"Choreo {name}",
@@ -148,6 +151,11 @@ def build_service(
     for router in routers:
         app.include_router(router)
     return Service(name, settings, broker, metrics, app, all_checks)
+
+
+async def _stop_consuming(broker: NatsBroker) -> None:
+    """Stop every subscriber; each waits up to the graceful timeout for its handlers."""
+    await asyncio.gather(*(subscriber.stop() for subscriber in broker.subscribers))
 
 
 def _document_publishers(broker: NatsBroker, service: str) -> None:

@@ -16,6 +16,7 @@ from services.audit.app import create_app as audit_app
 from services.ingest.app import create_app as ingest_app
 from services.ingest.settings import IngestSettings
 from services.store.app import create_app as store_app
+from services.store.settings import StoreSettings
 from services.transform.app import create_app as transform_app
 from shared.settings import Settings
 from shared.workflow.kinds import STEP_KINDS, StepKind
@@ -61,7 +62,8 @@ async def workflow_services(settings: Settings, *, transform: bool = True) -> As
     in this process."""
     services = [
         audit_app(settings),
-        store_app(settings),
+        # The lake lander would also drain every test's DATA backlog: not needed here.
+        store_app(StoreSettings.model_validate({**settings.model_dump(), "lander_enabled": False})),
         ingest_app(IngestSettings.model_validate(settings.model_dump()), kinds=TEST_KINDS),
     ]
     if transform:

@@ -1,56 +1,122 @@
-"""The store service: owns the lake's buckets (raw, staging, curated) and runs the
-`store.put` and `store.promote` steps."""
+"""The store service: owns the lake's buckets (raw, staging, curated), lands every event of
+stream DATA in the raw bucket (the lake lander), runs the `store.put` and `store.promote`
+steps and presigns download URLs."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from services.store.api import objects_router
 from services.store.buckets import ensure_buckets, lake_buckets
+from services.store.lake import DURABLE, Lake, LakeLander, LakeMetrics
+from services.store.lander import FlushPolicy
+from services.store.settings import StoreSettings
 from services.store.steps import store_steps
+from shared.consumer import BatchMessage, batch_subscription
 from shared.metrics import Metrics
-from shared.s3 import open_s3
+from shared.s3 import open_s3, s3_client
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
+from shared.subjects import DATA
 from shared.workflow.runtime import Choreography, StepRegistry
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
 
 NAME = "store"
+# Deliveries are fetched in chunks of this many (at most) and buffered up to the flush policy.
+FETCH_BATCH = 1_000
+FETCH_WAIT_S = 0.1
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, steps: StepRegistry | None = None) -> Service:
-    """`steps` may carry extra step kinds of this service (tests, extensions)."""
-    settings = settings or Settings.load()
+def create_app(
+    settings: Settings | None = None,
+    *,
+    steps: StepRegistry | None = None,
+    lake: Lake | None = None,
+) -> Service:
+    """`steps` may carry extra step kinds of this service (tests, extensions); `lake`
+    replaces the raw bucket the lander writes to (tests)."""
+    config = _store_settings(settings)
     metrics = Metrics(NAME)
-    broker = create_broker(settings, NAME)
-    buckets = list(lake_buckets(settings).values())
+    broker = create_broker(config, NAME)
+    buckets = list(lake_buckets(config).values())
     client: Slot[S3Client] = Slot("the S3 client")
+    signer: Slot[S3Client] = Slot("the S3 presigning client")
     steps = steps if steps is not None else StepRegistry(NAME)
-    store_steps(steps, client.get, settings)
+    store_steps(steps, client.get, config)
+    choreography = Choreography.create(NAME, config, broker, metrics, steps)
 
     @asynccontextmanager
     async def object_store() -> AsyncIterator[None]:
-        async with open_s3(settings, client) as s3:
+        async with open_s3(config, client) as s3:
             created = await ensure_buckets(s3, buckets)
             log.info("lake buckets ready", buckets=buckets, created=created)
-            yield
+            if config.store_presign_endpoint_url is None:
+                signer.set(s3)
+                yield
+                return
+            public = config.model_copy(
+                update={"s3_endpoint_url": config.store_presign_endpoint_url}
+            )
+            async with s3_client(public) as presigning:  # signs only: it never connects
+                signer.set(presigning)
+                yield
 
     async def buckets_ready() -> None:
         for bucket in buckets:
             await client.get().head_bucket(Bucket=bucket)
 
+    resources: list[Callable[[], AbstractAsyncContextManager[Any]]] = [object_store]
+    if config.lander_enabled:
+        lander = LakeLander(
+            choreography.settler,
+            lake or Lake(client.get, config.bucket_raw),
+            FlushPolicy(config.lander_max_events, config.lander_max_bytes, config.lander_max_age_s),
+            LakeMetrics(metrics.registry),
+            config.ack_wait_s,
+        )
+
+        async def on_data(msg: BatchMessage) -> None:
+            await lander.receive(msg.raw_message)
+
+        subscription = batch_subscription(
+            DATA,
+            DURABLE,
+            config,
+            batch_size=min(FETCH_BATCH, config.lander_max_events),
+            max_wait_s=min(FETCH_WAIT_S, config.lander_max_age_s),
+        )
+        broker.subscriber(
+            **subscription,
+            title="store/lander",
+            description="Lands every event of stream DATA in the raw bucket as gzip'd JSONL "
+            "objects: events/<type>/date=<YYYY-MM-DD>/<first-seq>-<last-seq>.jsonl.gz.",
+        )(on_data)
+        resources.append(lander.running)  # after the S3 client: it closes first
+
     return build_service(
         NAME,
-        settings,
+        config,
         broker,
         metrics,
-        resources=[object_store],
+        resources=resources,
         checks={"s3": buckets_ready},
-        choreography=Choreography.create(NAME, settings, broker, metrics, steps),
-        description="Owns the medallion lake: raw, staging and curated buckets.",
+        routers=[objects_router(client.get, signer.get)],
+        choreography=choreography,
+        description="Owns the medallion lake: raw, staging and curated buckets, and lands "
+        "every event in the raw bucket.",
     )
+
+
+def _store_settings(settings: Settings | None) -> StoreSettings:
+    """The store's own settings: from the environment, or completing the ones given."""
+    if settings is None:
+        return StoreSettings.load()
+    if isinstance(settings, StoreSettings):
+        return settings
+    return StoreSettings.model_validate(settings.model_dump())

@@ -1,0 +1,375 @@
+"""The lake lander: its pure logic (groups, keys, runs, plans, the flush policy), a
+randomised model of crashes and redeliveries showing every event lands exactly once, and the
+buffer's behaviour with a fake NATS connection, an in-memory lake and a fake clock."""
+
+import random
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+
+from services.store.lake import Lake, LakeLander, LakeMetrics
+from services.store.lander import (
+    MAX_OBJECT_SPAN,
+    Buffer,
+    FlushPolicy,
+    Group,
+    LakeObject,
+    covered,
+    group_of,
+    key_segment,
+    listing_start,
+    object_key,
+    plan,
+    runs,
+    seq_range,
+    to_check,
+    unique,
+)
+from shared.consumer import Received, Settler
+from shared.envelope import Event
+from shared.jetstream import EventPublisher
+from shared.metrics import Metrics
+from shared.service import create_broker
+from shared.settings import Settings
+
+DAY = datetime(2024, 1, 15, 12, tzinfo=UTC)
+
+
+def received(seq: int, type_: str = "sale", *, day: int = 0, deliveries: int = 1) -> Received:
+    event = Event(id=f"e{seq}", type=type_, source="tests", time=DAY + timedelta(days=day))
+    return Received(event, f"data.{type_}", "DATA", seq, deliveries)
+
+
+# -- groups and keys -------------------------------------------------------------------------
+
+
+def test_a_group_is_the_type_and_the_utc_date_of_the_event_time() -> None:
+    late_in_brazil = datetime(2024, 1, 15, 23, 30, tzinfo=timezone(timedelta(hours=-3)))
+    naive = datetime(2024, 1, 15, 23, 30)
+    assert group_of(Event(type="sale", source="t", time=late_in_brazil)) == Group(
+        "sale", "2024-01-16"
+    )
+    assert group_of(Event(type="sale", source="t", time=naive)) == Group("sale", "2024-01-15")
+
+
+@pytest.mark.parametrize(
+    ("event_type", "segment"),
+    [("sale", "sale"), ("business_event", "business_event"), ("a/../b", "a%2F%2E%2E%2Fb")],
+)
+def test_a_type_cannot_change_the_path_of_a_key(event_type: str, segment: str) -> None:
+    assert key_segment(event_type) == segment
+    key = object_key(Group(key_segment(event_type), "2024-01-15"), 1, 2)
+    assert key.split("/")[1] == segment
+    assert len(key.split("/")) == 4
+
+
+def test_keys_name_the_group_and_the_sequences_zero_padded_so_they_sort() -> None:
+    group = Group("sale", "2024-01-15")
+    key = object_key(group, 7, 1_234)
+    assert key == "events/sale/date=2024-01-15/000000000007-000000001234.jsonl.gz"
+    assert seq_range(key) == (7, 1_234)
+    assert sorted([object_key(group, 10, 20), object_key(group, 9, 30)]) == [
+        object_key(group, 9, 30),
+        object_key(group, 10, 20),
+    ]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "events/sale/date=2024-01-15/notes.txt",
+        "events/sale/date=2024-01-15/7-9.jsonl.gz",
+        "events/sale/date=2024-01-15/000000000007-000000000009.jsonl",
+    ],
+)
+def test_other_keys_are_not_taken_for_landed_events(key: str) -> None:
+    assert seq_range(key) is None
+
+
+def test_the_listing_starts_early_enough_for_any_object_that_may_cover_a_sequence() -> None:
+    group = Group("sale", "2024-01-15")
+    lowest = 250_000
+    start = listing_start(group, lowest)
+    # The earliest key that may cover `lowest`: objects span fewer than MAX_OBJECT_SPAN.
+    earliest = object_key(group, lowest - MAX_OBJECT_SPAN + 1, lowest)
+    assert start < earliest
+    assert start == "events/sale/date=2024-01-15/000000150000"
+    assert listing_start(group, 5) == "events/sale/date=2024-01-15/000000000000"
+
+
+def test_covered_sequences_are_those_inside_a_range() -> None:
+    assert covered([1, 5, 9, 10, 11], [(5, 9), (11, 11)]) == {5, 9, 11}
+    assert covered([3], []) == set()
+
+
+# -- runs and plans ---------------------------------------------------------------------------
+
+
+def test_runs_split_at_gaps_and_before_the_maximum_span() -> None:
+    assert runs([5, 3, 4, 9, 10, 4]) == [(3, 5), (9, 10)]
+    assert runs(range(1, MAX_OBJECT_SPAN + 3)) == [
+        (1, MAX_OBJECT_SPAN),
+        (MAX_OBJECT_SPAN + 1, MAX_OBJECT_SPAN + 2),
+    ]
+
+
+def test_a_batch_keeps_one_delivery_per_sequence_in_stream_order() -> None:
+    batch = [received(3), received(1), received(3, deliveries=2)]
+    assert [(r.stream_seq, r.deliveries) for r in unique(batch)] == [(1, 1), (3, 2)]
+
+
+def test_only_redelivered_events_are_checked_against_the_lake() -> None:
+    batch = [received(1), received(2, deliveries=2), received(3, "refund", deliveries=3)]
+    assert to_check(batch) == {
+        Group("sale", "2024-01-15"): {2},
+        Group("refund", "2024-01-15"): {3},
+    }
+
+
+def test_one_object_per_group_of_a_contiguous_batch() -> None:
+    batch = [
+        received(1),
+        received(2, "refund"),
+        received(3, day=1),
+        received(4),
+        received(5, "refund"),
+    ]
+    objects = plan(batch, landed=set())
+    assert [(o.key, o.seqs) for o in objects] == [
+        ("events/refund/date=2024-01-15/000000000002-000000000005.jsonl.gz", (2, 5)),
+        ("events/sale/date=2024-01-15/000000000001-000000000004.jsonl.gz", (1, 4)),
+        ("events/sale/date=2024-01-16/000000000003-000000000003.jsonl.gz", (3,)),
+    ]
+    lines = objects[1].jsonl().splitlines()
+    assert [Event.from_bytes(line).id for line in lines] == ["e1", "e4"]
+
+
+def test_a_gap_in_the_batch_starts_new_objects_and_landed_events_are_left_out() -> None:
+    batch = [received(s, deliveries=2) for s in (1, 2, 3, 7, 8)]
+    objects = plan(batch, landed={1, 8})
+    assert [o.seqs for o in objects] == [(2, 3), (7,)]
+    assert plan(batch, landed={1, 2, 3, 7, 8}) == []
+
+
+# -- flush policy -----------------------------------------------------------------------------
+
+
+def test_the_buffer_is_written_before_it_would_exceed_count_or_bytes() -> None:
+    policy = FlushPolicy(max_events=3, max_bytes=100, max_age_s=1.0)
+    assert policy.before_adding(0, 0, 10_000) is None  # a lone message always fits
+    assert policy.before_adding(2, 50, 10) is None
+    assert policy.before_adding(3, 50, 10) == "count"
+    assert policy.before_adding(2, 95, 10) == "bytes"
+
+
+def test_the_buffer_is_due_on_count_bytes_or_age() -> None:
+    policy = FlushPolicy(max_events=3, max_bytes=100, max_age_s=1.0)
+    assert policy.due(0, 0, None, now=50.0) is None
+    assert policy.due(3, 10, 10.0, now=10.0) == "count"
+    assert policy.due(1, 100, 10.0, now=10.0) == "bytes"
+    assert policy.due(1, 10, 10.0, now=10.9) is None
+    assert policy.due(1, 10, 10.0, now=11.0) == "age"
+
+
+def test_a_buffer_remembers_when_its_oldest_message_arrived() -> None:
+    policy = FlushPolicy(max_events=10, max_bytes=100, max_age_s=1.0)
+    buffer: Buffer[str] = Buffer()
+    buffer.add("a", 60, now=5.0)
+    buffer.add("b", 30, now=5.5)
+    assert (buffer.size, buffer.oldest) == (90, 5.0)
+    assert buffer.full_for(policy, 20) == "bytes"
+    assert buffer.due(policy, now=6.0) == "age"
+    assert buffer.take() == ["a", "b"]
+    assert (buffer.items, buffer.size, buffer.oldest) == ([], 0, None)
+    assert buffer.due(policy, now=60.0) is None
+
+
+# -- a model of crashes and redeliveries ------------------------------------------------------
+
+
+class ModelLake:
+    """Keys -> sequences, listed the way the S3 listing in lake.py does."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[int, ...]] = {}
+
+    def landed(self, group: Group, seqs: set[int]) -> set[int]:
+        start = listing_start(group, min(seqs))
+        keys = sorted(k for k in self.objects if k.startswith(group.prefix) and k > start)
+        spans = [span for span in map(seq_range, keys) if span is not None]
+        return covered(seqs, spans)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_crashes_and_any_redelivery_order_land_every_event_exactly_once(seed: int) -> None:
+    """Deliveries in any order and grouping (subsets, repeats, mixed with new ones); a
+    lander that writes some, all or none of its objects and then acks none, some or all of
+    its batch. Every event must end up in exactly one object."""
+    rng = random.Random(seed)
+    types = ["sale", "refund", "transaction"]
+    stream = [received(seq, rng.choice(types), day=rng.randrange(2)) for seq in range(1, 301)]
+    deliveries = dict.fromkeys(range(1, 301), 0)
+    acked: set[int] = set()
+    lake = ModelLake()
+    rounds = 0
+    while len(acked) < len(stream):
+        rounds += 1
+        assert rounds < 10_000, "the model made no progress"
+        pending = [seq for seq in deliveries if seq not in acked]
+        size = rng.randint(1, 60)
+        if rng.random() < 0.5:  # in stream order from the oldest unacked
+            chosen = pending[:size]
+        else:  # any subset, in any order, some delivered twice
+            chosen = rng.sample(pending, min(size, len(pending)))
+            chosen += rng.sample(chosen, len(chosen) // 4)
+        batch = []
+        for seq in chosen:
+            deliveries[seq] += 1
+            original = stream[seq - 1]
+            batch.append(Received(original.event, original.subject, "DATA", seq, deliveries[seq]))
+
+        landed: set[int] = set()
+        for group, seqs in to_check(batch).items():
+            landed |= lake.landed(group, seqs)
+        objects = plan(batch, landed)
+        outcome = rng.random()
+        written = objects if outcome < 0.8 else objects[: rng.randrange(len(objects) + 1)]
+        for obj in written:
+            assert obj.key not in lake.objects, "an object was overwritten"
+            lake.objects[obj.key] = obj.seqs
+        if outcome < 0.6:
+            acked.update(chosen)  # the flush succeeded
+        elif outcome < 0.8:
+            acked.update(rng.sample(chosen, rng.randrange(len(chosen) + 1)))  # crash mid-acks
+        # else: a crash before or while writing: nothing acked
+
+    landed_seqs = [seq for seqs in lake.objects.values() for seq in seqs]
+    assert sorted(landed_seqs) == list(range(1, 301))
+    for key, members in lake.objects.items():
+        assert seq_range(key) == (members[0], members[-1])
+        prefixes = {group_of(stream[s - 1].event).prefix for s in members}
+        assert prefixes == {key.rsplit("/", 1)[0] + "/"}
+
+
+# -- the lander's buffer, with a fake NATS connection and an in-memory lake -------------------
+
+
+class FakeNats:
+    """What `Msg.ack()`/`nak()` need: a publish, recorded."""
+
+    def __init__(self) -> None:
+        self.settled: dict[str, bytes] = {}  # reply subject -> +ACK (empty) or -NAK ...
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
+        self.settled[subject] = payload
+
+
+class MemoryLake(Lake):
+    def __init__(self, fail_writes: bool = False) -> None:
+        super().__init__(lambda: pytest.fail("the in-memory lake uses no S3 client"), "raw")
+        self.objects: dict[str, tuple[int, ...]] = {}
+        self.fail_writes = fail_writes
+
+    async def put(self, obj: LakeObject) -> int:
+        if self.fail_writes:
+            raise ConnectionError("S3 is down (test)")
+        self.objects[obj.key] = obj.seqs
+        return 1
+
+    async def landed(self, group: Group, seqs: Collection[int]) -> set[int]:
+        spans = [seq_range(k) for k in self.objects if k.startswith(group.prefix)]
+        return covered(seqs, [s for s in spans if s is not None])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def delivery(nc: FakeNats, seq: int, *, deliveries: int = 1, data: bytes | None = None) -> Msg:
+    event = received(seq).event
+    reply = f"$JS.ACK.DATA.store-lander.{deliveries}.{seq}.{seq}.1700000000000000000.0"
+    return Msg(nc, "data.sale", reply, data if data is not None else event.to_bytes())  # type: ignore[arg-type]
+
+
+def make_lander(lake: Lake, policy: FlushPolicy, clock: Clock) -> tuple[LakeLander, Metrics]:
+    settings = Settings(environment="test", max_deliver=3, retry_backoff_s=(0.5,))
+    metrics = Metrics("store")
+    publisher = EventPublisher(create_broker(settings, "store"), metrics)  # never connected
+    settler = Settler("store", publisher, metrics, settings)
+    return LakeLander(settler, lake, policy, LakeMetrics(metrics.registry), 30.0, clock), metrics
+
+
+def flushes(metrics: Metrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("choreo_lake_flushes_total", {"reason": reason}) or 0
+
+
+async def test_the_lander_writes_at_the_count_and_acks_only_what_it_wrote() -> None:
+    nc, lake, clock = FakeNats(), MemoryLake(), Clock()
+    lander, metrics = make_lander(lake, FlushPolicy(3, 10**6, 1.0), clock)
+    messages = [delivery(nc, seq) for seq in range(1, 8)]
+    await lander.receive(messages)
+    assert sorted(lake.objects.values()) == [(1, 2, 3), (4, 5, 6)]
+    assert set(nc.settled) == {m.reply for m in messages[:6]}  # the 7th waits in the buffer
+    assert set(nc.settled.values()) == {b""}  # acks
+    assert flushes(metrics, "count") == 2
+
+
+async def test_the_lander_writes_before_the_bytes_would_exceed_the_limit() -> None:
+    nc, lake, clock = FakeNats(), MemoryLake(), Clock()
+    size = len(delivery(nc, 1).data)
+    lander, metrics = make_lander(lake, FlushPolicy(100, 2 * size + 1, 1.0), clock)
+    await lander.receive([delivery(nc, seq) for seq in range(1, 6)])
+    assert sorted(lake.objects.values()) == [(1, 2), (3, 4)]
+    assert flushes(metrics, "bytes") == 2
+
+
+async def test_the_lander_writes_a_buffer_once_it_is_old_enough() -> None:
+    nc, lake, clock = FakeNats(), MemoryLake(), Clock()
+    lander, metrics = make_lander(lake, FlushPolicy(100, 10**6, 1.0), clock)
+    await lander.receive([delivery(nc, 1)])
+    clock.now += 0.5
+    await lander.receive([delivery(nc, 2)])
+    await lander.flush_if_due()
+    assert lake.objects == {}
+    clock.now += 0.5  # the first message is 1 s old
+    await lander.flush_if_due()
+    assert list(lake.objects.values()) == [(1, 2)]
+    assert flushes(metrics, "age") == 1
+
+
+async def test_stopping_the_lander_writes_its_buffer_and_takes_nothing_more() -> None:
+    nc, lake, clock = FakeNats(), MemoryLake(), Clock()
+    lander, metrics = make_lander(lake, FlushPolicy(100, 10**6, 60.0), clock)
+    async with lander.running():
+        await lander.receive([delivery(nc, 1), delivery(nc, 2)])
+        assert lake.objects == {}
+    late = delivery(nc, 3)
+    await lander.receive([late])
+    assert list(lake.objects.values()) == [(1, 2)]
+    assert flushes(metrics, "stop") == 1
+    assert late.reply not in nc.settled  # left for JetStream to redeliver to the next lander
+
+
+async def test_a_redelivered_event_found_in_the_lake_is_acked_without_a_write() -> None:
+    nc, lake, clock = FakeNats(), MemoryLake(), Clock()
+    lake.objects[object_key(Group("sale", "2024-01-15"), 1, 2)] = (1, 2)
+    lander, metrics = make_lander(lake, FlushPolicy(3, 10**6, 1.0), clock)
+    messages = [delivery(nc, 2, deliveries=2), delivery(nc, 3), delivery(nc, 4)]
+    await lander.receive(messages)
+    assert sorted(lake.objects.values()) == [(1, 2), (3, 4)]
+    assert set(nc.settled) == {m.reply for m in messages}
+    assert metrics.registry.get_sample_value("choreo_lake_events_already_landed_total") == 1
+
+
+async def test_a_failed_write_naks_the_batch_with_backoff() -> None:
+    nc, lake, clock = FakeNats(), MemoryLake(fail_writes=True), Clock()
+    lander, _ = make_lander(lake, FlushPolicy(2, 10**6, 1.0), clock)
+    await lander.receive([delivery(nc, 1), delivery(nc, 2)])
+    assert set(nc.settled.values()) == {b'-NAK {"delay": 500000000}'}
