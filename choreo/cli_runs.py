@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import nats.errors
 import typer
 from rich.live import Live
 from rich.table import Table
@@ -386,8 +387,11 @@ def _workflow_of(run: dict[str, Any]) -> dict[str, Any]:
 def _run_async(go: Any) -> Any:
     try:
         return asyncio.run(go())
-    except OSError as exc:
-        errors.print(f"[red]cannot reach NATS: {exc}; is the stack running? `choreo up`[/red]")
+    except (OSError, nats.errors.Error) as exc:
+        errors.print(
+            f"[red]cannot reach NATS ({type(exc).__name__}): is the stack running? `choreo up` "
+            "starts it; --data-dir or CHOREO_DATA_DIR picks another one.[/red]"
+        )
         raise typer.Exit(1) from exc
 
 

@@ -41,28 +41,30 @@ class Credentials:
     s3: dict[str, S3Key] = field(default_factory=dict)
     postgres: dict[str, str] = field(default_factory=dict)
 
-    @classmethod
-    def generate(cls) -> "Credentials":
-        users = (ADMIN, *SERVICES)
-        return cls(
-            nats={user: _token() for user in users},
-            s3={user: S3Key(f"CHOREO{secrets.token_hex(8).upper()}", _token()) for user in users},
-            postgres={POSTGRES_SUPERUSER: _token(), AUDIT_ROLE: _token()},
-        )
+    def complete(self) -> bool:
+        """Generate whatever is missing (a new service or role); True when anything was."""
+        before = (len(self.nats), len(self.s3), len(self.postgres))
+        for user in (ADMIN, *SERVICES):
+            self.nats.setdefault(user, _token())
+            self.s3.setdefault(user, S3Key(f"CHOREO{secrets.token_hex(8).upper()}", _token()))
+        for role in (POSTGRES_SUPERUSER, *DATABASES):
+            self.postgres.setdefault(role, _token())
+        return before != (len(self.nats), len(self.s3), len(self.postgres))
 
     @classmethod
     def load_or_create(cls, path: Path) -> "Credentials":
-        """Read `path`, or generate and write it (mode 0600) on first use."""
+        """Read `path` (adding what a newer Choreo needs), or create it (mode 0600)."""
+        creds = cls()
         if path.is_file():
             raw = json.loads(path.read_text())
-            return cls(
+            creds = cls(
                 nats=raw["nats"],
                 s3={user: S3Key(**key) for user, key in raw["s3"].items()},
                 postgres=raw["postgres"],
             )
-        creds = cls.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(asdict(creds), out, indent=2)
+        if creds.complete() or not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(asdict(creds), out, indent=2)
         return creds

@@ -19,13 +19,18 @@ from shared.workflow import events as ev
 @asynccontextmanager
 async def connect(settings: ClientSettings) -> AsyncIterator[Client]:
     password = settings.nats_password.get_secret_value() if settings.nats_password else None
+
+    async def quiet(_: Exception) -> None:
+        """The CLI reports a failed connection itself, in one sentence."""
+
     client = await nats.connect(
         settings.nats_url,
         user=settings.nats_user,
         password=password,
         name="choreo-cli",
         connect_timeout=5,
-        max_reconnect_attempts=3,
+        allow_reconnect=False,
+        error_cb=quiet,
     )
     try:
         yield client
