@@ -2,12 +2,13 @@
 
 import sys
 
-from bench import event_to_audit, ingest, lander, sales_report, workflows
+from bench import event_to_audit, ingest, lander, pathway_sales, sales_report, workflows
 
 BENCHMARKS = {
     "event_to_audit": event_to_audit.main,
     "ingest": ingest.main,
     "lander": lander.main,
+    "pathway_streaming": pathway_sales.main,
     "sales_report": sales_report.main,
     "workflows": workflows.main,
 }

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from bench.pathway_sales import pathway_report
 from bench.results import save
 from services.transform.sql_engine import InputFiles, run
 from services.transform.sql_steps import job_of
@@ -98,7 +99,11 @@ def polars_report(source: Path, workdir: Path) -> Path:
     return path
 
 
-ENGINES: dict[str, Engine] = {"duckdb": duckdb_report, BASELINE: polars_report}
+ENGINES: dict[str, Engine] = {
+    "duckdb": duckdb_report,
+    "pathway": pathway_report,
+    BASELINE: polars_report,
+}
 """Every engine timed; the Pathway timing goes here (see the module docstring)."""
 
 

@@ -1,12 +1,17 @@
-"""The transform service: `transform.sql` (DuckDB) and `transform.pathway` steps over
-lake objects."""
+"""The transform service: `transform.sql` (DuckDB) and `transform.pathway` (Pathway) steps
+over lake objects, and the streaming Pathway pipelines (company_analytics, sales_windows)
+in a supervised child process."""
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
 
+from services.transform.settings import TransformSettings
 from services.transform.steps import transform_steps
+from services.transform.streaming import StreamingConfig, StreamingSupervisor
 from shared.metrics import Metrics
 from shared.s3 import open_s3
-from shared.service import Service, build_service, create_broker
+from shared.service import ReadinessCheck, Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
 from shared.workflow.runtime import Choreography, StepRegistry
@@ -19,7 +24,7 @@ NAME = "transform"
 
 def create_app(settings: Settings | None = None, *, steps: StepRegistry | None = None) -> Service:
     """`steps` may carry extra step kinds of this service (tests, extensions)."""
-    settings = settings or Settings.load()
+    settings = TransformSettings.model_validate((settings or TransformSettings.load()).model_dump())
     metrics = Metrics(NAME)
     broker = create_broker(settings, NAME)
     client: Slot[S3Client] = Slot("the S3 client")
@@ -29,13 +34,29 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
     async def s3_ready() -> None:
         await client.get().list_buckets()
 
+    resources: list[Callable[[], AbstractAsyncContextManager[Any]]] = [
+        lambda: open_s3(settings, client)
+    ]
+    checks: dict[str, ReadinessCheck] = {"s3": s3_ready}
+    if settings.transform_database_url is not None:
+        streaming = StreamingSupervisor(
+            StreamingConfig.from_settings(
+                settings,
+                database_url=settings.transform_database_url.get_secret_value(),
+                state_dir=settings.transform_state_dir or settings.data_dir / "transform-state",
+            ),
+            metrics.registry,
+        )
+        resources.append(streaming.running)
+        checks["streaming"] = streaming.check
+
     return build_service(
         NAME,
         settings,
         broker,
         metrics,
-        resources=[lambda: open_s3(settings, client)],
-        checks={"s3": s3_ready},
+        resources=resources,
+        checks=checks,
         choreography=Choreography.create(NAME, settings, broker, metrics, steps),
         description="Transforms lake data: DuckDB SQL and Pathway pipelines.",
     )

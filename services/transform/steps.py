@@ -1,10 +1,13 @@
-"""The step kinds the transform service runs. For now `transform.pathway` runs the
-built-in plain-Python pipelines of `pipelines.py` over a JSON or JSONL object."""
+"""The step kinds the transform service runs: `transform.pathway` (the Pathway pipelines
+`clean` and `sales_report`, and the plain-Python `summary`) over a JSON or JSONL object,
+and `transform.sql` (DuckDB, in sql_steps.py)."""
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from services.transform.pathway_steps import PATHWAY_PIPELINES
 from services.transform.pipelines import PIPELINES
 from services.transform.sql_steps import register_sql_steps
 from shared.s3 import parse_s3_uri, s3_uri
@@ -21,10 +24,11 @@ def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings:
     @steps.kind("transform.pathway")
     async def run_pipeline(ctx: StepContext) -> StepOutput:
         """Run pipeline `pipeline` over the rows at `input`; write the result to `layer`."""
-        name = ctx.params["pipeline"]
-        pipeline = PIPELINES.get(str(name))
+        name = str(ctx.params["pipeline"])
+        pipeline = PIPELINES.get(name) or PATHWAY_PIPELINES.get(name)
         if pipeline is None:
-            raise StepFailed(f"unknown pipeline {name!r}; built in: {sorted(PIPELINES)}")
+            known = sorted([*PIPELINES, *PATHWAY_PIPELINES])
+            raise StepFailed(f"unknown pipeline {name!r}; known: {known}")
         try:
             bucket, key = parse_s3_uri(str(ctx.params["input"]))
         except ValueError as exc:
@@ -32,7 +36,10 @@ def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings:
         response = await s3().get_object(Bucket=bucket, Key=key)
         rows = _rows(await response["Body"].read(), key)
         params = ctx.params.get("params") or {}
-        result, rejected = pipeline(rows, params if isinstance(params, dict) else {})
+        # Pathway runs block for seconds (in a child process): keep the event loop serving.
+        result, rejected = await asyncio.to_thread(
+            pipeline, rows, params if isinstance(params, dict) else {}
+        )
         layer = str(ctx.params.get("layer", "staging"))
         target_bucket = {"staging": settings.bucket_staging, "curated": settings.bucket_curated}
         if layer not in target_bucket:
@@ -48,7 +55,7 @@ def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings:
             "uri": s3_uri(target_bucket[layer], target_key),
             "rows": len(rows),
             "rejected": rejected,
-            "engine": "python",
+            "engine": "pathway" if name in PATHWAY_PIPELINES else "python",
         }
 
     register_sql_steps(steps, s3, settings)

@@ -1,0 +1,16 @@
+"""Settings of the transform service (`CHOREO_TRANSFORM_*`)."""
+
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from shared.settings import Settings
+
+
+class TransformSettings(Settings):
+    # Where the streaming pipelines keep company_analytics and sales_windows; without it
+    # the streaming pipelines do not run (the steps still do).
+    transform_database_url: SecretStr | None = None
+    # Pathway's persistence (state and the recorded stream positions): keep it on a
+    # persistent volume; default <data dir>/transform-state.
+    transform_state_dir: Path | None = None
