@@ -161,6 +161,26 @@ def test_the_example_workflow_completes_and_stores_its_object(
     assert [e["depth"] for e in timeline] == sorted(e["depth"] for e in timeline)
 
 
+def test_sales_report_produces_the_report_and_the_notification(
+    stack: dict[str, Any], data_dir: Path
+) -> None:
+    choreo("seed", "sales", "--days", "2", "--per-day", "50", data_dir=data_dir)
+    workflow = ROOT / "workflows/sales-report/workflow.json"
+    result = choreo("run", str(workflow), "--input", "date=2024-01-02", "--json", data_dir=data_dir)
+    run = json.loads(result.stdout)
+    assert run["status"] == "completed", result.stdout
+    assert run["outputs"]["query-sales-data"]["rows"] == 50
+    assert run["outputs"]["generate-report"]["engine"] == "pathway"
+    uri = run["outputs"]["store-report"]["uri"]
+    assert uri == "s3://curated/reports/sales/2024-01-02.json"
+    report = json.loads(choreo("get", uri, data_dir=data_dir).stdout)
+    total = [r for r in report["rows"] if r["day"] is None]
+    assert len(total) == 1
+    assert total[0]["orders"] == 50
+    assert run["outputs"]["send-notification"]["subject"] == "reports.sales.daily"
+    assert run["outputs"]["send-notification"]["seq"] >= 1
+
+
 def test_an_invalid_workflow_exits_2_with_every_problem(data_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(
