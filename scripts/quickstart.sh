@@ -22,6 +22,10 @@ choreo audit --limit 13
 echo "==> Running the example workflow (workflows/minio-store)"
 choreo run workflows/minio-store/workflow.json
 
+echo "==> Seeding the sample sales database and running workflows/sales-report"
+choreo seed sales
+choreo run workflows/sales-report/workflow.json --input date=2024-01-15
+
 cat <<'DONE'
 
 The stack keeps running in the background:
