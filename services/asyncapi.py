@@ -3,8 +3,11 @@ the AsyncAPI 3.0 document of every subject each service consumes and publishes, 
 by FastStream from the services' own subscribers and publishers."""
 
 import json
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,17 @@ FACTORIES: dict[str, Callable[[], Service]] = {
 }
 
 
+# The documents describe deployments, not this machine: no env file, and NATS users with
+# passwords as every deployment has (only the scheme appears, never a value).
+GENERATION_ENV = {"CHOREO_NATS_USER": "service", "CHOREO_NATS_PASSWORD": "not-a-secret"}
+
+
 def document(name: str) -> dict[str, Any]:
-    service = FACTORIES[name]()
+    with (
+        tempfile.TemporaryDirectory() as empty,
+        _environment({**GENERATION_ENV, "CHOREO_DATA_DIR": empty}),
+    ):
+        service = FACTORIES[name]()
     spec = AsyncAPI(
         service.broker,
         title=f"Choreo {name}",
@@ -39,6 +51,20 @@ def document(name: str) -> dict[str, Any]:
     doc: dict[str, Any] = spec.to_specification().to_jsonable()
     doc.pop("servers", None)  # the settings' URL of whoever generated it: not a contract
     return doc
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def main(argv: list[str]) -> int:
