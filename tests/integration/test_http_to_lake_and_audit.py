@@ -1,0 +1,105 @@
+"""10,000 events posted over HTTP in batches land once in the lake and once in `events`,
+also when the store (the lake lander) is SIGKILLed mid-stream and started again."""
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from choreo.servers.ports import free_port
+from choreo.stack import ServiceProcess
+from services.audit.app import create_app as audit_app
+from services.ingest.app import create_app as ingest_app
+from services.ingest.settings import IngestSettings
+from shared.s3 import s3_client
+from shared.settings import Settings
+from tests.integration.test_lander import LakeReader, consumer_idle, jetstream, unique_type
+from tests.support import serve, settings_env, wait_for
+
+pytestmark = pytest.mark.integration
+EVENTS = 10_000
+BATCH = 500
+
+
+async def test_posted_events_land_once_in_the_lake_and_the_audit_table(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    event_type = unique_type("posted")
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / f"{event_type}.v1.json").write_text(
+        json.dumps(
+            {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "required": ["n"],
+                "properties": {"n": {"type": "integer"}},
+            }
+        )
+    )
+    ingest_settings = IngestSettings.model_validate(
+        {**settings.model_dump(), "ingest_schema_dir": schemas}
+    )
+    ids = [f"{event_type}-{n}" for n in range(EVENTS)]
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "CHOREO_LANDER_MAX_EVENTS": "500",
+        "CHOREO_LANDER_MAX_AGE_S": "0.3",
+    }
+
+    def store() -> ServiceProcess:
+        env["CHOREO_HTTP_PORT"] = str(free_port())
+        return ServiceProcess("store", int(env["CHOREO_HTTP_PORT"]), env, tmp_path / "store.log")
+
+    async def post_all() -> None:
+        for start in range(0, EVENTS, BATCH):
+            body = "\n".join(
+                json.dumps({"type": event_type, "id": ids[n], "data": {"n": n}})
+                for n in range(start, start + BATCH)
+            )
+            response = await http.post(
+                "/v1/events", content=body, headers={"content-type": "application/x-ndjson"}
+            )
+            assert response.status_code == 202, response.text
+
+    async def audited() -> int:
+        count = await db.fetchval("SELECT count(*) FROM events WHERE type = $1", event_type)
+        return int(count)
+
+    first = store()
+    first.start()
+    async with (
+        serve(ingest_app(ingest_settings)) as http,
+        serve(audit_app(settings)),
+        jetstream(settings) as js,
+        s3_client(settings) as s3,
+    ):
+        lake = LakeReader(s3, settings.bucket_raw, [event_type])
+        posting = asyncio.create_task(post_all())
+        try:
+            await wait_for(lake.keys, bool, within=60, interval=0.01)
+            assert first.pid is not None
+            os.kill(first.pid, signal.SIGKILL)
+            first.stop()
+            assert len(await lake.ids()) < EVENTS, "the kill came too late to test anything"
+            second = store()
+            second.start()
+            try:
+                await posting
+                lines = await wait_for(lake.ids, lambda found: len(set(found)) == EVENTS, within=90)
+                await wait_for(audited, lambda n: n == EVENTS, within=60)
+                # The lander has nothing pending: no later object can add a duplicate.
+                await wait_for(lambda: consumer_idle(js), bool, within=30)
+                lines = await lake.ids()
+            finally:
+                second.stop()
+        finally:
+            posting.cancel()
+    assert sorted(lines) == sorted(ids)  # every event in exactly one line of one object
+    assert await audited() == EVENTS
+    assert first.returncode == -signal.SIGKILL
