@@ -14,6 +14,8 @@ EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 """An event type is one NATS subject token: lower-case letters, digits and `_`."""
 
 DATA_IN_PREFIX = "data.in."
+AUDIT_EVENT_LOOKUP = "audit.events.get"
+"""Request-reply (core NATS): `{"id": ...}` -> the audit record of that event."""
 FRAUD_SCORED = "fraud.scored"
 FRAUD_ALERT = "fraud.alert"
 
@@ -93,9 +95,12 @@ class Permissions:
 # Every service publishes workflow events: a step's completion may request a successor
 # owned by any service.
 SERVICE_PERMISSIONS: dict[str, Permissions] = {
-    "ingest": Permissions(publish=("data.*", "wf.>", dlq_subject("ingest"))),
+    "ingest": Permissions(publish=("data.*", "wf.>", dlq_subject("ingest"), AUDIT_EVENT_LOOKUP)),
     "transform": Permissions(publish=("wf.>", dlq_subject("transform"))),
     "store": Permissions(publish=("wf.>", dlq_subject("store"))),
-    "audit": Permissions(publish=("wf.>", dlq_subject("audit"), *NOTIFY.subjects)),
+    "audit": Permissions(
+        publish=("wf.>", dlq_subject("audit"), *NOTIFY.subjects),
+        subscribe=(AUDIT_EVENT_LOOKUP,),
+    ),
     "fraud": Permissions(publish=("fraud.>", "wf.>", dlq_subject("fraud"))),
 }

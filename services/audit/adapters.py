@@ -167,6 +167,15 @@ class PgEventStore:
         )
         return [_decode(r) for r in rows]
 
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        row = await self._pool.fetchrow(
+            "SELECT id, type, source, subject, time, runid, stepid, correlationid, causationid,"
+            " nats_subject, stream, stream_seq, received_at, data::text AS data"
+            " FROM events WHERE id = $1",
+            event_id,
+        )
+        return None if row is None else _decode(row)
+
     async def runs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         rows = await self._pool.fetch(
             f"SELECT {RUN_SUMMARY} FROM workflow_runs WHERE $1::text IS NULL OR status = $1"

@@ -9,7 +9,9 @@ ignores ids it already has.
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+from fastapi.encoders import jsonable_encoder
 from prometheus_client import Counter
 
 from services.audit.adapters import PgEventStore, migrate, open_pool
@@ -23,7 +25,7 @@ from shared.metrics import Metrics
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
-from shared.subjects import DATA, FRAUD, WORKFLOW, StreamSpec
+from shared.subjects import AUDIT_EVENT_LOOKUP, DATA, FRAUD, WORKFLOW, StreamSpec
 from shared.workflow.runtime import Choreography, StepRegistry
 
 NAME = "audit"
@@ -72,6 +74,15 @@ def create_app(
             title=f"audit/{spec.name}",
             description=f"Records every event of stream {spec.name} in the `events` table.",
         )(on_events)
+
+    @broker.subscriber(
+        AUDIT_EVENT_LOOKUP,
+        title="audit/event-lookup",
+        description="Request-reply: {id} -> the event's audit record (found false if none).",
+    )
+    async def on_event_lookup(body: dict[str, Any]) -> dict[str, Any]:
+        found = await event_store.get().event(str(body.get("id", "")))
+        return {"found": found is not None, "event": jsonable_encoder(found)}
 
     @asynccontextmanager
     async def database() -> AsyncIterator[None]:

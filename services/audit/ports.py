@@ -25,6 +25,10 @@ class EventStore(Protocol):
         """The newest stored events (optionally of one type), newest first."""
         ...
 
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        """One stored event and where it came from (subject, stream, sequence)."""
+        ...
+
     async def runs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
         """The newest workflow runs, newest first."""
         ...

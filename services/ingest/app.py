@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from services.ingest.api import events_router, schemas_router
 from services.ingest.inbound import InboundEvents
+from services.ingest.lookup import lookup_router
 from services.ingest.registry import SchemaRegistry, load_registry
 from services.ingest.runs import RunCoordinator
 from services.ingest.settings import IngestSettings
@@ -56,6 +57,7 @@ def create_app(
         routers=[
             events_router(settings, choreography.publisher, registry),
             schemas_router(registry),
+            lookup_router(broker, client.get, settings),
         ],
         choreography=choreography,
         title="Choreo ingest",

@@ -22,15 +22,14 @@ from prometheus_client import CollectorRegistry, Counter
 from services.store.lander import (
     Buffer,
     FlushPolicy,
-    Group,
     LakeObject,
     covered,
     listing_start,
     plan,
-    seq_range,
     to_check,
 )
 from shared.consumer import Received, Settler
+from shared.lake import Group, seq_range
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client

@@ -71,61 +71,17 @@ consumer is not deleted and re-created over a stream already landed (delivery co
 at 1, so the stream would land again).
 """
 
-import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Generic, TypeVar
-from urllib.parse import quote
 
 from shared.consumer import Received
 from shared.envelope import Event
-from shared.subjects import EVENT_TYPE_PATTERN
+from shared.lake import SEQ_DIGITS, Group, group_of, object_key
 
-KEY_ROOT = "events"
-SEQ_DIGITS = 12
-SUFFIX = ".jsonl.gz"
 # An object spans fewer stream sequences than this (last - first < MAX_OBJECT_SPAN), so the
 # keys that may cover a sequence s all start after s - MAX_OBJECT_SPAN.
 MAX_OBJECT_SPAN = 100_000
-
-_SEQ_RANGE = re.compile(rf"(\d{{{SEQ_DIGITS},}})-(\d{{{SEQ_DIGITS},}}){re.escape(SUFFIX)}")
-
-
-def key_segment(event_type: str) -> str:
-    """The event type as one key segment: itself when it is a valid type token, otherwise
-    percent-encoded (so `/`, `..` or spaces in a raw publish cannot change the key's path)."""
-    if EVENT_TYPE_PATTERN.fullmatch(event_type):
-        return event_type
-    return quote(event_type, safe="").replace(".", "%2E")
-
-
-@dataclass(frozen=True, order=True)
-class Group:
-    """Events that share a key prefix: one type on one UTC date."""
-
-    type: str
-    date: str
-
-    @property
-    def prefix(self) -> str:
-        return f"{KEY_ROOT}/{self.type}/date={self.date}/"
-
-
-def group_of(event: Event) -> Group:
-    """The group of an event: its type and the UTC date of its `time` (naive means UTC)."""
-    moment = event.time if event.time.tzinfo else event.time.replace(tzinfo=UTC)
-    return Group(key_segment(event.type), moment.astimezone(UTC).date().isoformat())
-
-
-def object_key(group: Group, first: int, last: int) -> str:
-    return f"{group.prefix}{first:0{SEQ_DIGITS}d}-{last:0{SEQ_DIGITS}d}{SUFFIX}"
-
-
-def seq_range(key: str) -> tuple[int, int] | None:
-    """(first, last) stream sequences of a lander key; None for any other key."""
-    found = _SEQ_RANGE.fullmatch(key.rsplit("/", 1)[-1])
-    return (int(found[1]), int(found[2])) if found else None
 
 
 def listing_start(group: Group, lowest: int) -> str:

@@ -15,6 +15,8 @@ from choreo.stack import ServiceProcess
 from services.audit.app import create_app as audit_app
 from services.ingest.app import create_app as ingest_app
 from services.ingest.settings import IngestSettings
+from services.store.app import create_app as store_app
+from services.store.settings import StoreSettings
 from shared.s3 import s3_client
 from shared.settings import Settings
 from tests.integration.test_lander import LakeReader, consumer_idle, jetstream, unique_type
@@ -103,3 +105,41 @@ async def test_posted_events_land_once_in_the_lake_and_the_audit_table(
     assert sorted(lines) == sorted(ids)  # every event in exactly one line of one object
     assert await audited() == EVENTS
     assert first.returncode == -signal.SIGKILL
+
+
+async def test_get_event_shows_the_audit_record_and_the_lake_object(
+    settings: Settings, tmp_path: Path
+) -> None:
+    sale = {
+        "order_id": "o-lookup",
+        "day": "2024-01-15",
+        "region": "north",
+        "product": "widget",
+        "quantity": 1,
+        "unit_price": 9.5,
+    }
+    event_id = f"lookup-{unique_type('id')}"
+    ingest = ingest_app(IngestSettings.model_validate(settings.model_dump()))
+    store = store_app(
+        StoreSettings.model_validate({**settings.model_dump(), "lander_max_age_s": 0.2})
+    )
+    async with serve(ingest) as http, serve(audit_app(settings)), serve(store):
+        assert (await http.get("/v1/events/never-posted")).status_code == 404
+        posted = await http.post("/v1/events", json={"type": "sale", "id": event_id, "data": sale})
+        assert posted.status_code == 202
+
+        async def lookup() -> dict[str, object]:
+            response = await http.get(f"/v1/events/{event_id}")
+            return dict(response.json()) if response.status_code == 200 else {}
+
+        found = await wait_for(lookup, lambda body: body.get("lake") is not None, within=30)
+    event = found["event"]
+    assert isinstance(event, dict)
+    assert (event["id"], event["type"], event["data"]) == (event_id, "sale", sale)
+    lake = found["lake"]
+    assert isinstance(lake, dict)
+    assert str(lake["uri"]).startswith("s3://raw/events/sale/date=")
+    audit = found["audit"]
+    assert isinstance(audit, dict)
+    assert int(lake["first_seq"]) <= int(audit["stream_seq"]) <= int(lake["last_seq"])
+    assert found["fraud"] is None

@@ -33,10 +33,11 @@ from choreo.stack import ServiceProcess
 from services.store.app import create_app as store_app
 from services.store.buckets import ensure_buckets
 from services.store.lake import DURABLE, Lake
-from services.store.lander import LakeObject, seq_range
+from services.store.lander import LakeObject
 from services.store.settings import StoreSettings
 from shared.envelope import Event
 from shared.jetstream import ensure_streams
+from shared.lake import seq_range
 from shared.s3 import s3_client
 from shared.settings import Settings
 from tests.support import serve, settings_env, wait_for

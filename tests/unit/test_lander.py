@@ -15,22 +15,18 @@ from services.store.lander import (
     MAX_OBJECT_SPAN,
     Buffer,
     FlushPolicy,
-    Group,
     LakeObject,
     covered,
-    group_of,
-    key_segment,
     listing_start,
-    object_key,
     plan,
     runs,
-    seq_range,
     to_check,
     unique,
 )
 from shared.consumer import Received, Settler
 from shared.envelope import Event
 from shared.jetstream import EventPublisher
+from shared.lake import Group, group_of, key_segment, object_key, seq_range
 from shared.metrics import Metrics
 from shared.service import create_broker
 from shared.settings import Settings
