@@ -86,7 +86,7 @@ async def _lake_object(
     s3: "S3Client", bucket: str, record: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The object of the raw lake whose sequence range holds the event, if written yet."""
-    day = datetime.fromisoformat(str(record["time"])).date().isoformat()
+    day = datetime.fromisoformat(str(record["time"])).astimezone(UTC).date().isoformat()
     prefix = Group(key_segment(str(record["type"])), day).prefix
     seq = int(record["stream_seq"])
     paginator = s3.get_paginator("list_objects_v2")
