@@ -6,12 +6,15 @@ sort by sequence).
 """
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC
 from urllib.parse import quote
 
 from shared.envelope import Event
+from shared.settings import Settings
 from shared.subjects import EVENT_TYPE_PATTERN
+from shared.workflow.runtime import StepFailed
 
 KEY_ROOT = "events"
 SEQ_DIGITS = 12
@@ -53,3 +56,32 @@ def seq_range(key: str) -> tuple[int, int] | None:
     """(first, last) stream sequences of a lander key; None for any other key."""
     found = _SEQ_RANGE.fullmatch(key.rsplit("/", 1)[-1])
     return (int(found[1]), int(found[2])) if found else None
+
+
+LAYERS = ("raw", "staging", "curated")
+OUTPUT_LAYERS = ("staging", "curated")
+"""Where transform steps may write."""
+
+
+def layer_buckets(settings: Settings) -> dict[str, str]:
+    """Medallion layer -> bucket name (each configurable: CHOREO_BUCKET_RAW, ...)."""
+    return {
+        "raw": settings.bucket_raw,
+        "staging": settings.bucket_staging,
+        "curated": settings.bucket_curated,
+    }
+
+
+def layer_bucket(settings: Settings, layer: object, allowed: Collection[str]) -> str:
+    """The bucket of a step's `with.layer`, one of `allowed`; StepFailed naming the field."""
+    if layer not in allowed:
+        raise StepFailed(f"with.layer must be one of {sorted(allowed)}, got {layer!r}")
+    return layer_buckets(settings)[str(layer)]
+
+
+def relative_key(value: object) -> str:
+    """A step's `with.key`: a relative object key without `..`; StepFailed otherwise."""
+    key = str(value)
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise StepFailed(f"with.key {key!r} must be a relative path without '..'")
+    return key

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from services.store.api import objects_router
-from services.store.buckets import ensure_buckets, lake_buckets
+from services.store.buckets import ensure_buckets
 from services.store.lake import DURABLE, Lake, LakeLander, LakeMetrics
 from services.store.lander import FlushPolicy
 from services.store.settings import StoreSettings
 from services.store.steps import store_steps
 from shared.consumer import BatchMessage, batch_subscription
+from shared.lake import layer_buckets
 from shared.metrics import Metrics
 from shared.s3 import open_s3, s3_client
 from shared.service import Service, build_service, create_broker
@@ -44,7 +45,7 @@ def create_app(
     config = _store_settings(settings)
     metrics = Metrics(NAME)
     broker = create_broker(config, NAME)
-    buckets = list(lake_buckets(config).values())
+    buckets = list(layer_buckets(config).values())
     client: Slot[S3Client] = Slot("the S3 client")
     signer: Slot[S3Client] = Slot("the S3 presigning client")
     steps = steps if steps is not None else StepRegistry(NAME)

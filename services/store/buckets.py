@@ -4,22 +4,11 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from shared.settings import Settings
-
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
 
 # Codes an S3 server answers when the bucket exists already (ours or, on AWS, anyone's).
 EXISTS = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
-
-
-def lake_buckets(settings: Settings) -> dict[str, str]:
-    """Layer name -> bucket name (each configurable: CHOREO_BUCKET_RAW, ...)."""
-    return {
-        "raw": settings.bucket_raw,
-        "staging": settings.bucket_staging,
-        "curated": settings.bucket_curated,
-    }
 
 
 async def ensure_buckets(s3: "S3Client", buckets: list[str]) -> list[str]:

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from services.store.buckets import lake_buckets
+from shared.lake import LAYERS, layer_bucket, relative_key
 from shared.s3 import parse_s3_uri, s3_uri
 from shared.settings import Settings
 from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
@@ -20,20 +20,16 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
 
 def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Settings) -> None:
     """Register store's step kinds on `steps`."""
-    layers = lake_buckets(settings)
 
     def bucket_of(params: dict[str, Any]) -> str:
         if "bucket" in params:
             return str(params["bucket"])
-        layer = params.get("layer")
-        if layer not in layers:
-            raise StepFailed(f"with.layer must be one of {sorted(layers)}, got {layer!r}")
-        return layers[layer]
+        return layer_bucket(settings, params.get("layer"), LAYERS)
 
     @steps.kind("store.put")
     async def put(ctx: StepContext) -> StepOutput:
         """Write inline `data` (as JSON) or `text` to `bucket`/`layer` at `key`."""
-        bucket, key = bucket_of(ctx.params), _key(ctx.params["key"])
+        bucket, key = bucket_of(ctx.params), relative_key(ctx.params["key"])
         if "data" in ctx.params:
             body = (json.dumps(ctx.params["data"], indent=2) + "\n").encode()
             content_type = "application/json"
@@ -62,7 +58,7 @@ def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Set
             source_bucket, source_key = parse_s3_uri(str(ctx.params["from"]))
         except ValueError as exc:
             raise StepFailed(f"with.from: {exc}") from exc
-        bucket, key = bucket_of(ctx.params), _key(ctx.params["key"])
+        bucket, key = bucket_of(ctx.params), relative_key(ctx.params["key"])
         digest = hashlib.sha256()
         source = await s3().get_object(Bucket=source_bucket, Key=source_key)
         async for chunk in source["Body"].iter_chunks(1024 * 1024):
@@ -77,13 +73,6 @@ def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Set
             MetadataDirective="REPLACE",
         )
         return {"uri": s3_uri(bucket, key), "sha256": sha256}
-
-
-def _key(value: object) -> str:
-    key = str(value)
-    if not key or key.startswith("/") or ".." in key.split("/"):
-        raise StepFailed(f"with.key {key!r} must be a relative path without '..'")
-    return key
 
 
 def _lineage(ctx: StepContext, sha256: str) -> dict[str, str]:

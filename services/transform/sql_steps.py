@@ -51,6 +51,7 @@ from services.transform.sql_engine import (
     run,
 )
 from services.transform.sql_pipelines import PIPELINES
+from shared.lake import OUTPUT_LAYERS, layer_bucket, relative_key
 from shared.s3 import parse_s3_uri, s3_uri
 from shared.settings import Settings
 from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
@@ -72,16 +73,13 @@ def register_sql_steps(
     steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Settings
 ) -> None:
     """Register `transform.sql` on `steps`."""
-    layers = {"staging": settings.bucket_staging, "curated": settings.bucket_curated}
 
     @steps.kind("transform.sql")
     async def transform_sql(ctx: StepContext) -> StepOutput:
         """Fetch the inputs, run the SQL over them, write each output as Parquet."""
         job, expected = job_of(ctx.params)
         sources = parse_inputs(ctx.params.get("inputs"), expected)
-        layer = ctx.params.get("layer", "staging")
-        if layer not in layers:
-            raise StepFailed(f"with.layer must be one of {sorted(layers)}, got {layer!r}")
+        bucket = layer_bucket(settings, ctx.params.get("layer", "staging"), OUTPUT_LAYERS)
         job = replace(job, params=step_params(ctx, sources))
         keys = output_keys(ctx, list(job.outputs or (RESULT,)), ctx.params.get("key"))
         with tempfile.TemporaryDirectory(prefix="choreo-sql-") as directory:
@@ -101,14 +99,14 @@ def register_sql_steps(
             for name, path in result.files.items():
                 await s3().upload_file(
                     str(path),
-                    layers[layer],
+                    bucket,
                     keys[name],
                     ExtraArgs={
                         "ContentType": PARQUET_TYPE,
                         "Metadata": {"run-id": ctx.runid, "step-id": ctx.step},
                     },
                 )
-                uris[name] = s3_uri(layers[layer], keys[name])
+                uris[name] = s3_uri(bucket, keys[name])
         if len(uris) == 1:
             (name,) = uris
             return {
@@ -211,9 +209,7 @@ def output_keys(ctx: StepContext, names: list[str], key: Any) -> dict[str, str]:
     """Output name -> object key (see the module docstring)."""
     if key is None:
         return {name: f"runs/{ctx.runid}/{ctx.step}/{name}.parquet" for name in names}
-    text = str(key)
-    if not text or text.startswith("/") or ".." in text.split("/"):
-        raise StepFailed(f"with.key {text!r} must be a relative path without '..'")
+    text = relative_key(key)
     if len(names) == 1:
         return {names[0]: text}
     return {name: f"{text.rstrip('/')}/{name}.parquet" for name in names}

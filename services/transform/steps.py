@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from services.transform.pathway_steps import PATHWAY_PIPELINES
 from services.transform.pipelines import PIPELINES
 from services.transform.sql_steps import register_sql_steps
+from shared.lake import OUTPUT_LAYERS, layer_bucket
 from shared.s3 import parse_s3_uri, s3_uri
 from shared.settings import Settings
 from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
@@ -40,19 +41,16 @@ def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings:
         result, rejected = await asyncio.to_thread(
             pipeline, rows, params if isinstance(params, dict) else {}
         )
-        layer = str(ctx.params.get("layer", "staging"))
-        target_bucket = {"staging": settings.bucket_staging, "curated": settings.bucket_curated}
-        if layer not in target_bucket:
-            raise StepFailed(f"with.layer must be staging or curated, got {layer!r}")
+        bucket = layer_bucket(settings, ctx.params.get("layer", "staging"), OUTPUT_LAYERS)
         target_key = f"runs/{ctx.runid}/{ctx.step}/{name}.json"
         await s3().put_object(
-            Bucket=target_bucket[layer],
+            Bucket=bucket,
             Key=target_key,
             Body=(json.dumps(result, indent=2) + "\n").encode(),
             ContentType="application/json",
         )
         return {
-            "uri": s3_uri(target_bucket[layer], target_key),
+            "uri": s3_uri(bucket, target_key),
             "rows": len(rows),
             "rejected": rejected,
             "engine": "pathway" if name in PATHWAY_PIPELINES else "python",

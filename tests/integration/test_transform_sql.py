@@ -15,9 +15,10 @@ import nats
 import pytest
 
 from choreo.runs import request_run
-from services.store.buckets import ensure_buckets, lake_buckets
+from services.store.buckets import ensure_buckets
 from services.transform.app import create_app as transform_app
 from services.transform.sql_steps import register_sql_steps
+from shared.lake import layer_buckets
 from shared.s3 import parse_s3_uri, s3_client
 from shared.settings import Settings
 from shared.workflow.runtime import StepContext, StepFailed, StepFunction, StepRegistry
@@ -35,7 +36,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "workflows" / "customer-medallion
 @pytest.fixture
 async def s3(settings: Settings) -> AsyncIterator["S3Client"]:
     async with s3_client(settings) as client:
-        await ensure_buckets(client, list(lake_buckets(settings).values()))
+        await ensure_buckets(client, list(layer_buckets(settings).values()))
         yield client
 
 
