@@ -278,6 +278,36 @@ def seed(
         console.print(f"Seeded {written} rows into the `sales` source's table `sales`.")
 
 
+@app.command()
+def generate(
+    what: Annotated[str, typer.Argument(help="What to generate: transactions.")],
+    out: Annotated[Path, typer.Option(help="NDJSON of transaction events, as posted to ingest.")],
+    labels: Annotated[Path, typer.Option(help="NDJSON of {transaction_id, is_fraud, scenario}.")],
+    n: Annotated[int, typer.Option("--n", min=100, help="How many transactions.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same data.")] = 1,
+    json_out: Json = False,
+) -> None:
+    """Generate labelled transactions: customers, terminals and fraud scenarios."""
+    from choreo.generate import generate as make
+
+    if what != "transactions":
+        errors.print(f"Unknown generator {what!r}: the only one is 'transactions'.")
+        raise typer.Exit(2)
+    transactions, truth = make(n, seed)
+    out.write_text(
+        "".join(json.dumps({"type": "transaction", "data": t}) + "\n" for t in transactions)
+    )
+    labels.write_text("".join(json.dumps(label) + "\n" for label in truth))
+    frauds = sum(1 for label in truth if label["is_fraud"])
+    if json_out:
+        console.print_json(json.dumps({"transactions": len(transactions), "frauds": frauds}))
+    else:
+        console.print(
+            f"Wrote {len(transactions)} transactions ({frauds} fraudulent) to {out}, "
+            f"labels to {labels}."
+        )
+
+
 def _stack_json(state: StackState, data_dir: Path) -> dict[str, Any]:
     from dotenv import dotenv_values
 
