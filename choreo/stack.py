@@ -256,15 +256,7 @@ class Stack:
         with ThreadPoolExecutor(len(servers)) as pool:
             for future in [pool.submit(self._start_part, n) for n in servers]:
                 future.result()
-        for role, database in DATABASES.items():
-            asyncio.run(
-                provision_database(
-                    self._dsn(POSTGRES_SUPERUSER, "postgres"),
-                    database,
-                    role,
-                    self.creds.postgres[role],
-                )
-            )
+        asyncio.run(self._provision_databases())
         write_env_file(self.root, self.client_env())
         progress(f"starting services: {', '.join(SERVICES)}")
         # Services start together: each spends most of its start-up importing Python.
@@ -274,6 +266,11 @@ class Stack:
         self.state.status = "ready"
         self._save()
         log.info("stack ready", data_dir=str(self.root))
+
+    async def _provision_databases(self) -> None:
+        admin = self._dsn(POSTGRES_SUPERUSER, "postgres")
+        for role, database in DATABASES.items():
+            await provision_database(admin, database, role, self.creds.postgres[role])
 
     def _start_part(self, name: str) -> None:
         part = self.parts[name]

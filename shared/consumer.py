@@ -56,38 +56,16 @@ class Unprocessable(Exception):
     """Raised by a handler for a message that can never succeed: dead-lettered at once."""
 
 
-def batch_subscription(
-    spec: StreamSpec,
-    durable: str,
-    settings: Settings,
-    *,
-    batch_size: int = 500,
-    max_wait_s: float = 0.1,
-) -> dict[str, Any]:
-    """Keyword arguments for `broker.subscriber(...)`: a durable batch pull consumer.
-
-    `max_deliver=-1` on the consumer because the settler dead-letters at the configured
-    attempt itself; a message that crashes the process every time is then retried after
-    `ack_wait`, visibly, rather than silently abandoned by the server.
-    """
-    (subject,) = spec.subjects  # every Choreo stream has exactly one subject filter
-    return {
-        "subject": subject,
-        "stream": JStream(spec.name, declare=False),
-        "durable": durable,
-        "pull_sub": PullSub(batch_size=batch_size, timeout=max_wait_s, batch=True),
-        "ack_policy": AckPolicy.MANUAL,
-        "config": ConsumerConfig(
-            ack_wait=settings.ack_wait_s, max_deliver=-1, max_ack_pending=20_000
-        ),
-    }
-
-
 def message_subscription(
     subject: str, spec: StreamSpec, durable: str, settings: Settings, *, concurrency: int = 16
 ) -> dict[str, Any]:
     """Keyword arguments for `broker.subscriber(...)`: a durable pull consumer handing
-    messages one at a time to the handler, up to `concurrency` of them at once."""
+    messages one at a time to the handler, up to `concurrency` of them at once.
+
+    Acks are MANUAL (the Settler decides), and `max_deliver=-1` on the consumer because the
+    Settler dead-letters at the configured attempt itself; a message that crashes the
+    process every time is then retried after `ack_wait`, visibly, rather than silently
+    abandoned by the server."""
     return {
         "subject": subject,
         "stream": JStream(spec.name, declare=False),
@@ -96,6 +74,23 @@ def message_subscription(
         "ack_policy": AckPolicy.MANUAL,
         "config": ConsumerConfig(ack_wait=settings.ack_wait_s, max_deliver=-1),
     }
+
+
+def batch_subscription(
+    spec: StreamSpec,
+    durable: str,
+    settings: Settings,
+    *,
+    batch_size: int = 500,
+    max_wait_s: float = 0.1,
+) -> dict[str, Any]:
+    """Keyword arguments for `broker.subscriber(...)`: a durable pull consumer handing the
+    handler batches of up to `batch_size` messages, over the whole of a one-subject stream."""
+    (subject,) = spec.subjects  # a batch consumer reads its stream's only subject filter
+    kwargs = message_subscription(subject, spec, durable, settings)
+    kwargs["pull_sub"] = PullSub(batch_size=batch_size, timeout=max_wait_s, batch=True)
+    kwargs["config"].max_ack_pending = 20_000
+    return kwargs
 
 
 class Settler:
