@@ -155,6 +155,60 @@ def ps(data_dir: DataDir, json_out: Json = False) -> None:
         print_stack(state, data_dir)
 
 
+Part = Annotated[str, typer.Argument(help="A part of the stack: nats, s3, postgres or a service.")]
+
+
+@app.command()
+def stop(part: Part, data_dir: DataDir, json_out: Json = False) -> None:
+    """Stop one part of the running stack and keep it stopped (the supervisor leaves it
+    alone) until `choreo start PART`: for maintenance, or to see how the rest copes."""
+    state = _running_part(data_dir, part)
+    was_running = stackctl.stop_part(state, part)
+    if json_out:
+        console.print_json(json.dumps({"part": part, "stopped": True, "was_running": was_running}))
+    else:
+        console.print(f"Stopped {part}; `choreo start {part}` starts it again.")
+
+
+@app.command()
+def start(
+    part: Part,
+    data_dir: DataDir,
+    wait: Annotated[float, typer.Option(help="Seconds to wait until it is ready.")] = 60.0,
+    json_out: Json = False,
+) -> None:
+    """Start a part `choreo stop` stopped, and wait until it is ready."""
+    state = _running_part(data_dir, part)
+    stackctl.start_part(state, part)
+    deadline = time.monotonic() + wait
+    status = "down"
+    while time.monotonic() < deadline:
+        fresh = stackctl.running_state(data_dir) or state
+        status = next(h.status for h in stackctl.health(fresh) if h.part.name == part)
+        if status == "ready":
+            break
+        time.sleep(0.2)
+    if json_out:
+        console.print_json(json.dumps({"part": part, "status": status}))
+    elif status == "ready":
+        console.print(f"Started {part}.")
+    else:
+        errors.print(f"{part} is {status} after {wait:g} s; see `choreo ps` and its log.")
+    if status != "ready":
+        raise typer.Exit(1)
+
+
+def _running_part(data_dir: Path, part: str) -> StackState:
+    state = stackctl.running_state(data_dir)
+    if state is None:
+        errors.print(f"No stack is running in {data_dir} (`choreo up` starts one).")
+        raise typer.Exit(1)
+    if part not in state.parts:
+        errors.print(f"Unknown part {part!r}: choose from {', '.join(state.parts)}.")
+        raise typer.Exit(2)
+    return state
+
+
 @app.command()
 def publish(
     event_type: Annotated[str, typer.Argument(metavar="TYPE", help="Event type, e.g. sale.")],
@@ -327,7 +381,7 @@ def print_stack(state: StackState, data_dir: Path) -> None:
     table = Table(title=f"Choreo stack in {data_dir.absolute()}", title_justify="left")
     for column in ("part", "status", "pid", "url", "log"):
         table.add_column(column)
-    colour = {"ready": "green", "not ready": "yellow", "down": "red"}
+    colour = {"ready": "green", "not ready": "yellow", "down": "red", "stopped": "blue"}
     for h in stackctl.health(state):
         table.add_row(
             h.part.name,

@@ -9,6 +9,7 @@ with the end of its log and restarted with backoff. `choreo dev` runs it in the 
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -36,6 +37,7 @@ from choreo.servers.ports import free_port
 from choreo.servers.postgres import PostgresServer
 from choreo.servers.process import ServerProcess, http_get
 from choreo.servers.s3 import S3Identity, S3Server
+from choreo.stackctl import HELD_DIR, hold_file
 from choreo.state import Crash, PartState, StackState, write_env_file
 from shared.settings import Settings
 from shared.subjects import SERVICE_PERMISSIONS, SERVICES
@@ -139,6 +141,7 @@ class Part:
     url: str
     restarts: int = 0
     next_restart_at: float | None = None
+    held: bool = False  # stopped by `choreo stop` until `choreo start`
 
 
 class Stack:
@@ -251,6 +254,7 @@ class Stack:
         """Start servers (in parallel), provision, start the services, write env and state."""
         self.state.started_at = time.time()
         self._save()
+        shutil.rmtree(self.root / HELD_DIR, ignore_errors=True)  # holds of an earlier stack
         servers = [n for n, p in self.parts.items() if p.kind == "server"]
         progress(f"starting {', '.join(servers)}")
         with ThreadPoolExecutor(len(servers)) as pool:
@@ -289,6 +293,14 @@ class Stack:
         process = part.process
         if process.is_running():
             return
+        if hold_file(self.root, name).exists():  # stopped on purpose (`choreo stop`)
+            part.held = True
+            return
+        if part.held:  # released (`choreo start`): start it now, it did not crash
+            part.held = False
+            part.next_restart_at = None
+            self._restart(name, part, "started")
+            return
         now = time.time()
         if part.next_restart_at is None:
             tail = process.log_tail()
@@ -309,11 +321,14 @@ class Stack:
             return
         part.restarts += 1
         part.next_restart_at = None
+        self._restart(name, part, "restarted")
+
+    def _restart(self, name: str, part: Part, what: str) -> None:
         try:
-            process.start()
-            log.info(f"{name} restarted", part=name, restarts=part.restarts)
+            part.process.start()
+            log.info(f"{name} {what}", part=name, restarts=part.restarts)
         except Exception as exc:
-            log.error(f"{name} failed to restart: {exc}", part=name)
+            log.error(f"{name} failed to start: {exc}", part=name)
         self._save()
 
     def request_stop(self) -> None:

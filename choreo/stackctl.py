@@ -14,6 +14,13 @@ from choreo.state import STATE_FILE, PartState, StackState
 
 SUPERVISOR_LOG = "stack.log"
 STOP_TIMEOUT_S = 45.0
+PART_STOP_TIMEOUT_S = 20.0
+HELD_DIR = "held"
+
+
+def hold_file(data_dir: Path, part: str) -> Path:
+    """While this file exists the supervisor leaves the part stopped (`choreo stop PART`)."""
+    return data_dir / HELD_DIR / part
 
 
 def alive(pid: int | None) -> bool:
@@ -23,14 +30,16 @@ def alive(pid: int | None) -> bool:
 @dataclass
 class Health:
     part: PartState
-    status: str  # "ready", "not ready", "down"
+    status: str  # "ready", "not ready", "down", "stopped" (held by `choreo stop`)
 
 
 def health(state: StackState) -> list[Health]:
     """Each part's status now: its pid alive and, for services, /readyz answering 200."""
     out = []
     for part in state.parts.values():
-        if not alive(part.pid):
+        if hold_file(Path(state.data_dir), part.name).exists() and not alive(part.pid):
+            status = "stopped"
+        elif not alive(part.pid):
             status = "down"
         elif part.kind == "service":
             answer = http_get(f"{part.url}/readyz", timeout=2.0)
@@ -102,3 +111,19 @@ def log_tail(path: Path, lines: int = 30) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_part(state: StackState, name: str) -> bool:
+    """Stop one part and keep it stopped until `start_part`; False if it was not running."""
+    part = state.parts[name]
+    hold = hold_file(Path(state.data_dir), name)
+    hold.parent.mkdir(exist_ok=True)
+    hold.touch()  # before the signal: the supervisor must not see an unexpected exit
+    return part.pid is not None and stop_pid(
+        part.pid, PART_STOP_TIMEOUT_S, signal.Signals(part.stop_signal)
+    )
+
+
+def start_part(state: StackState, name: str) -> None:
+    """Let the supervisor start a part `stop_part` held (within its next check)."""
+    hold_file(Path(state.data_dir), name).unlink(missing_ok=True)

@@ -218,6 +218,30 @@ def test_a_killed_service_is_reported_and_restarted(stack: dict[str, Any], data_
     assert ready.status_code == 200
 
 
+def test_a_stopped_part_stays_stopped_until_started(
+    stack: dict[str, Any], data_dir: Path
+) -> None:
+    def status() -> dict[str, Any]:
+        part: dict[str, Any] = json.loads(choreo("ps", "--json", data_dir=data_dir).stdout)[
+            "parts"
+        ]["s3"]
+        return part
+
+    pid = stack["parts"]["s3"]["pid"]
+    choreo("stop", "s3", data_dir=data_dir)
+    assert not alive(pid)
+    time.sleep(3)  # several supervisor checks: a crash would have been restarted by now
+    stopped = status()
+    assert stopped["status"] == "stopped"
+    assert not stopped["crashes"]
+    result = choreo("start", "s3", "--json", data_dir=data_dir)
+    assert json.loads(result.stdout) == {"part": "s3", "status": "ready"}
+    assert status()["pid"] != pid
+    unknown = choreo("stop", "redis", data_dir=data_dir, check=False)
+    assert unknown.returncode == 2
+    assert "Unknown part 'redis'" in unknown.stderr
+
+
 def test_down_leaves_no_process_and_no_port(stack: dict[str, Any], data_dir: Path) -> None:
     state = json.loads((data_dir / "stack.json").read_text())
     pids = [state["supervisor_pid"], *(p["pid"] for p in state["parts"].values())]
