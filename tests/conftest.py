@@ -36,6 +36,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow fault-injection scenarios run only when asked for: `-m chaos`."""
+    if "chaos" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="slow chaos scenario: run `scripts/test.sh -m chaos`")
+    for item in items:
+        if item.get_closest_marker("chaos"):
+            item.add_marker(skip)
+
+
 @dataclass(frozen=True)
 class S3Endpoint:
     url: str
