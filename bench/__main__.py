@@ -2,10 +2,19 @@
 
 import sys
 
-from bench import event_to_audit, ingest, lander, pathway_sales, sales_report, workflows
+from bench import (
+    event_to_audit,
+    fraud_scoring,
+    ingest,
+    lander,
+    pathway_sales,
+    sales_report,
+    workflows,
+)
 
 BENCHMARKS = {
     "event_to_audit": event_to_audit.main,
+    "fraud_scoring": fraud_scoring.main,
     "ingest": ingest.main,
     "lander": lander.main,
     "pathway_streaming": pathway_sales.main,

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from choreo import stackctl
-from choreo.cli_common import DataDir, Json, SyncInterval, app, console, errors
+from choreo.cli_common import DataDir, Json, SyncInterval, app, audit_or_json, console, errors
 from choreo.state import StackState
 from shared.settings import ENV_FILE_NAME
 
@@ -24,6 +24,7 @@ UP_TIMEOUT_S = 120.0
 
 def main() -> None:
     # Workflow commands register themselves on the same app.
+    import choreo.cli_fraud
     import choreo.cli_objects
     import choreo.cli_runs  # noqa: F401
 
@@ -277,19 +278,11 @@ def audit(
     json_out: Json = False,
 ) -> None:
     """Show the newest events in the audit table."""
-    from choreo.client import ClientError, ClientSettings, request
-
-    url = f"{ClientSettings.load(data_dir).audit_url}/v1/audit/events"
     params: dict[str, str | int] = {"limit": limit}
     if event_type:
         params["type"] = event_type
-    try:
-        events = request("GET", url, params=params).json()
-    except ClientError as exc:
-        errors.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    if json_out:
-        console.print_json(json.dumps(events))
+    events = audit_or_json(data_dir, "/v1/audit/events", json_out, params=params)
+    if events is None:
         return
     table = Table(title=f"Newest {len(events)} audited event(s)", title_justify="left")
     for column in ("received", "type", "id", "data"):

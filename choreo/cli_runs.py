@@ -16,8 +16,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, console, errors
-from choreo.client import ClientError, ClientSettings, request
+from choreo.cli_common import DataDir, Json, app, audit_or_json, console, errors, read_audit
+from choreo.client import ClientSettings
 from choreo.follow import RunView, StepView, connect, follow
 from choreo.runs import request_cancel, request_retry, request_run
 from shared.ids import uuid7
@@ -139,7 +139,7 @@ def retry(
 ) -> None:
     """Re-run the failed and skipped steps of a failed or cancelled run (done ones stay)."""
     settings = ClientSettings.load(data_dir)
-    current = _audit(settings, f"/v1/audit/runs/{runid}")
+    current = read_audit(settings, f"/v1/audit/runs/{runid}")
     if current["status"] not in ("failed", "cancelled"):
         errors.print(f"Run {runid} is {current['status']}: only failed or cancelled runs retry.")
         raise typer.Exit(1)
@@ -177,7 +177,7 @@ def cancel(
     _run_async(go)
     status = "?"
     for _ in range(50):
-        status = _audit(settings, f"/v1/audit/runs/{runid}")["status"]
+        status = read_audit(settings, f"/v1/audit/runs/{runid}")["status"]
         if status != "running":
             break
         time.sleep(0.2)
@@ -199,7 +199,7 @@ def runs(
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
-    found = _audit_or_json(data_dir, "/v1/audit/runs", json_out, params=params)
+    found = audit_or_json(data_dir, "/v1/audit/runs", json_out, params=params)
     if found is None:
         return
     table = Table(title=f"{len(found)} run(s)", title_justify="left")
@@ -224,7 +224,7 @@ def status(
     json_out: Json = False,
 ) -> None:
     """Show one run: its state, each step's state, attempts, timings, errors and outputs."""
-    found = _audit_or_json(data_dir, f"/v1/audit/runs/{runid}", json_out)
+    found = audit_or_json(data_dir, f"/v1/audit/runs/{runid}", json_out)
     if found is None:
         return
     console.print(
@@ -256,7 +256,7 @@ def events(
     json_out: Json = False,
 ) -> None:
     """The timeline of a run: every event across services, in causation order."""
-    found = _audit_or_json(data_dir, f"/v1/audit/runs/{runid}/events", json_out)
+    found = audit_or_json(data_dir, f"/v1/audit/runs/{runid}/events", json_out)
     if found is None:
         return
     table = Table(title=f"Run {runid}: {len(found)} events", title_justify="left")
@@ -359,23 +359,6 @@ def _uris(value: Any) -> list[str]:
     if isinstance(value, list):
         return [u for v in value for u in _uris(v)]
     return []
-
-
-def _audit(settings: ClientSettings, path: str, **kwargs: Any) -> Any:
-    try:
-        return request("GET", f"{settings.audit_url}{path}", **kwargs).json()
-    except ClientError as exc:
-        errors.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-
-
-def _audit_or_json(data_dir: Path, path: str, json_out: bool, **kwargs: Any) -> Any:
-    """Read from the audit API; with --json print it and return None (nothing to render)."""
-    found = _audit(ClientSettings.load(data_dir), path, **kwargs)
-    if json_out:
-        console.print_json(json.dumps(found, default=str))
-        return None
-    return found
 
 
 def _workflow_of(run: dict[str, Any]) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def s3_identities(creds: Credentials, settings: Settings) -> list[S3Identity]:
         "store": ["Admin", "Read", "Write", "List", "Tagging"],
         "ingest": scoped((raw,), (raw,)),
         "transform": scoped((raw, staging, curated), (staging, curated)),
-        "fraud": scoped((raw, curated), (curated,)),
+        "fraud": scoped((raw, staging, curated), (staging, curated)),
     }
     return [
         S3Identity(user, creds.s3[user].access_key, creds.s3[user].secret_key, acts)

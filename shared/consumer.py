@@ -21,6 +21,7 @@ from faststream import AckPolicy, Context
 from faststream.nats import ConsumerConfig, JStream, PullSub
 from faststream.nats.message import NatsBatchMessage
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from shared.envelope import Event
@@ -28,7 +29,7 @@ from shared.jetstream import EventPublisher
 from shared.logs import bound_event
 from shared.metrics import Metrics
 from shared.settings import Settings
-from shared.subjects import StreamSpec, dlq_subject
+from shared.subjects import DLQ, StreamSpec, dlq_subject
 
 log = structlog.get_logger(__name__)
 
@@ -103,11 +104,31 @@ class Settler:
         self._publisher = publisher
         self._metrics = metrics
         self._settings = settings
+        self._js: JetStreamContext | None = None
+
+    async def open(self, js: JetStreamContext) -> None:
+        """Start reporting this service's DLQ depth (read now and after each dead-letter)."""
+        self._js = js
+        await self._refresh_dlq_depth()
+
+    async def _refresh_dlq_depth(self) -> None:
+        if self._js is None:
+            return
+        subject = dlq_subject(self.service)
+        try:
+            info = await self._js.stream_info(DLQ.name, subjects_filter=subject)
+        except Exception as exc:  # a metric must never fail the message it follows
+            log.warning("could not read the DLQ depth", error=repr(exc))
+            return
+        depth = (info.state.subjects or {}).get(subject, 0)
+        self._metrics.dlq_depth.labels(self.service).set(depth)
 
     async def handle_batch(self, messages: Sequence[Msg], process: ProcessBatch, name: str) -> None:
         """Parse every message as an `Event`, process the valid ones together, settle all."""
         started = time.perf_counter()
         self._metrics.batch_size.labels(self.service, name).observe(len(messages))
+        if messages:
+            self._metrics.observe_pending(messages[-1])
         good: list[tuple[Msg, Received]] = []
         for msg in messages:
             try:
@@ -146,6 +167,7 @@ class Settler:
 
     async def handle_one(self, msg: Msg, process: ProcessOne) -> None:
         """Parse one message as an `Event`, process it with its ids bound to the logs, settle."""
+        self._metrics.observe_pending(msg)
         try:
             event = Event.from_bytes(msg.data)
         except ValidationError as exc:
@@ -176,6 +198,7 @@ class Settler:
             return
         await msg.nak(delay=self._settings.backoff(delivered))
         self._metrics.count_consumed(msg.subject, "nack")
+        self._metrics.retries.labels(self.service, msg.subject).inc()
 
     async def dead_letter(self, msg: Msg, reason: str) -> None:
         """Publish the message and the reason to `dlq.<service>`, then terminate it."""
@@ -205,6 +228,7 @@ class Settler:
         await self._publisher.publish(dlq_subject(self.service), dead)
         await msg.term()
         self._metrics.count_consumed(msg.subject, "dlq")
+        await self._refresh_dlq_depth()
         log.error(
             "message dead-lettered", subject=msg.subject, stream_seq=stream_seq, reason=reason
         )

@@ -6,12 +6,17 @@ process. Every name is prefixed `choreo_`; docs/metrics.md lists them.
 
 from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
 CONSUMED_OUTCOMES = ("ack", "nack", "term", "dlq")
+# Workflow events by the state their subject names (`wf.run.<state>`, `wf.step.<state>`,
+# `wf.step.<service>.requested`); commands sent by the CLI are not a service's to count.
+RUN_STATES = ("started", "completed", "failed", "cancelled")
+STEP_STATES = ("requested", "started", "completed", "failed", "skipped")
 
 
 class Metrics:
@@ -54,11 +59,56 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.retries = Counter(
+            "choreo_message_retries",
+            "Deliveries that failed and were handed back for redelivery after a backoff.",
+            ["service", "subject"],
+            registry=self.registry,
+        )
+        self.consumer_pending = Gauge(
+            "choreo_consumer_pending",
+            "Messages of a durable consumer not delivered yet (its lag), as of the last "
+            "message this instance received from it.",
+            ["service", "stream", "consumer"],
+            registry=self.registry,
+        )
+        self.dlq_depth = Gauge(
+            "choreo_dlq_depth",
+            "Messages this service dead-lettered that are still in the DLQ stream "
+            "(dlq.<service>), read at start-up and after each dead-letter.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.dlq_depth.labels(service)
+        self.workflow_runs = Counter(
+            "choreo_workflow_runs",
+            "Workflow run events this service published, by state (a replay after a crash "
+            "counts again; JetStream drops the duplicate event).",
+            ["service", "state"],
+            registry=self.registry,
+        )
+        self.workflow_steps = Counter(
+            "choreo_workflow_steps",
+            "Workflow step events this service published, by state (replays count again).",
+            ["service", "state"],
+            registry=self.registry,
+        )
+
     def count_consumed(self, subject: str, outcome: str, n: int = 1) -> None:
         self.consumed.labels(self.service, subject, outcome).inc(n)
 
     def count_published(self, subject: str, n: int = 1) -> None:
         self.published.labels(self.service, subject).inc(n)
+        tokens = subject.split(".")
+        if tokens[:2] == ["wf", "run"] and tokens[-1] in RUN_STATES:
+            self.workflow_runs.labels(self.service, tokens[-1]).inc(n)
+        elif tokens[:2] == ["wf", "step"] and tokens[-1] in STEP_STATES:
+            self.workflow_steps.labels(self.service, tokens[-1]).inc(n)
+
+    def observe_pending(self, msg: Msg) -> None:
+        """The consumer's lag as JetStream reported it with `msg` (no extra request)."""
+        meta = msg.metadata
+        self.consumer_pending.labels(self.service, meta.stream, meta.consumer).set(meta.num_pending)
 
     def observe_latency(self, event_type: str, event_time: datetime) -> None:
         age = (datetime.now(UTC) - event_time).total_seconds()

@@ -18,6 +18,8 @@ AUDIT_EVENT_LOOKUP = "audit.events.get"
 """Request-reply (core NATS): `{"id": ...}` -> the audit record of that event."""
 FRAUD_SCORED = "fraud.scored"
 FRAUD_ALERT = "fraud.alert"
+FRAUD_STATE_BUCKET = "choreo_fraud"
+"""JetStream object store of the fraud scorer's state snapshots (services/fraud/snapshot.py)."""
 
 
 def data_subject(event_type: str) -> str:
@@ -72,6 +74,13 @@ def _matches(pattern: list[str], tokens: list[str]) -> bool:
     return len(tokens) == len(pattern)
 
 
+def object_store_subjects(bucket: str) -> tuple[str, ...]:
+    """What a client publishes to use a JetStream object store: chunks and metadata
+    (`$O.<bucket>.>`), and flow-control replies of the ordered consumer that reads an
+    object back (`$JS.FC.OBJ_<bucket>.>`, answered once an object spans many chunks)."""
+    return (f"$O.{bucket}.>", f"$JS.FC.OBJ_{bucket}.>")
+
+
 @dataclass(frozen=True)
 class Permissions:
     """The NATS subjects one service's user may publish and subscribe to."""
@@ -84,9 +93,11 @@ class Permissions:
     jetstream: tuple[str, ...] = field(
         default=("$JS.API.>", "$JS.ACK.>", "_INBOX.>", "$KV.choreo_runs.>")
     )
+    # The service's own JetStream buckets: internal, so not documented as event subjects.
+    buckets: tuple[str, ...] = ()
 
     def publish_allow(self) -> list[str]:
-        return [*self.publish, *self.jetstream]
+        return [*self.publish, *self.jetstream, *self.buckets]
 
     def subscribe_allow(self) -> list[str]:
         return [*self.subscribe, "_INBOX.>"]
@@ -102,5 +113,8 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
         publish=("wf.>", dlq_subject("audit"), *NOTIFY.subjects),
         subscribe=(AUDIT_EVENT_LOOKUP,),
     ),
-    "fraud": Permissions(publish=("fraud.>", "wf.>", dlq_subject("fraud"))),
+    "fraud": Permissions(
+        publish=("fraud.>", "wf.>", dlq_subject("fraud")),
+        buckets=object_store_subjects(FRAUD_STATE_BUCKET),
+    ),
 }

@@ -4,6 +4,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -11,7 +12,8 @@ import asyncpg
 import structlog
 
 from services.audit.domain import EVENT_COLUMNS, EventRow
-from services.audit.projections import BusinessRow, RunUpdate, StepUpdate
+from services.audit.projections import BusinessRow, FraudRow, RunUpdate, StepUpdate
+from shared.subjects import FRAUD_ALERT
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +84,65 @@ STEP_UPSERT = _upsert(
 )
 
 
+VERDICT_COLUMNS = (
+    "transaction_id",
+    "transaction_event_id",
+    "card_id",
+    "terminal_id",
+    "amount",
+    "currency",
+    "tx_time",
+    "score",
+    "decision",
+    "reasons",
+    "rules",
+    "model",
+)
+
+
+def _verdict_insert(table: str, id_column: str, time_column: str, key: str) -> str:
+    """Insert a verdict row once per `key`: a re-score (redelivery, restart) changes nothing."""
+    columns = (*VERDICT_COLUMNS, id_column, time_column)
+    placeholders = ", ".join(
+        f"${n}::jsonb" if c in ("reasons", "rules") else f"${n}" for n, c in enumerate(columns, 1)
+    )
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({key}) DO NOTHING"
+    )
+
+
+FRAUD_SCORE_INSERT = _verdict_insert(
+    "fraud_scores", "scored_event_id", "scored_at", "transaction_id"
+)
+FRAUD_ALERT_INSERT = _verdict_insert("fraud_alerts", "id", "created_at", "id")
+# Selected as the events' `data` names them (`timestamp` is the transaction's time).
+VERDICT_SELECT = (
+    "transaction_id, transaction_event_id, card_id, terminal_id, amount, currency,"
+    " tx_time AS timestamp, score, decision, reasons::text AS reasons, rules::text AS rules, model"
+)
+
+
+def _verdict_values(row: FraudRow) -> tuple[Any, ...]:
+    v = row.verdict
+    return (
+        v.transaction_id,
+        v.transaction_event_id,
+        v.card_id,
+        v.terminal_id,
+        v.amount,
+        v.currency,
+        v.timestamp,
+        v.score,
+        v.decision,
+        json.dumps(v.reasons),
+        json.dumps(v.rules),
+        v.model,
+        row.event_id,
+        row.event_time,
+    )
+
+
 def _values(update: RunUpdate | StepUpdate, columns: tuple[str, ...]) -> list[Any]:
     return [
         json.dumps(getattr(update, c))
@@ -94,7 +155,7 @@ def _values(update: RunUpdate | StepUpdate, columns: tuple[str, ...]) -> list[An
 RUN_SUMMARY = (
     "runid, name, status, generation, reason, failed_step, requested_at, started_at, ended_at"
 )
-_JSON_TEXT = {"data", "inputs", "outputs", "output", "problems"}
+_JSON_TEXT = {"data", "inputs", "outputs", "output", "problems", "reasons", "rules"}
 
 
 def _decode(record: asyncpg.Record) -> dict[str, Any]:
@@ -121,6 +182,7 @@ class PgEventStore:
         runs: Sequence[RunUpdate] = (),
         steps: Sequence[StepUpdate] = (),
         business: Sequence[BusinessRow] = (),
+        fraud: Sequence[FraudRow] = (),
     ) -> int:
         columns = ", ".join(EVENT_COLUMNS)
         async with self._pool.acquire() as conn, conn.transaction():
@@ -155,6 +217,12 @@ class PgEventStore:
                         for b in business
                     ],
                 )
+            alerts = [_verdict_values(r) for r in fraud if r.type == FRAUD_ALERT]
+            scores = [_verdict_values(r) for r in fraud if r.type != FRAUD_ALERT]
+            if scores:
+                await conn.executemany(FRAUD_SCORE_INSERT, scores)
+            if alerts:
+                await conn.executemany(FRAUD_ALERT_INSERT, alerts)
         return int(status.rsplit(" ", 1)[-1])
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
@@ -209,6 +277,24 @@ class PgEventStore:
             runid,
         )
         return [_decode(r) for r in rows]
+
+    async def fraud_alerts(self, since: datetime | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            f"SELECT id, created_at, {VERDICT_SELECT} FROM fraud_alerts"
+            " WHERE $1::timestamptz IS NULL OR created_at >= $1"
+            " ORDER BY created_at DESC, id DESC LIMIT $2",
+            since,
+            limit,
+        )
+        return [_decode(r) for r in rows]
+
+    async def fraud_score(self, transaction_id: str) -> dict[str, Any] | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {VERDICT_SELECT}, scored_event_id, scored_at FROM fraud_scores"
+            " WHERE transaction_id = $1",
+            transaction_id,
+        )
+        return None if row is None else _decode(row)
 
     async def log_message(
         self, entry_id: str, runid: str, stepid: str, message: str, details: Any

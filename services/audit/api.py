@@ -1,7 +1,8 @@
-"""The audit read API the CLI uses (`choreo audit`)."""
+"""The audit read API the CLI uses (`choreo audit`, `choreo fraud alerts`)."""
 
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -9,6 +10,7 @@ from pydantic import BaseModel, JsonValue
 
 from services.audit.ports import EventStore
 from services.audit.projections import causation_order
+from shared.fraud import FraudVerdict
 
 
 class AuditedEvent(BaseModel):
@@ -25,6 +27,46 @@ class AuditedEvent(BaseModel):
     stream_seq: int
     received_at: datetime
     data: JsonValue
+
+
+class FraudAlert(FraudVerdict):
+    """A `fraud.alert` event's verdict, its id and time."""
+
+    id: str
+    created_at: datetime
+
+
+class FraudScore(FraudVerdict):
+    """A `fraud.scored` event's verdict, its id and time."""
+
+    scored_event_id: str
+    scored_at: datetime
+
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str, now: datetime) -> datetime:
+    """`since` as a time: RFC 3339 with an offset (`2026-11-23T00:00:00Z`), or a duration
+    before `now` (`90s`, `15m`, `1h`, `2d`, `1w`, or combined: `1h30m`); ValueError saying
+    which forms are accepted."""
+    if _DURATION.sub("", value) == "" and value:
+        seconds = sum(int(n) * _UNIT_S[unit] for n, unit in _DURATION.findall(value))
+        try:
+            return now - timedelta(seconds=seconds)
+        except OverflowError as exc:
+            raise ValueError(f"since {value!r}: too far back") from exc
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ValueError(
+            f"since {value!r}: give a duration (90s, 15m, 1h, 2d, 1w, 1h30m) or an RFC 3339 "
+            "time with an offset (2026-11-23T00:00:00Z)"
+        )
+    return moment
 
 
 def audit_router(store: Callable[[], EventStore]) -> APIRouter:
@@ -57,5 +99,38 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
         if not events:
             raise HTTPException(404, f"no events of run {runid!r} in the audit trail")
         return causation_order(events)
+
+    @router.get(
+        "/fraud/alerts",
+        response_model=list[FraudAlert],
+        summary="Fraud alerts (review or block), newest first",
+    )
+    async def fraud_alerts(
+        since: Annotated[
+            str | None,
+            Query(
+                description="only alerts created since: a duration back from now (`1h`, "
+                "`30m`, `2d`) or an RFC 3339 time (`2026-11-23T00:00:00Z`)"
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> list[dict[str, Any]]:
+        try:
+            start = None if since is None else parse_since(since, datetime.now(UTC))
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return await store().fraud_alerts(start, limit)
+
+    @router.get(
+        "/fraud/scores/{transaction_id}",
+        response_model=FraudScore,
+        summary="The fraud score of one transaction",
+        responses={404: {"description": "not scored (yet)"}},
+    )
+    async def fraud_score(transaction_id: str) -> dict[str, Any]:
+        found = await store().fraud_score(transaction_id)
+        if found is None:
+            raise HTTPException(404, f"no fraud score for transaction {transaction_id!r} (yet)")
+        return found
 
     return router

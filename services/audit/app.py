@@ -18,7 +18,13 @@ from services.audit.adapters import PgEventStore, migrate, open_pool
 from services.audit.api import audit_router
 from services.audit.domain import event_row, unique_rows
 from services.audit.ports import EventStore
-from services.audit.projections import business_row, run_update, step_update
+from services.audit.projections import (
+    TRANSACTION,
+    business_row,
+    fraud_row,
+    run_update,
+    step_update,
+)
 from services.audit.steps import audit_steps
 from shared.consumer import BatchMessage, Received, batch_subscription
 from shared.metrics import Metrics
@@ -61,6 +67,7 @@ def create_app(
             runs=[u for u in map(run_update, events) if u is not None],
             steps=[u for u in map(step_update, events) if u is not None],
             business=[b for b in map(business_row, events) if b is not None],
+            fraud=[f for f in map(fraud_row, events) if f is not None],
         )
         rows.labels("new").inc(new)
         rows.labels("duplicate").inc(len(batch) - new)
@@ -78,11 +85,20 @@ def create_app(
     @broker.subscriber(
         AUDIT_EVENT_LOOKUP,
         title="audit/event-lookup",
-        description="Request-reply: {id} -> the event's audit record (found false if none).",
+        description="Request-reply: {id} -> the event's audit record (found false if none) "
+        "and, for a transaction, its fraud score (null until scored).",
     )
     async def on_event_lookup(body: dict[str, Any]) -> dict[str, Any]:
-        found = await event_store.get().event(str(body.get("id", "")))
-        return {"found": found is not None, "event": jsonable_encoder(found)}
+        store = event_store.get()
+        found = await store.event(str(body.get("id", "")))
+        fraud = None
+        if found is not None and found["type"] == TRANSACTION and isinstance(found["data"], dict):
+            fraud = await store.fraud_score(str(found["data"].get("transaction_id")))
+        return {
+            "found": found is not None,
+            "event": jsonable_encoder(found),
+            "fraud": jsonable_encoder(fraud),
+        }
 
     @asynccontextmanager
     async def database() -> AsyncIterator[None]:

@@ -1,10 +1,11 @@
 """What the audit service needs from the outside world."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from services.audit.domain import EventRow
-from services.audit.projections import BusinessRow, RunUpdate, StepUpdate
+from services.audit.projections import BusinessRow, FraudRow, RunUpdate, StepUpdate
 
 
 class EventStore(Protocol):
@@ -16,9 +17,10 @@ class EventStore(Protocol):
         runs: Sequence[RunUpdate] = (),
         steps: Sequence[StepUpdate] = (),
         business: Sequence[BusinessRow] = (),
+        fraud: Sequence[FraudRow] = (),
     ) -> int:
-        """Store rows whose id is new, apply the run/step updates and record business
-        events, in one transaction; return how many event rows were new."""
+        """Store rows whose id is new, apply the run/step updates, record business events
+        and fraud verdicts, in one transaction; return how many event rows were new."""
         ...
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
@@ -39,6 +41,14 @@ class EventStore(Protocol):
 
     async def run_events(self, runid: str) -> list[dict[str, Any]]:
         """Every stored event of a run."""
+        ...
+
+    async def fraud_alerts(self, since: datetime | None, limit: int) -> list[dict[str, Any]]:
+        """Fraud alerts created at or after `since` (all when None), newest first."""
+        ...
+
+    async def fraud_score(self, transaction_id: str) -> dict[str, Any] | None:
+        """The fraud score of a transaction, once scored."""
         ...
 
     async def log_message(

@@ -1,4 +1,5 @@
-"""Workflow runs and steps as rows, projected from the `wf.*` events. Pure functions.
+"""Rows projected from events (pure functions): workflow runs and steps from the `wf.*`
+events, `business_events`, and the fraud verdicts (`fraud_scores`, `fraud_alerts`).
 
 Events may arrive twice or out of order (a late `wf.step.started` after its `completed`).
 Each update carries an order key; a row takes an update's state only when the key is at
@@ -13,8 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
+from pydantic import ValidationError
+
 from shared.envelope import Event
+from shared.fraud import FraudVerdict
+from shared.subjects import FRAUD_ALERT, FRAUD_SCORED
 from shared.workflow import events as ev
+
+log = structlog.get_logger(__name__)
 
 _RUN_RANK = {
     ev.RUN_REQUESTED: 0,
@@ -166,6 +174,41 @@ def business_row(event: Event) -> BusinessRow | None:
         occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else None,
         time=event.time,
     )
+
+
+TRANSACTION = "transaction"
+FRAUD_TYPES = (FRAUD_SCORED, FRAUD_ALERT)
+"""The fraud service's envelope types, named like the subjects they travel on."""
+
+
+@dataclass(frozen=True)
+class FraudRow:
+    """A `fraud_scores` row (`type` fraud.scored) or a `fraud_alerts` row (fraud.alert): the
+    verdict, and the event that carried it (its id and time are `scored_event_id` and
+    `scored_at`, or `id` and `created_at`)."""
+
+    type: str
+    event_id: str
+    event_time: datetime
+    verdict: FraudVerdict
+
+
+def fraud_row(event: Event) -> FraudRow | None:
+    """The row of a `fraud.scored` or `fraud.alert` event; None for other types and for
+    data that breaks the contract (logged: the event itself is still audited)."""
+    if event.type not in FRAUD_TYPES:
+        return None
+    try:
+        verdict = FraudVerdict.model_validate(event.data)
+    except ValidationError as exc:
+        log.warning(
+            "fraud verdict not projected: unexpected data",
+            event_id=event.id,
+            type=event.type,
+            errors=exc.errors(include_url=False, include_context=False, include_input=False),
+        )
+        return None
+    return FraudRow(event.type, event.id, event.time, verdict)
 
 
 def _step_kind(event_type: str) -> str | None:

@@ -72,6 +72,8 @@ class InboundEvents:
     async def handle(self, messages: Sequence[Msg]) -> None:
         started = time.perf_counter()
         self.metrics.batch_size.labels(self.metrics.service, HANDLER).observe(len(messages))
+        if messages:
+            self.metrics.observe_pending(messages[-1])
         # Validation is CPU work (0.1-0.3 ms an event): off the event loop.
         checked = await asyncio.to_thread(self._check_all, messages)
         valid: list[tuple[Msg, tuple[str, Event]]] = []

@@ -1,8 +1,9 @@
 """`GET /v1/events/{id}`: an event and where it went.
 
-The audit record comes from the audit service over NATS request-reply (services meet on
-subjects, not on each other's databases); the lake object is found from the record's
-type, date and stream sequence, under the key layout the lander uses (shared.lake).
+The audit record (and, for a transaction, its fraud score) comes from the audit service
+over NATS request-reply (services meet on subjects, not on each other's databases); the
+lake object is found from the record's type, date and stream sequence, under the key
+layout the lander uses (shared.lake).
 """
 
 import json
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
 
 LOOKUP_TIMEOUT_S = 3.0
+FRAUD_FIELDS = ("score", "decision", "reasons", "model", "scored_at")
 
 
 def lookup_router(
@@ -35,7 +37,9 @@ def lookup_router(
         "/events/{event_id}",
         summary="An event and where it went",
         description="The event as audited, and the raw-lake object that holds it (null until "
-        "the lander wrote it). `fraud` is null: fraud scoring is not built yet.",
+        "the lander wrote it). `fraud`: for a `transaction`, its fraud score "
+        "(`score`, `decision`, `reasons`, `model`, `scored_at`) once the fraud service scored "
+        "it, null until then; always null for other types.",
         responses={404: {"description": "not (yet) in the audit trail"}, 503: {}},
     )
     async def get_event(event_id: str) -> JSONResponse:
@@ -56,6 +60,7 @@ def lookup_router(
         lake = None
         if record.get("stream") == DATA.name:
             lake = await _lake_object(s3(), settings.bucket_raw, record)
+        score = answer.get("fraud")
         return JSONResponse(
             {
                 "event": {
@@ -75,7 +80,7 @@ def lookup_router(
                     k: record[k] for k in ("received_at", "nats_subject", "stream", "stream_seq")
                 },
                 "lake": lake,
-                "fraud": None,
+                "fraud": {k: score[k] for k in FRAUD_FIELDS} if isinstance(score, dict) else None,
             }
         )
 

@@ -150,8 +150,10 @@ class Choreography:
         return self._store
 
     async def open(self, js: JetStreamContext) -> None:
-        """Open the run-state bucket (an `on_ready` hook of the service)."""
+        """Open the run-state bucket (an `on_ready` hook of the service); the settler starts
+        reporting the service's DLQ depth."""
         self._store = RunStore(await ensure_bucket(js, self.settings))
+        await self.settler.open(js)
 
     def subscribe(self) -> None:
         """Consume this service's step requests, when it owns any step kind."""

@@ -1,6 +1,10 @@
-"""Fraud scoring rules and windows: boundaries, out-of-order time, first transactions."""
+"""Fraud scoring: rules and windows (boundaries, out-of-order time, first transactions), the
+model's inputs, its inference and explanations, and the shipped model file."""
 
+import json
+import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -8,13 +12,20 @@ import pytest
 from services.fraud.domain import (
     DAY,
     HOUR,
+    INPUTS,
     MINUTE,
+    MODEL_PATH,
     WEEK,
+    Model,
+    Scored,
     Scorer,
     ScoringConfig,
     State,
     combine,
+    load_model,
+    most_distinct_cards,
     score,
+    shipped_model,
 )
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
@@ -28,6 +39,7 @@ def tx(
     amount: float = 20.0,
     country: str = "ES",
     tx_id: str = "x",
+    channel: str = "pos",
 ) -> dict[str, Any]:
     when = T0 + timedelta(seconds=seconds)
     return {
@@ -38,8 +50,13 @@ def tx(
         "currency": "EUR",
         "timestamp": when.isoformat().replace("+00:00", "Z"),
         "country": country,
-        "channel": "pos",
+        "channel": channel,
     }
+
+
+def fired(scored: Scored) -> list[str]:
+    """The rules' reasons, without the model's."""
+    return [r for r in scored.reasons if not r.startswith("model: ")]
 
 
 def history(scorer: Scorer, count: int = 5, *, card: str = "c1", start: float = 0.0) -> None:
@@ -48,11 +65,10 @@ def history(scorer: Scorer, count: int = 5, *, card: str = "c1", start: float = 
         scorer.score(tx(start + i * HOUR, card=card, terminal=f"home-{i}"))
 
 
-def test_first_transaction_is_allowed_with_empty_features() -> None:
+def test_first_transaction_has_empty_features_and_fires_no_rule() -> None:
     scored = Scorer().score(tx(0, amount=5000, country="BR"))
-    assert scored.decision == "allow"
-    assert scored.score == 0
-    assert scored.reasons == []
+    assert scored.features["rules"] == {}
+    assert fired(scored) == []
     assert scored.features["card_history"] == 0
     assert scored.features["card_count_7d"] == 0
     assert scored.features["card_usual_amount"] is None
@@ -136,10 +152,10 @@ def test_velocity_1m_fires_on_the_third_payment_within_a_minute() -> None:
     assert scorer.score(tx(0, amount=1)).reasons == []
     assert scorer.score(tx(20, amount=1)).reasons == []
     third = scorer.score(tx(40, amount=1))
-    assert third.features["rules"].keys() == {"velocity_1m"}
-    assert third.reasons == ["velocity_1m: 3 transactions on the card within 1 min"]
-    assert third.decision == "review"
+    assert third.features["rules"] == {"velocity_1m": 0.5}
+    assert fired(third) == ["velocity_1m: 3 transactions on the card within 1 min"]
     fourth = scorer.score(tx(59, amount=1))
+    assert fourth.features["rules"]["velocity_1m"] > third.features["rules"]["velocity_1m"]
     assert fourth.score > third.score
 
 
@@ -152,20 +168,19 @@ def test_velocity_1m_ignores_payments_a_minute_apart() -> None:
 def test_amount_vs_habit_needs_history() -> None:
     scorer = Scorer()
     history(scorer, count=4)
-    assert scorer.score(tx(10 * HOUR, amount=1000)).reasons == []  # 4 past payments only
+    assert fired(scorer.score(tx(10 * HOUR, amount=1000))) == []  # 4 past payments only
     scorer = Scorer()
     history(scorer, count=5)
     spike = scorer.score(tx(10 * HOUR, amount=1000))
     assert spike.features["card_usual_amount"] == 20
     assert spike.features["amount_ratio"] == 50
-    assert spike.reasons == ["amount_vs_habit: 50.0x the card's usual amount 20.00"]
-    assert spike.decision == "block"
+    assert fired(spike) == ["amount_vs_habit: 50.0x the card's usual amount 20.00"]
 
 
 def test_amount_vs_habit_just_below_the_ratio_is_allowed() -> None:
     scorer = Scorer()
     history(scorer)
-    assert scorer.score(tx(10 * HOUR, amount=99.99)).reasons == []
+    assert fired(scorer.score(tx(10 * HOUR, amount=99.99))) == []
     assert scorer.score(tx(11 * HOUR, amount=100.0, terminal="t9")).features["rules"] == {
         "amount_vs_habit": 0.55
     }
@@ -176,19 +191,19 @@ def test_new_country_once_the_card_has_history() -> None:
     assert "new_country" not in scorer.score(tx(0, country="FR")).features["rules"]
     history(scorer, count=4, start=HOUR)
     hit = scorer.score(tx(10 * HOUR, country="BR"))
-    assert hit.reasons == ["new_country: BR never seen for the card"]
-    assert hit.decision == "review"
+    assert fired(hit) == ["new_country: BR never seen for the card"]
+    assert hit.features["inputs"]["rule_new_country"] == 0.6
     # Once seen, the country is part of the card's habit.
-    assert scorer.score(tx(11 * HOUR, country="BR")).reasons == []
-    assert scorer.score(tx(12 * HOUR, country="FR")).reasons == []
+    assert fired(scorer.score(tx(11 * HOUR, country="BR"))) == []
+    assert fired(scorer.score(tx(12 * HOUR, country="FR"))) == []
 
 
 def test_terminal_risk_on_many_distinct_cards_within_an_hour() -> None:
     scorer = Scorer()
     for card in range(4):
-        assert scorer.score(tx(card * MINUTE, card=f"k{card}")).reasons == []
+        assert fired(scorer.score(tx(card * MINUTE, card=f"k{card}"))) == []
     fifth = scorer.score(tx(5 * MINUTE, card="k4"))
-    assert fifth.reasons == ["terminal_risk: 5 distinct cards within 1 h"]
+    assert fired(fifth) == ["terminal_risk: 5 distinct cards within 1 h"]
     # The same card again does not add a distinct card.
     assert scorer.score(tx(6 * MINUTE, card="k4")).features["terminal_distinct_cards_1h"] == 5
 
@@ -199,10 +214,10 @@ def test_terminal_risk_on_unusual_volume() -> None:
     for day in range(6):  # one payment a day: a mean well below one an hour
         scorer.score(tx(day * DAY, card="regular"))
     for i in range(9):
-        assert scorer.score(tx(6 * DAY + i * 5 * MINUTE, card=f"k{i % 2}")).reasons == []
-    tenth = scorer.score(tx(6 * DAY + 45 * MINUTE, card="k1"))
-    assert len(tenth.reasons) == 1
-    assert tenth.reasons[0].startswith("terminal_risk: 10 transactions within 1 h vs 0.")
+        assert fired(scorer.score(tx(6 * DAY + i * 5 * MINUTE, card=f"k{i % 2}"))) == []
+    tenth = fired(scorer.score(tx(6 * DAY + 45 * MINUTE, card="k1")))
+    assert len(tenth) == 1
+    assert tenth[0].startswith("terminal_risk: 10 transactions within 1 h vs 0.")
 
 
 def test_rules_combine_as_noisy_or() -> None:
@@ -212,14 +227,17 @@ def test_rules_combine_as_noisy_or() -> None:
     history(scorer)
     both = scorer.score(tx(10 * HOUR, amount=1000, country="BR"))
     assert both.features["rules"].keys() == {"amount_vs_habit", "new_country"}
-    assert both.score == pytest.approx(combine(list(both.features["rules"].values())))
+    combined = both.features["inputs"]["rules_combined"]
+    assert combined == pytest.approx(combine(list(both.features["rules"].values())))
     assert 0 <= both.score <= 1
 
 
 def test_thresholds_are_configurable_and_checked() -> None:
-    scorer = Scorer(ScoringConfig(review=0.7, block=0.95))
-    history(scorer)
-    assert scorer.score(tx(10 * HOUR, country="BR")).decision == "allow"
+    strict, lax = Scorer(ScoringConfig(review=0.99, block=1.0)), Scorer(ScoringConfig(review=0.01))
+    for scorer in (strict, lax):
+        history(scorer)
+    assert strict.score(tx(10 * HOUR, country="BR")).decision == "allow"
+    assert lax.score(tx(10 * HOUR, country="BR")).decision == "review"
     with pytest.raises(ValueError, match="review"):
         ScoringConfig(review=0.9, block=0.5)
 
@@ -233,3 +251,152 @@ def test_scoring_is_deterministic() -> None:
     stream = [tx(i * 7.0, card=f"c{i % 3}", amount=10 + i, tx_id=str(i)) for i in range(50)]
     runs = [[Scorer().score(t) for t in stream] for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_bad_fields_are_named() -> None:
+    with pytest.raises(ValueError, match="card_id: missing"):
+        Scorer().score({k: v for k, v in tx(0).items() if k != "card_id"})
+    with pytest.raises(ValueError, match="amount: not a number"):
+        Scorer().score({**tx(0), "amount": "ten"})
+    with pytest.raises(ValueError, match="amount: must be > 0"):
+        Scorer().score({**tx(0), "amount": -3})
+
+
+def test_terminal_features_count_distinct_cards_bursts_and_familiar_cards() -> None:
+    scorer = Scorer()
+    for day in range(3):  # a regular customer, once a day
+        scorer.score(tx(day * DAY, card="regular"))
+    for i in range(6):  # then a burst of six cards within ten minutes
+        scorer.score(tx(3 * DAY + i * 100, card=f"stolen{i}"))
+    later = scorer.score(tx(3 * DAY + 5 * HOUR, card="regular")).features
+    assert later["card_seen_at_terminal_7d"] is True
+    assert later["terminal_distinct_cards_1h"] == 1
+    assert later["terminal_distinct_cards_1d"] == 7
+    assert later["terminal_burst_1d"] == 6  # the burst, five hours ago
+    # 3 payments before today, over the 2 days 5 hours from the first one to a day ago.
+    assert later["terminal_daily_mean_7d"] == pytest.approx(3 / (2 + 5 / 24))
+    stranger = scorer.score(tx(3 * DAY + 6 * HOUR, card="new")).features
+    assert stranger["card_seen_at_terminal_7d"] is False
+    assert stranger["terminal_distinct_cards_1d"] == 8
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        ([], 0),
+        ([0.0], 1),
+        ([0.0, HOUR - 1], 2),
+        ([0.0, HOUR], 1),  # exactly an hour apart: half-open, never together
+        ([0.0, 10.0, 20.0, HOUR + 15], 3),
+    ],
+)
+def test_most_distinct_cards_within_a_span(times: list[float], expected: int) -> None:
+    events = [(t, 1.0, f"card{i}") for i, t in enumerate(times)]
+    assert most_distinct_cards(events, HOUR) == expected
+
+
+def test_most_distinct_cards_counts_a_card_once() -> None:
+    events = [(t, 1.0, "same") for t in (0.0, 1.0, 2.0)] + [(3.0, 1.0, "other")]
+    assert most_distinct_cards(events, HOUR) == 2
+
+
+def test_inputs_are_the_models_vocabulary() -> None:
+    scorer = Scorer()
+    history(scorer)
+    scored = scorer.score(tx(10 * HOUR, amount=2, channel="ecom", terminal="shop"))
+    x = scored.features["inputs"]
+    assert tuple(x) == INPUTS
+    assert x["small_amount"] == 1
+    assert x["channel_ecom"] == 1
+    assert x["channel_atm"] == 0
+    assert x["new_terminal"] == 1
+    assert x["no_habit"] == 0
+    assert x["log_amount_ratio"] == pytest.approx(math.log(2 / 20))
+    assert x["log_seconds_since_last"] == pytest.approx(math.log1p(6 * HOUR))
+    first = Scorer().score(tx(0)).features["inputs"]
+    assert first["no_habit"] == 1
+    assert first["log_amount_ratio"] == 0
+    assert first["log_seconds_since_last"] == pytest.approx(math.log1p(WEEK))
+
+
+def two_input_model() -> Model:
+    return Model(
+        version="test-1",
+        features=("small_amount", "channel_ecom"),
+        means=(0.5, 0.0),
+        scales=(0.5, 1.0),
+        weights=(2.0, 1.0),
+        intercept=-1.0,
+    )
+
+
+def test_model_is_a_logistic_regression_over_standardized_inputs() -> None:
+    model = two_input_model()
+    pushes = model.pushes({"small_amount": 1.0, "channel_ecom": 1.0, "log_amount": 9.0})
+    assert pushes == {"small_amount": 2.0, "channel_ecom": 1.0}  # 2 x (1 - 0.5) / 0.5
+    assert model.probability(pushes) == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert model.probability({"x": -1000.0}) == pytest.approx(0.0)  # no overflow
+    assert model.probability({"x": 1000.0}) == pytest.approx(1.0)
+
+
+def test_a_given_model_scores_explains_and_names_its_version() -> None:
+    scorer = Scorer(ScoringConfig(review=0.5, block=0.9), two_input_model())
+    shop = scorer.score(tx(0, amount=2, channel="ecom"))
+    assert shop.model == "test-1"
+    assert shop.decision == "review"
+    assert shop.reasons == [
+        "model: small_amount=1 (+2.00)",
+        "model: channel_ecom=1 (+1.00)",
+    ]
+    assert shop.features["pushes"] == {"small_amount": 2.0, "channel_ecom": 1.0}
+    # Allowed payments name no model input; pushes below the floor are never named.
+    till = scorer.score(tx(HOUR, amount=50, card="c2"))
+    assert till.decision == "allow"
+    assert till.reasons == []
+
+
+def test_model_refuses_unknown_inputs_and_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="unknown inputs"):
+        Model("v", ("shoe_size",), (0.0,), (1.0,), (1.0,), 0.0)
+    with pytest.raises(ValueError, match="one value per feature"):
+        Model("v", ("small_amount",), (0.0, 1.0), (1.0,), (1.0,), 0.0)
+    with pytest.raises(ValueError, match="scales"):
+        Model("v", ("small_amount",), (0.0,), (0.0,), (1.0,), 0.0)
+
+
+def test_model_file_round_trip_and_bad_files(tmp_path: Path) -> None:
+    model = two_input_model()
+    assert Model.from_dict(model.to_dict()) == model
+    path = tmp_path / "model.json"
+    doc = model.to_dict()
+    del doc["weights"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"model\.json: model: missing 'weights'"):
+        load_model(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"model\.json"):
+        load_model(path)
+
+
+def test_shipped_model_records_how_it_was_trained() -> None:
+    model = shipped_model()
+    doc = json.loads(MODEL_PATH.read_text())
+    assert Scorer().model is model
+    assert model.version == doc["version"]
+    assert model.version.startswith("fraud-lr-")
+    assert model.features == INPUTS  # trained on the inputs this code computes
+    training, holdout = model.about["training"], model.about["holdout"]
+    assert holdout["seed"] not in training["seeds"]
+    assert model.about["data_version"].startswith("generate.py sha256:")
+    assert set(holdout) >= {"roc_auc", "precision", "recall", "per_scenario"}
+
+
+def test_shipped_model_blocks_a_spike_and_allows_the_habit() -> None:
+    """A sanity check of the trained weights, not an evaluation (that is `fraud evaluate`)."""
+    scorer = Scorer()
+    history(scorer, count=10)
+    usual = scorer.score(tx(12 * HOUR, amount=22, terminal="home-3"))
+    assert usual.decision == "allow"
+    spike = scorer.score(tx(13 * HOUR, amount=1000, terminal="home-4"))
+    assert spike.decision == "block"
+    assert any(r.startswith("model: ") for r in spike.reasons)

@@ -1,0 +1,1 @@
+"""Deployment files (compose, Kubernetes, Prometheus, Grafana) and their generator."""

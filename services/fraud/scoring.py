@@ -1,0 +1,362 @@
+"""The fraud consumer: score each `data.transaction` in stream order, publish the verdict.
+
+Every transaction gets `fraud.scored`; those not allowed also get `fraud.alert`. Both are
+children of the transaction event, with ids derived from its id, so a re-publish is a
+JetStream duplicate and the audit keeps one row. A delivery is acknowledged only once
+JetStream has stored its events; a failed publish is nak'd with backoff and never given up
+(the card's state already counts the transaction, so its verdict must come out).
+
+Partitions. Replicas split the cards: crc32(card_id) % partitions picks the replica that
+scores a transaction, so each card's transactions are scored in order by one replica. Each
+replica has its own durable consumer on all of `data.transaction` and acks the others'
+transactions without scoring them. The price is that every replica reads every transaction;
+subjects per partition (`data.transaction.<p>`) would avoid it but break the `data.<type>`
+layout that stream DATA and ingest share. Terminal features then see only the transactions
+of the replica's own cards.
+
+Redeliveries and restarts. `applied_seq` is the last stream sequence applied to the state,
+so nothing is applied twice. The outcome of every delivery not yet acknowledged stays in
+`pending`: a nak'd transaction comes back after later ones were scored, and gets the verdict
+it had then instead of a new one. On start the state is loaded from the last snapshot and
+brought up to the durable consumer's last delivered sequence by replaying the stream, which
+re-creates the outcomes of the deliveries that may still come back (see restore()).
+"""
+
+import asyncio
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter
+from pydantic import BaseModel, ValidationError
+
+from services.fraud.domain import Scorer
+from services.fraud.settings import FraudSettings
+from services.fraud.snapshot import (
+    Outcome,
+    Snapshot,
+    SnapshotStore,
+    Verdict,
+    decode,
+    encode,
+    object_name,
+    read_range,
+)
+from shared.consumer import Settler
+from shared.envelope import Event
+from shared.fraud import FraudVerdict
+from shared.jetstream import EventPublisher
+from shared.metrics import Metrics
+from shared.subjects import DATA, FRAUD_ALERT, FRAUD_SCORED, data_subject
+
+log = structlog.get_logger(__name__)
+
+INPUT = data_subject("transaction")
+SOURCE = "choreo/fraud"
+HANDLER = "on_transactions"
+# uuid5 namespace of the fraud events' ids: uuid5(EVENT_IDS, "<transaction event id>:scored").
+EVENT_IDS = uuid.UUID("6f1f3c52-1d0e-5c8e-9a53-0c7f6e7a2b41")
+
+
+def partition_of(card_id: str, partitions: int) -> int:
+    """The partition of a card: stable across processes and versions (unlike hash())."""
+    return zlib.crc32(card_id.encode()) % partitions
+
+
+def durable_name(partition: int, partitions: int) -> str:
+    return f"fraud-p{partition}-of-{partitions}"
+
+
+class Transaction(BaseModel):
+    """The fields of a transaction that the fraud events repeat (the scorer reads its own)."""
+
+    transaction_id: str
+    card_id: str
+    terminal_id: str
+    amount: float
+    currency: str
+    timestamp: str
+
+
+def fraud_events(transaction: Event, verdict: Verdict) -> list[tuple[str, Event]]:
+    """`fraud.scored`, and `fraud.alert` unless allowed, as (subject, event) to publish."""
+    tx = Transaction.model_validate(transaction.data)
+    data = FraudVerdict(
+        transaction_event_id=transaction.id,
+        score=verdict.score,
+        decision=verdict.decision,
+        reasons=verdict.reasons,
+        rules=verdict.rules,
+        model=verdict.model,
+        **tx.model_dump(),
+    ).model_dump(mode="json")
+    kinds = [FRAUD_SCORED] if verdict.decision == "allow" else [FRAUD_SCORED, FRAUD_ALERT]
+    return [
+        (
+            kind,
+            transaction.child(
+                type=kind,
+                source=SOURCE,
+                id=str(uuid.uuid5(EVENT_IDS, f"{transaction.id}:{kind.rsplit('.', 1)[1]}")),
+                subject=tx.transaction_id,
+                data=data,
+            ),
+        )
+        for kind in kinds
+    ]
+
+
+def _card_of(event: Event | None) -> str | None:
+    data = event.data if event is not None else None
+    card = data.get("card_id") if isinstance(data, dict) else None
+    return card if isinstance(card, str) else None
+
+
+class FraudScoring:
+    """One partition's scorer, fed by its durable consumer (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: FraudSettings,
+        settler: Settler,
+        publisher: EventPublisher,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.partition = settings.fraud_partition
+        self.partitions = settings.fraud_partitions
+        self.durable = durable_name(self.partition, self.partitions)
+        self.scorer = Scorer(settings.scoring_config())
+        self.applied_seq = 0
+        self.pending: dict[int, Outcome] = {}
+        self.restored = False
+        self._saved_seq: int | None = None
+        self._settler = settler
+        self._publisher = publisher
+        self._metrics = metrics
+        self.decisions = Counter(
+            "choreo_fraud_decisions",
+            "Transactions scored, by decision (allow, review, block).",
+            ["service", "decision"],
+            registry=metrics.registry,
+        )
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def owns(self, event: Event | None) -> bool:
+        """Whether this partition scores `event`; one without a card (it cannot be scored,
+        only dead-lettered) belongs to partition 0."""
+        card = _card_of(event)
+        if card is None:
+            return self.partition == 0
+        return partition_of(card, self.partitions) == self.partition
+
+    def apply(self, seq: int, event: Event) -> Outcome:
+        """Score the transaction at stream sequence `seq` (after every earlier one) and keep
+        the outcome until its delivery is settled."""
+        try:
+            if not isinstance(event.data, dict):
+                raise ValueError("data: not an object")
+            Transaction.model_validate(event.data)
+            scored = self.scorer.score(event.data)
+        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError included
+            error = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            outcome = Outcome(None, f"transaction cannot be scored: {error}")
+        else:
+            rules = scored.features["rules"]
+            verdict = Verdict(scored.score, scored.decision, scored.reasons, rules, scored.model)
+            outcome = Outcome(verdict)
+        self.pending[seq] = outcome
+        self.applied_seq = seq
+        return outcome
+
+    async def receive(self, messages: Sequence[Msg]) -> None:
+        """Handle one fetched chunk of deliveries, in stream order."""
+        started = time.perf_counter()
+        self._metrics.batch_size.labels(self._metrics.service, HANDLER).observe(len(messages))
+        if messages:
+            self._metrics.observe_pending(messages[-1])
+        outgoing: list[tuple[Msg, Event, int, list[tuple[str, Event]]]] = []
+        for msg in messages:
+            seq = msg.metadata.sequence.stream
+            try:
+                event = Event.from_bytes(msg.data)
+            except ValidationError as exc:
+                if self.owns(None):
+                    await self._dead_letter(msg, seq, f"not a valid event envelope: {exc}")
+                else:
+                    await self._settle(msg, ack=True)
+                continue
+            if not self.owns(event):
+                await self._settle(msg, ack=True)
+                continue
+            outcome: Outcome | None
+            if seq > self.applied_seq:
+                outcome = self.apply(seq, event)
+                if outcome.verdict is not None:
+                    self.decisions.labels(self._metrics.service, outcome.verdict.decision).inc()
+            else:  # a redelivery: its outcome if still pending, else it was settled before
+                outcome = self.pending.get(seq)
+            if outcome is None:
+                await self._settle(msg, ack=True)
+            elif outcome.verdict is None:
+                await self._dead_letter(msg, seq, outcome.error or "")
+            else:
+                outgoing.append((msg, event, seq, fraud_events(event, outcome.verdict)))
+        await self._publish(outgoing)
+        self._metrics.handler_seconds.labels(self._metrics.service, HANDLER).observe(
+            time.perf_counter() - started
+        )
+
+    async def _publish(
+        self, outgoing: list[tuple[Msg, Event, int, list[tuple[str, Event]]]]
+    ) -> None:
+        """Publish every event of the chunk at once; settle each delivery by its own events."""
+        results = await asyncio.gather(
+            *(self._publisher.publish(s, e) for *_, events in outgoing for s, e in events),
+            return_exceptions=True,
+        )
+        at = 0
+        for msg, event, seq, events in outgoing:
+            failed = [r for r in results[at : at + len(events)] if isinstance(r, BaseException)]
+            at += len(events)
+            if failed:
+                log.warning("publish failed, will retry", stream_seq=seq, error=repr(failed[0]))
+                await self._settle(msg, ack=False)
+                continue
+            await self._settle(msg, ack=True)
+            self.pending.pop(seq, None)  # after the ack: a snapshot never misses an unacked one
+            self._metrics.observe_latency(event.type, event.time)
+
+    async def _dead_letter(self, msg: Msg, seq: int, reason: str) -> None:
+        try:
+            await self._settler.dead_letter(msg, reason)
+        except Exception as exc:
+            log.warning("dead-lettering failed, will retry", stream_seq=seq, error=repr(exc))
+            await self._settle(msg, ack=False)
+        else:
+            self.pending.pop(seq, None)
+
+    async def _settle(self, msg: Msg, *, ack: bool) -> None:
+        if ack:
+            await msg.ack()
+            self._metrics.count_consumed(msg.subject, "ack")
+        else:
+            await msg.nak(delay=self.settings.backoff(msg.metadata.num_delivered or 1))
+            self._metrics.count_consumed(msg.subject, "nack")
+            self._metrics.retries.labels(self._metrics.service, msg.subject).inc()
+
+    # -- state across restarts ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self, connect: Callable[[], JetStreamContext]) -> AsyncIterator[None]:
+        """A service resource: restore the state before consuming starts; snapshot it
+        every interval while running and once more on a graceful stop. `connect` gives the
+        JetStream context once the broker is connected."""
+        js = connect()
+        name = object_name(self.partition, self.partitions)
+        store = await SnapshotStore.open(js, self.settings, name)
+        await self.restore(js, store)
+        task = asyncio.create_task(self._snapshot_every(js, store), name="fraud-snapshots")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            try:
+                await self.snapshot(js, store)
+            except Exception as exc:  # the replay from the previous snapshot covers it
+                log.warning("final snapshot failed", error=repr(exc))
+
+    async def restore(self, js: JetStreamContext, store: SnapshotStore) -> None:
+        """Load the snapshot, then replay what the durable consumer delivered after it.
+
+        Deliveries up to the consumer's last delivered sequence may come back (those not
+        acknowledged before a crash); re-scoring them in stream order from the snapshot's
+        state gives the same verdicts as before, which `pending` then holds for them.
+        Transactions at or before the snapshot's `applied_seq` that were still unsettled
+        are in the snapshot's `pending` already."""
+        raw = await store.load()
+        if raw is not None:
+            snapshot = decode(raw, self.partition, self.partitions)
+            self.scorer.state = snapshot.state
+            self.applied_seq = self._saved_seq = snapshot.applied_seq
+            self.pending = snapshot.pending
+            log.info(
+                "state restored from snapshot",
+                applied_seq=snapshot.applied_seq,
+                cards=len(snapshot.state.cards),
+                pending=len(snapshot.pending),
+                bytes=len(raw),
+            )
+        try:
+            info = await js.consumer_info(DATA.name, self.durable)
+        except NotFoundError:
+            delivered = acked = 0
+        else:
+            delivered = info.delivered.stream_seq or 0
+            acked = info.ack_floor.stream_seq or 0
+        replayed = 0
+        async for msg in read_range(js, DATA.name, INPUT, self.applied_seq + 1, delivered):
+            try:
+                event = Event.from_bytes(msg.data)
+            except ValidationError:
+                continue  # not state: dead-lettered again if it comes back
+            if self.owns(event):
+                self.apply(msg.metadata.sequence.stream, event)
+                replayed += 1
+        self.applied_seq = max(self.applied_seq, delivered)
+        self._forget_acked(acked)
+        self.restored = True
+        log.info(
+            "state rebuilt",
+            partition=self.partition,
+            partitions=self.partitions,
+            replayed=replayed,
+            applied_seq=self.applied_seq,
+            pending=len(self.pending),
+        )
+
+    async def ready(self) -> None:
+        """Readiness: the state is rebuilt (before that, scores would be wrong)."""
+        if not self.restored:
+            raise RuntimeError("the scorer's state is being rebuilt")
+
+    async def snapshot(self, js: JetStreamContext, store: SnapshotStore) -> None:
+        """Save the state if it changed since the last snapshot."""
+        if self.applied_seq == self._saved_seq:
+            return
+        try:
+            info = await js.consumer_info(DATA.name, self.durable)
+        except NotFoundError:
+            pass
+        else:
+            self._forget_acked(info.ack_floor.stream_seq or 0)
+        # Encoded without an await in between: a consistent cut between two chunks.
+        seq = self.applied_seq
+        data = encode(
+            Snapshot(self.partition, self.partitions, seq, self.scorer.state, self.pending)
+        )
+        await store.save(data)
+        self._saved_seq = seq
+        log.info("snapshot saved", applied_seq=seq, pending=len(self.pending), bytes=len(data))
+
+    async def _snapshot_every(self, js: JetStreamContext, store: SnapshotStore) -> None:
+        while True:
+            await asyncio.sleep(self.settings.fraud_snapshot_interval_s)
+            try:
+                await self.snapshot(js, store)
+            except Exception as exc:  # NATS unavailable: the next one will do
+                log.error("snapshot failed", error=repr(exc))
+
+    def _forget_acked(self, ack_floor: int) -> None:
+        """Drop outcomes of deliveries at or below the ack floor: they never come back."""
+        for seq in [s for s in self.pending if s <= ack_floor]:
+            del self.pending[seq]

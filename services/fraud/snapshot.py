@@ -1,0 +1,235 @@
+"""The scorer's state on disk: snapshots in a JetStream object store, and the stream replay
+that brings a snapshot up to date.
+
+A snapshot holds the scorer's `State`, `applied_seq` (the last stream sequence of
+`data.transaction` applied to it) and the outcomes of the transactions scored but not yet
+acknowledged, for one partition (`state-p<i>-of-<P>` in bucket `choreo_fraud`). An object
+store rather than a KV value because the state outgrows NATS' max_payload (1 MiB): objects
+are chunked.
+
+The format is JSON, versioned, and exact: floats are written with `repr`, which
+round-trips every float, and the non-finite ones JSON lacks as the strings "inf"/"-inf".
+The state's dataclasses are encoded field by field and decoded from their type hints, so a
+field added to `services.fraud.domain` with a default is carried without changes here, and
+a snapshot written before it existed loads with the default.
+"""
+
+import json
+import math
+import types
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectStoreConfig, StorageType
+from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from services.fraud.domain import State
+from shared.ids import uuid7
+from shared.settings import Settings
+from shared.subjects import FRAUD_STATE_BUCKET
+
+log = structlog.get_logger(__name__)
+
+FORMAT = "choreo.fraud.snapshot"
+VERSION = 1
+REPLAY_BATCH = 1_000
+REPLAY_WAIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `fraud.scored` says about a transaction, kept until its delivery is acked."""
+
+    score: float
+    decision: str
+    reasons: list[str]
+    rules: dict[str, float]
+    model: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A transaction's verdict, or (verdict None) why it cannot be scored."""
+
+    verdict: Verdict | None
+    error: str | None = None
+
+
+@dataclass
+class Snapshot:
+    partition: int
+    partitions: int
+    applied_seq: int
+    state: State
+    pending: dict[int, Outcome]
+    """Outcomes of the deliveries not yet acknowledged, by stream sequence."""
+
+
+class SnapshotError(ValueError):
+    """A snapshot this code cannot load."""
+
+
+def object_name(partition: int, partitions: int) -> str:
+    return f"state-p{partition}-of-{partitions}"
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    doc = {"format": FORMAT, "version": VERSION, **_to_json(snapshot)}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode(raw: bytes, partition: int, partitions: int) -> Snapshot:
+    """The snapshot in `raw`, which must be of this partition (SnapshotError if not)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise SnapshotError(f"snapshot: not JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise SnapshotError(f"snapshot: format is not {FORMAT!r}")
+    if doc.get("version") != VERSION:
+        raise SnapshotError(f"snapshot: version {doc.get('version')!r}, this code reads {VERSION}")
+    if (doc.get("partition"), doc.get("partitions")) != (partition, partitions):
+        raise SnapshotError(
+            f"snapshot: of partition {doc.get('partition')!r} of {doc.get('partitions')!r}, "
+            f"not {partition} of {partitions}"
+        )
+    try:
+        snapshot: Snapshot = _from_json(Snapshot, doc)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"snapshot: does not fit the state's fields ({exc!r})") from exc
+    return snapshot
+
+
+def _to_json(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted(_to_json(v) for v in value)  # sorted: the same state, the same bytes
+    if isinstance(value, list | tuple | deque):
+        return [_to_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # "inf", "-inf", "nan": float() reads them back
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise TypeError(f"no snapshot encoding for {type(value).__name__}")
+
+
+def _from_json(hint: Any, raw: Any, factory: Callable[[], Any] | None = None) -> Any:
+    """Rebuild a value of type `hint`; `factory` is the field's default factory (it tells a
+    deque's maxlen, which the type does not)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if isinstance(hint, type) and is_dataclass(hint):
+        hints = get_type_hints(hint)
+        values = {
+            f.name: _from_json(
+                hints[f.name],
+                raw[f.name],
+                None if f.default_factory is MISSING else f.default_factory,
+            )
+            for f in fields(hint)
+            if f.init and f.name in raw  # absent: a field newer than the snapshot
+        }
+        return hint(**values)
+    if origin in (Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]  # only `X | None` is used
+        return _from_json(inner, raw)
+    if origin is dict:
+        key, item = args
+        return {_from_json(key, k): _from_json(item, v) for k, v in raw.items()}
+    if origin is deque:
+        maxlen = factory().maxlen if factory is not None else None
+        return deque((_from_json(args[0], v) for v in raw), maxlen=maxlen)
+    if origin in (set, frozenset, list):
+        return origin(_from_json(args[0], v) for v in raw)
+    if origin is tuple:
+        return tuple(_from_json(a, v) for a, v in zip(args, raw, strict=True))
+    if origin is Literal:
+        if raw not in args:
+            raise ValueError(f"{raw!r} is not one of {args}")
+        return raw
+    if hint in (float, int, str, bool):
+        return hint(raw)
+    if hint is Any:
+        return raw
+    raise TypeError(f"no snapshot decoding for {hint!r}")
+
+
+class SnapshotStore:
+    """One partition's snapshot object in the `choreo_fraud` bucket."""
+
+    def __init__(self, store: ObjectStore, name: str) -> None:
+        self._store = store
+        self.name = name
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, settings: Settings, name: str) -> "SnapshotStore":
+        """Open the bucket, creating it when missing (identical configs: a race is harmless)."""
+        try:
+            store = await js.object_store(FRAUD_STATE_BUCKET)
+        except BucketNotFoundError:
+            store = await js.create_object_store(
+                FRAUD_STATE_BUCKET,
+                ObjectStoreConfig(
+                    description="fraud scorer state snapshots, one object per partition",
+                    storage=StorageType.FILE,
+                    replicas=settings.stream_replicas,
+                ),
+            )
+        return cls(store, name)
+
+    async def load(self) -> bytes | None:
+        try:
+            result = await self._store.get(self.name)
+        except ObjectNotFoundError:
+            return None
+        return result.data
+
+    async def save(self, data: bytes) -> None:
+        await self._store.put(self.name, data)
+
+
+async def read_range(
+    js: JetStreamContext, stream: str, subject: str, first: int, last: int
+) -> AsyncIterator[Msg]:
+    """The messages of `subject` with stream sequence in [first, last], in order, from an
+    ephemeral consumer without acks (it never moves the durable consumer)."""
+    if last < first:
+        return
+    config = ConsumerConfig(
+        name=f"fraud-replay-{uuid7()}",
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=first,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=60.0,
+        mem_storage=True,
+    )
+    assert config.name is not None
+    await js.add_consumer(stream, config)
+    subscription = await js.pull_subscribe_bind(config.name, stream)
+    try:
+        while True:
+            try:
+                batch = await subscription.fetch(REPLAY_BATCH, timeout=REPLAY_WAIT_S)
+            except TimeoutError:
+                return  # nothing at or after `first` any more (removed by the stream's max_age)
+            for msg in batch:
+                seq = msg.metadata.sequence.stream
+                if seq > last:
+                    return
+                yield msg
+                if seq == last or msg.metadata.num_pending == 0:
+                    return
+    finally:
+        await subscription.unsubscribe()
+        await js.delete_consumer(stream, config.name)

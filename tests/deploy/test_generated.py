@@ -1,0 +1,37 @@
+"""The files deploy/render.py derives from the code are current, and nats-server accepts them."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploy.render import main, password_variable
+from shared.subjects import SERVICE_PERMISSIONS
+from tests.deploy.support import ROOT, tool
+
+NATS_CONFIGS = [
+    ROOT / "deploy" / "nats" / "nats.conf",
+    ROOT / "k8s" / "base" / "nats" / "nats.conf",
+]
+
+
+def test_generated_files_are_current() -> None:
+    assert main(["--check"]) == 0, "regenerate: python deploy/render.py"
+
+
+@pytest.mark.parametrize("config", NATS_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_nats_server_accepts_the_config_with_every_password_set(config: Path) -> None:
+    users = ["admin", *SERVICE_PERMISSIONS]
+    env = {password_variable(u): f"pw-{u}" for u in users} | {"POD_NAME": "nats-0"}
+    server = tool("nats-server")
+    ok = subprocess.run(
+        [str(server), "-c", str(config), "-t"], env=env, capture_output=True, text=True, check=False
+    )
+    assert ok.returncode == 0, ok.stderr
+    # A password left unset is an error naming it, not an open door.
+    del env[password_variable("audit")]
+    unset = subprocess.run(
+        [str(server), "-c", str(config), "-t"], env=env, capture_output=True, text=True, check=False
+    )
+    assert unset.returncode != 0
+    assert password_variable("audit") in unset.stderr + unset.stdout

@@ -1,0 +1,162 @@
+"""The fraud consumer's pure parts: partitions, the events it publishes, its settings and
+the snapshot format (exact, versioned, one partition's)."""
+
+import copy
+import uuid
+import zlib
+from collections import Counter
+
+import pytest
+from pydantic import ValidationError
+
+from choreo.generate import generate
+from services.fraud.domain import Scorer
+from services.fraud.scoring import EVENT_IDS, fraud_events, partition_of
+from services.fraud.settings import FraudSettings
+from services.fraud.snapshot import (
+    Outcome,
+    Snapshot,
+    SnapshotError,
+    Verdict,
+    decode,
+    encode,
+    object_name,
+)
+from shared.envelope import Event
+from shared.subjects import FRAUD_ALERT, FRAUD_SCORED
+
+TX = {
+    "transaction_id": "tx-1",
+    "card_id": "card-1",
+    "terminal_id": "term-1",
+    "amount": 12.5,
+    "currency": "EUR",
+    "timestamp": "2024-01-15T10:01:00Z",
+    "country": "ES",
+}
+
+
+def test_partition_of_is_crc32_of_the_card() -> None:
+    assert partition_of("card-1", 1) == 0
+    assert partition_of("card-1", 7) == zlib.crc32(b"card-1") % 7
+    cards = [f"card-{i}" for i in range(1000)]
+    spread = Counter(partition_of(c, 4) for c in cards)
+    assert set(spread) == {0, 1, 2, 3}
+    assert min(spread.values()) > 150  # roughly even
+
+
+@pytest.mark.parametrize(
+    ("decision", "subjects"),
+    [
+        ("allow", [FRAUD_SCORED]),
+        ("review", [FRAUD_SCORED, FRAUD_ALERT]),
+        ("block", [FRAUD_SCORED, FRAUD_ALERT]),
+    ],
+)
+def test_fraud_events_derive_from_the_transaction(decision: str, subjects: list[str]) -> None:
+    transaction = Event(type="transaction", source="tests", data=TX, correlationid="corr-9")
+    verdict = Verdict(0.9, decision, ["velocity_1m: 4 transactions"], {"velocity_1m": 0.65}, "m1")
+    events = fraud_events(transaction, verdict)
+    assert [subject for subject, _ in events] == subjects
+    for subject, event in events:
+        assert event.type == subject
+        assert event.source == "choreo/fraud"
+        assert event.causationid == transaction.id
+        assert event.correlationid == "corr-9"
+        assert event.subject == "tx-1"
+        kind = subject.split(".")[1]
+        assert event.id == str(uuid.uuid5(EVENT_IDS, f"{transaction.id}:{kind}"))
+        assert event.data == {
+            "transaction_id": "tx-1",
+            "transaction_event_id": transaction.id,
+            "card_id": "card-1",
+            "terminal_id": "term-1",
+            "amount": 12.5,
+            "currency": "EUR",
+            "timestamp": "2024-01-15T10:01:00Z",
+            "score": 0.9,
+            "decision": decision,
+            "reasons": ["velocity_1m: 4 transactions"],
+            "rules": {"velocity_1m": 0.65},
+            "model": "m1",
+        }
+    # The same transaction event always gives the same ids: a re-publish is a duplicate.
+    assert [e.id for _, e in fraud_events(transaction, verdict)] == [e.id for _, e in events]
+
+
+def test_settings_refuse_a_partition_outside_the_count() -> None:
+    with pytest.raises(ValidationError, match="CHOREO_FRAUD_PARTITION"):
+        FraudSettings(fraud_partitions=2, fraud_partition=2)
+    assert FraudSettings(fraud_partitions=2, fraud_partition=1).fraud_partition == 1
+
+
+def scored_state(n: int, seed: int) -> tuple[Scorer, list[dict[str, object]]]:
+    """A scorer that has seen the first half of a generated set, and the second half."""
+    transactions, _ = generate(n, seed)
+    scorer = Scorer()
+    half = n // 2
+    for tx in transactions[:half]:
+        scorer.score(tx)
+    return scorer, transactions[half:]
+
+
+def test_a_snapshot_restores_the_state_exactly() -> None:
+    """Scoring on from a decoded snapshot gives the very same verdicts as not stopping."""
+    scorer, rest = scored_state(3000, seed=11)
+    pending = {
+        7: Outcome(Verdict(0.1 + 0.2, "allow", [], {}, "m")),
+        9: Outcome(None, "transaction cannot be scored: amount: must be > 0, got -1.0"),
+    }
+    raw = encode(Snapshot(2, 3, 1234, scorer.state, pending))
+    assert encode(Snapshot(2, 3, 1234, copy.deepcopy(scorer.state), pending)) == raw
+    loaded = decode(raw, 2, 3)
+    assert (loaded.partition, loaded.partitions, loaded.applied_seq) == (2, 3, 1234)
+    assert loaded.pending == pending
+    assert loaded.state == scorer.state
+    card = next(iter(scorer.state.cards))
+    amounts = loaded.state.cards[card].amounts
+    assert amounts.maxlen == scorer.state.cards[card].amounts.maxlen
+    restored = Scorer()
+    restored.state = loaded.state
+    for tx in rest:
+        assert restored.score(tx) == scorer.score(tx)
+
+
+def test_a_snapshot_is_standard_json_with_exact_floats() -> None:
+    scorer = Scorer()
+    scorer.score(TX)
+    raw = encode(
+        Snapshot(0, 1, 1, scorer.state, {1: Outcome(Verdict(1 / 3, "allow", [], {}, "m"))})
+    )
+    assert b"Infinity" not in raw
+    assert b"NaN" not in raw
+    verdict = decode(raw, 0, 1).pending[1].verdict
+    assert verdict is not None
+    assert verdict.score == 1 / 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"{not json", "not JSON"),
+        (b'{"format": "other"}', "format"),
+        (b'{"format": "choreo.fraud.snapshot", "version": 99}', "version 99"),
+        (
+            b'{"format": "choreo.fraud.snapshot", "version": 1, "partition": 1, "partitions": 2}',
+            "partition 1 of 2, not 0 of 1",
+        ),
+        (
+            b'{"format": "choreo.fraud.snapshot", "version": 1, "partition": 0, "partitions": 1,'
+            b' "applied_seq": 3, "state": {"cards": []}, "pending": {}}',
+            "does not fit",
+        ),
+    ],
+)
+def test_a_snapshot_that_does_not_fit_is_refused(raw: bytes, error: str) -> None:
+    with pytest.raises(SnapshotError, match=error):
+        decode(raw, 0, 1)
+
+
+def test_object_names_per_partition() -> None:
+    assert object_name(0, 1) == "state-p0-of-1"
+    assert object_name(3, 4) == "state-p3-of-4"

@@ -1,0 +1,395 @@
+"""The fraud service on a real nats-server with users and permissions, as in the stack:
+verdicts as events, dead letters, retries, partitions, and a restart after SIGKILL."""
+
+import asyncio
+import json
+import os
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.errors import ObjectNotFoundError
+
+from choreo.generate import generate
+from choreo.servers.nats import NatsServer, NatsUser
+from choreo.servers.ports import free_port
+from choreo.stack import ServiceProcess
+from services.fraud.app import create_app
+from services.fraud.domain import Scorer
+from services.fraud.scoring import partition_of
+from services.fraud.settings import FraudSettings
+from services.fraud.snapshot import SnapshotStore, object_name, read_range
+from shared.envelope import Event
+from shared.jetstream import ensure_streams
+from shared.settings import Settings
+from shared.subjects import FRAUD, FRAUD_STATE_BUCKET, SERVICE_PERMISSIONS
+from tests.conftest import S3Endpoint
+from tests.support import serve, settings_env, wait_for
+
+pytestmark = pytest.mark.integration
+
+ADMIN = NatsUser("admin", "admin-password")
+FRAUD_PASSWORD = "fraud-password"
+Tx = dict[str, Any]
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own (no stream, consumer or snapshot of another test),
+    with the admin user and the fraud service's user and permissions."""
+    permissions = SERVICE_PERMISSIONS["fraud"]
+    fraud = NatsUser(
+        "fraud", FRAUD_PASSWORD, permissions.publish_allow(), permissions.subscribe_allow()
+    )
+    with NatsServer(tmp_path / "nats", [ADMIN, fraud]) as server:
+        yield server
+
+
+@pytest.fixture
+async def admin(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    """An admin connection; the streams exist."""
+    client = await nats.connect(nats_server.url, user=ADMIN.user, password=ADMIN.password)
+    await ensure_streams(client.jetstream(), Settings(environment="test"))
+    yield client
+    await client.drain()
+
+
+def fraud_settings(
+    server: NatsServer, s3: S3Endpoint, data_dir: Path, **values: Any
+) -> FraudSettings:
+    return FraudSettings(
+        environment="test",
+        data_dir=data_dir,
+        nats_url=server.url,
+        s3_endpoint_url=s3.url,
+        s3_access_key=s3.access_key,
+        s3_secret_key=s3.secret_key,
+        nats_user="fraud",
+        nats_password=FRAUD_PASSWORD,
+        # Short, so that redeliveries after a crash or a nak come quickly.
+        ack_wait_s=2.0,
+        retry_backoff_s=(0.1, 0.2),
+        max_deliver=3,
+        **values,
+    )
+
+
+def as_events(transactions: Sequence[Tx], **extensions: Any) -> list[Event]:
+    return [
+        Event(
+            type="transaction",
+            source="tests",
+            data=tx,
+            id=f"ev-{tx['transaction_id']}",
+            **extensions,
+        )
+        for tx in transactions
+    ]
+
+
+async def publish(js: JetStreamContext, events: Sequence[Event]) -> None:
+    """Publish in order (pipelined on one connection), in chunks."""
+    for start in range(0, len(events), 1000):
+        chunk = events[start : start + 1000]
+        await asyncio.gather(
+            *(js.publish("data.transaction", e.to_bytes(), headers=e.headers()) for e in chunk)
+        )
+
+
+async def count(js: JetStreamContext, subject: str) -> int:
+    info = await js.stream_info(FRAUD.name, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+async def read(js: JetStreamContext, stream: str, subject: str) -> list[Event]:
+    last = (await js.stream_info(stream)).state.last_seq
+    return [Event.from_bytes(m.data) async for m in read_range(js, stream, subject, 1, last)]
+
+
+def reference(transactions: Sequence[Tx]) -> dict[str, dict[str, Any]]:
+    """What an uninterrupted in-process scorer says, by transaction id."""
+    scorer = Scorer()
+    out = {}
+    for tx in transactions:
+        s = scorer.score(tx)
+        out[tx["transaction_id"]] = {
+            "score": s.score,
+            "decision": s.decision,
+            "reasons": s.reasons,
+            "rules": s.features["rules"],
+            "model": s.model,
+        }
+    return out
+
+
+def verdicts(events: Sequence[Event]) -> dict[str, dict[str, Any]]:
+    keys = ("score", "decision", "reasons", "rules", "model")
+    out = {}
+    for event in events:
+        assert isinstance(event.data, dict)
+        out[str(event.data["transaction_id"])] = {k: event.data[k] for k in keys}
+    return out
+
+
+def card_history(card: str, terminal: str, n: int = 8) -> list[Tx]:
+    """A card's quiet week at one terminal, then a burst of small payments abroad."""
+    quiet = [
+        {
+            "transaction_id": f"{card}-{i}",
+            "card_id": card,
+            "terminal_id": terminal,
+            "amount": 20.0 + i,
+            "currency": "EUR",
+            "timestamp": f"2024-01-0{i + 1}T12:00:00Z",
+            "country": "ES",
+        }
+        for i in range(n)
+    ]
+    burst = [
+        {
+            "transaction_id": f"{card}-burst-{i}",
+            "card_id": card,
+            "terminal_id": f"{terminal}-abroad",
+            "amount": 1.0 + i,
+            "currency": "USD",
+            "timestamp": f"2024-01-10T03:00:{10 * i:02d}Z",
+            "country": "US",
+        }
+        for i in range(5)
+    ]
+    return quiet + burst
+
+
+async def test_every_transaction_is_scored_and_the_risky_ones_alerted(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    transactions = card_history("card-a", "term-1") + card_history("card-b", "term-2")
+    expected = reference(transactions)
+    alerted = {t for t, v in expected.items() if v["decision"] != "allow"}
+    assert alerted, "the data should have alerts"
+    assert len(alerted) < len(expected), "... and allowed transactions"
+    events = as_events(transactions[:13], correlationid="corr-a") + as_events(transactions[13:])
+    by_id = {e.id: e for e in events}
+    js = admin.jetstream()
+    async with serve(create_app(fraud_settings(nats_server, s3_endpoint, tmp_path))) as http:
+        await publish(js, events)
+        await wait_for(lambda: count(js, "fraud.scored"), lambda n: n == len(events))
+        await wait_for(lambda: count(js, "fraud.alert"), lambda n: n == len(alerted))
+        ready = await http.get("/readyz")
+        metrics = (await http.get("/metrics")).text
+    scored = await read(js, FRAUD.name, "fraud.scored")
+    alerts = await read(js, FRAUD.name, "fraud.alert")
+    assert verdicts(scored) == expected
+    assert set(verdicts(alerts)) == alerted
+    for event in scored + alerts:
+        assert isinstance(event.data, dict)
+        cause = by_id[str(event.data["transaction_event_id"])]
+        assert event.causationid == cause.id
+        assert event.correlationid == (cause.correlationid or cause.id)
+        assert event.source == "choreo/fraud"
+        assert cause.data is not None
+        assert isinstance(cause.data, dict)
+        assert event.data["transaction_id"] == cause.data["transaction_id"]
+        assert event.data["amount"] == cause.data["amount"]
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"nats": "ok", "state": "ok", "s3": "ok"}
+    decisions = Counter(v["decision"] for v in expected.values())
+    for decision, n in decisions.items():
+        line = f'choreo_fraud_decisions_total{{decision="{decision}",service="fraud"}} {n}.0'
+        assert line in metrics
+
+
+async def test_a_transaction_that_cannot_be_scored_is_dead_lettered(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    good = card_history("card-c", "term-3", n=2)[:2]
+    negative = {**good[0], "transaction_id": "neg", "amount": -5}
+    no_card = {k: v for k, v in good[0].items() if k != "card_id"} | {"transaction_id": "nocard"}
+    events = as_events([good[0], negative, no_card, good[1]])
+    js = admin.jetstream()
+    async with serve(create_app(fraud_settings(nats_server, s3_endpoint, tmp_path))):
+        await publish(js, events[:3])
+        garbage = await js.publish("data.transaction", b"not an event")
+        await publish(js, events[3:])
+        await wait_for(lambda: count(js, "fraud.scored"), lambda n: n == 2)
+        await wait_for(lambda: read(js, "DLQ", "dlq.fraud"), lambda d: len(d) == 3)
+    dead = [e.data for e in await read(js, "DLQ", "dlq.fraud")]
+    assert all(isinstance(d, dict) for d in dead)
+    reasons = {d["stream_seq"]: d["reason"] for d in dead if isinstance(d, dict)}
+    assert "amount: must be > 0" in str(reasons[2])
+    assert "card_id" in str(reasons[3])
+    assert "not a valid event envelope" in str(reasons[garbage.seq])
+    assert set(verdicts(await read(js, FRAUD.name, "fraud.scored"))) == {
+        good[0]["transaction_id"],
+        good[1]["transaction_id"],
+    }
+
+
+async def test_a_failed_publish_is_retried_with_the_verdict_it_had(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    """With stream FRAUD gone, every publish fails: the deliveries are nak'd and come back
+    after later ones were scored; once FRAUD is back each gets its original verdict, and no
+    transaction is scored twice."""
+    transactions = card_history("card-d", "term-4")
+    js = admin.jetstream()
+    async with serve(create_app(fraud_settings(nats_server, s3_endpoint, tmp_path))) as http:
+        await js.delete_stream(FRAUD.name)
+        await publish(js, as_events(transactions))
+
+        async def naks() -> str:
+            return (await http.get("/metrics")).text
+
+        await wait_for(naks, lambda text: 'outcome="nack"' in text)
+        await ensure_streams(js, Settings(environment="test"), [FRAUD])
+        await wait_for(lambda: count(js, "fraud.scored"), lambda n: n == len(transactions))
+        metrics = (await http.get("/metrics")).text
+    assert verdicts(await read(js, FRAUD.name, "fraud.scored")) == reference(transactions)
+    scored = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("choreo_fraud_decisions_total{")
+    )
+    assert scored == len(transactions)
+
+
+async def test_replicas_split_the_cards_and_score_each_card_in_order(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    transactions, _ = generate(2000, seed=21)
+    parts = {p: [t for t in transactions if partition_of(t["card_id"], 2) == p] for p in (0, 1)}
+    assert parts[0]
+    assert parts[1]
+    js = admin.jetstream()
+    replicas = [
+        create_app(
+            fraud_settings(
+                nats_server, s3_endpoint, tmp_path, fraud_partitions=2, fraud_partition=p
+            )
+        )
+        for p in (0, 1)
+    ]
+    async with serve(replicas[0]) as first, serve(replicas[1]) as second:
+        await publish(js, as_events(transactions))
+        await wait_for(
+            lambda: count(js, "fraud.scored"), lambda n: n == len(transactions), within=60
+        )
+        metrics = [(await http.get("/metrics")).text for http in (first, second)]
+    scored = await read(js, FRAUD.name, "fraud.scored")
+    assert len(scored) == len(transactions)
+    got = verdicts(scored)
+    # Each replica scored its own cards, each card in stream order: exactly what a scorer
+    # given only that partition's transactions says.
+    assert got == reference(parts[0]) | reference(parts[1])
+    for p, text in enumerate(metrics):
+        total = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("choreo_fraud_decisions_total{")
+        )
+        assert total == len(parts[p])
+
+
+async def snapshot_exists(js: JetStreamContext) -> bool:
+    try:
+        store = await js.object_store(FRAUD_STATE_BUCKET)
+        await store.get_info(object_name(0, 1))
+    except (ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "snapshot_interval_s",
+    [3600.0, 0.2],
+    ids=["killed-before-a-snapshot", "killed-after-a-snapshot"],
+)
+async def test_a_killed_service_restarts_with_the_same_scores(
+    nats_server: NatsServer,
+    s3_endpoint: S3Endpoint,
+    admin: NatsClient,
+    tmp_path: Path,
+    snapshot_interval_s: float,
+) -> None:
+    """SIGKILL the service mid-stream and start it again: every transaction has exactly one
+    fraud.scored, with the score an uninterrupted scorer gives. The restart rebuilds the
+    state from the stream alone (no snapshot yet), or from a snapshot plus the rest."""
+    transactions, _ = generate(12_000, seed=5)
+    js = admin.jetstream()
+    await publish(js, as_events(transactions))
+    expected = reference(transactions)
+    settings = fraud_settings(
+        nats_server,
+        s3_endpoint,
+        tmp_path,
+        fraud_snapshot_interval_s=snapshot_interval_s,
+        fraud_fetch_batch=100,
+    )
+    env = {**os.environ, **settings_env(settings)}
+
+    def fraud_process(log: str) -> ServiceProcess:
+        env["CHOREO_HTTP_PORT"] = str(free_port())
+        return ServiceProcess("fraud", int(env["CHOREO_HTTP_PORT"]), env, tmp_path / log)
+
+    first = fraud_process("first.log")
+    first.start()
+    try:
+        if snapshot_interval_s < 60:
+            await wait_for(lambda: snapshot_exists(js), bool, within=30)
+        at_kill = await wait_for(
+            lambda: count(js, "fraud.scored"), lambda n: n >= 2000, within=30, interval=0.01
+        )
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.stop()
+    assert first.returncode == -signal.SIGKILL
+    assert at_kill < len(transactions), "killed after the backlog was done: nothing was tested"
+    assert await snapshot_exists(js) == (snapshot_interval_s < 60)
+
+    second = fraud_process("second.log")
+    second.start()
+    try:
+        await wait_for(
+            lambda: count(js, "fraud.scored"), lambda n: n >= len(transactions), within=90
+        )
+    finally:
+        second.stop()
+    restarted = (tmp_path / "second.log").read_text()
+    scored = await read(js, FRAUD.name, "fraud.scored")
+    ids = Counter(str(e.data["transaction_id"]) for e in scored if isinstance(e.data, dict))
+    assert [t for t, n in ids.items() if n > 1] == []
+    assert len(scored) == len(transactions)
+    assert verdicts(scored) == expected
+    logs = [json.loads(line) for line in restarted.splitlines() if line.startswith("{")]
+    rebuilt = next(entry for entry in logs if entry.get("event") == "state rebuilt")
+    restored = [entry for entry in logs if entry.get("event") == "state restored from snapshot"]
+    if snapshot_interval_s < 60:
+        assert restored
+        assert restored[0]["applied_seq"] > 0
+    else:
+        assert not restored
+        assert rebuilt["replayed"] > 0
+
+
+async def test_a_large_snapshot_round_trips_with_the_fraud_users_permissions(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, tmp_path: Path
+) -> None:
+    """Many chunks: the read-back needs flow control, which the fraud user may answer."""
+    settings = fraud_settings(nats_server, s3_endpoint, tmp_path)
+    client = await nats.connect(settings.nats_url, user="fraud", password=FRAUD_PASSWORD)
+    try:
+        store = await SnapshotStore.open(client.jetstream(), settings, object_name(0, 1))
+        assert await store.load() is None
+        data = os.urandom(8 * 1024 * 1024)
+        await store.save(data)
+        await store.save(data[::-1])  # replaces the object
+        assert await asyncio.wait_for(store.load(), 30) == data[::-1]
+    finally:
+        await client.close()
