@@ -37,12 +37,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slow fault-injection scenarios run only when asked for: `-m chaos`."""
+    """The slow fault-injection scenarios run only when asked for (`-m chaos` runs every
+    scenario, fast and slow); the fast ones run with every test run."""
     if "chaos" in (config.option.markexpr or ""):
         return
     skip = pytest.mark.skip(reason="slow chaos scenario: run `scripts/test.sh -m chaos`")
     for item in items:
-        if item.get_closest_marker("chaos"):
+        if item.get_closest_marker("slow"):
             item.add_marker(skip)
 
 

@@ -37,6 +37,7 @@ from shared.subjects import DATA, DLQ, FRAUD
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
+SESSION_ROWS: list["Row"] = []  # printed at the end of the test run (tests/chaos/conftest.py)
 
 
 def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -326,6 +327,7 @@ async def measure(
 
 def record(row: Row) -> None:
     """Append the row to bench/results/chaos.json (the figure table of the last run)."""
+    SESSION_ROWS.append(row)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     rows = [r for r in rows if r["scenario"] != row.scenario] + [asdict(row)]

@@ -19,6 +19,8 @@ from services.ingest.settings import IngestSettings
 from shared.subjects import DATA
 from tests.conftest import S3Endpoint
 
+pytestmark = pytest.mark.chaos
+
 MAX_BODY = 64 * 1024
 MAX_BATCH = 20
 TRANSACTION = {

@@ -18,7 +18,7 @@ import pytest
 from shared.subjects import SERVICES
 from tests.chaos.harness import ChaosStack, Producer, Row, measure, record, redeliveries
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 RATE = float(os.environ.get("CHOREO_CHAOS_RATE", "500"))
 BEFORE_S = 4.0  # load before the fault
 AFTER_S = 4.0  # load after the fault ended

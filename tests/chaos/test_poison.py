@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats
+import pytest
 from faststream.nats import NatsMessage
 from nats.aio.client import Client as NATS
 
@@ -24,6 +25,8 @@ from shared.settings import Settings
 from shared.subjects import DATA, DLQ, dlq_subject
 from tests.chaos.harness import RESULTS
 from tests.support import wait_for
+
+pytestmark = pytest.mark.chaos
 
 SERVICE = "poisontest"
 NORMAL = 300

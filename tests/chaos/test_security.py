@@ -19,6 +19,8 @@ from services.ingest.settings import IngestSettings
 from tests.chaos.harness import ChaosStack
 from tests.support import serve, wait_for
 
+pytestmark = pytest.mark.chaos
+
 SALE = {
     "order_id": "o-1",
     "day": "2024-01-15",

@@ -181,6 +181,24 @@ def test_sales_report_produces_the_report_and_the_notification(
     assert run["outputs"]["send-notification"]["seq"] >= 1
 
 
+def test_fraud_detection_scores_the_sample_and_reports_alerts(
+    stack: dict[str, Any], data_dir: Path
+) -> None:
+    workflow = ROOT / "workflows/fraud-detection/workflow.json"
+    result = choreo("run", str(workflow), "--json", data_dir=data_dir)
+    run = json.loads(result.stdout)
+    assert run["status"] == "completed", result.stdout
+    score = run["outputs"]["score"]
+    labels = (ROOT / "workflows/fraud-detection/labels.ndjson").read_text().splitlines()
+    assert score["scored"] == len(labels)
+    assert score["alerts"] == score["decisions"]["review"] + score["decisions"]["block"] > 0
+    report = json.loads(choreo("get", score["uri"], data_dir=data_dir).stdout)
+    assert len(report["alerts"]) == score["alerts"]
+    frauds = {json.loads(line)["transaction_id"] for line in labels if '"is_fraud": true' in line}
+    caught = {a["transaction_id"] for a in report["alerts"]} & frauds
+    assert len(caught) >= 0.6 * len(frauds), "the shipped model should catch most of them"
+
+
 def test_an_invalid_workflow_exits_2_with_every_problem(data_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(
@@ -218,9 +236,7 @@ def test_a_killed_service_is_reported_and_restarted(stack: dict[str, Any], data_
     assert ready.status_code == 200
 
 
-def test_a_stopped_part_stays_stopped_until_started(
-    stack: dict[str, Any], data_dir: Path
-) -> None:
+def test_a_stopped_part_stays_stopped_until_started(stack: dict[str, Any], data_dir: Path) -> None:
     def status() -> dict[str, Any]:
         part: dict[str, Any] = json.loads(choreo("ps", "--json", data_dir=data_dir).stdout)[
             "parts"
