@@ -137,6 +137,7 @@ async def test_a_step_failing_twice_then_succeeding_records_attempt_3(
     ]
 
 
+@pytest.mark.chaos  # bad workflows: docs/reliability.md
 async def test_a_step_that_always_fails_fails_the_run_and_skips_dependents(
     js: JetStreamContext, db: asyncpg.Connection
 ) -> None:
@@ -166,6 +167,7 @@ async def test_a_step_that_always_fails_fails_the_run_and_skips_dependents(
     assert steps["bad"]["attempt"] == 2
 
 
+@pytest.mark.chaos  # bad workflows: docs/reliability.md
 async def test_missing_upstream_field_and_timeout_end_the_run_with_the_reason(
     js: JetStreamContext, db: asyncpg.Connection
 ) -> None:
