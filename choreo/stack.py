@@ -83,7 +83,13 @@ def nats_users(creds: Credentials) -> list[NatsUser]:
     users = [NatsUser(ADMIN, creds.nats[ADMIN])]
     for service, perms in SERVICE_PERMISSIONS.items():
         users.append(
-            NatsUser(service, creds.nats[service], perms.publish_allow(), perms.subscribe_allow())
+            NatsUser(
+                service,
+                creds.nats[service],
+                perms.publish_allow(),
+                perms.subscribe_allow(),
+                perms.publish_deny(),
+            )
         )
     return users
 

@@ -53,7 +53,8 @@ def _users() -> list[str]:
     for service, perms in SERVICE_PERMISSIONS.items():
         lines.append(
             f"    {{user: {_q(service)}, password: ${password_variable(service)}, "
-            f"permissions: {{publish: {_subjects(perms.publish_allow())}, "
+            f"permissions: {{publish: {{allow: {_subjects(perms.publish_allow())}, "
+            f"deny: {_subjects(perms.publish_deny())}}}, "
             f"subscribe: {_subjects(perms.subscribe_allow())}}}}}"
         )
     return lines

@@ -81,6 +81,21 @@ def object_store_subjects(bucket: str) -> tuple[str, ...]:
     return (f"$O.{bucket}.>", f"$JS.FC.OBJ_{bucket}.>")
 
 
+def destructive_api(streams: tuple[str, ...]) -> tuple[str, ...]:
+    """JetStream API subjects that delete or purge a stream, or delete a message of it:
+    no service needs them on Choreo's streams, so every service user is denied them (the
+    CLI's admin user keeps them)."""
+    return tuple(
+        f"$JS.API.{action}.{stream}"
+        for stream in streams
+        for action in ("STREAM.DELETE", "STREAM.PURGE", "STREAM.MSG.DELETE")
+    )
+
+
+# The event streams and the workflow run-state KV bucket's stream.
+PROTECTED_STREAMS = (*(spec.name for spec in STREAMS), "KV_choreo_runs")
+
+
 @dataclass(frozen=True)
 class Permissions:
     """The NATS subjects one service's user may publish and subscribe to."""
@@ -98,6 +113,10 @@ class Permissions:
 
     def publish_allow(self) -> list[str]:
         return [*self.publish, *self.jetstream, *self.buckets]
+
+    def publish_deny(self) -> list[str]:
+        """Denied even though `$JS.API.>` is allowed: deny wins in NATS."""
+        return list(destructive_api(PROTECTED_STREAMS))
 
     def subscribe_allow(self) -> list[str]:
         return [*self.subscribe, "_INBOX.>"]

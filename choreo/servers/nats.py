@@ -18,6 +18,7 @@ class NatsUser:
     password: str
     publish: list[str] | None = None
     subscribe: list[str] | None = None
+    publish_deny: list[str] | None = None  # refused even where `publish` allows
 
 
 class NatsServer(ServerProcess):
@@ -88,8 +89,11 @@ class NatsServer(ServerProcess):
 def _render_user(user: NatsUser) -> str:
     fields = [f"user: {_q(user.user)}", f"password: {_q(user.password)}"]
     permissions = [
-        f"{kind}: {_permission(subjects)}"
-        for kind, subjects in (("publish", user.publish), ("subscribe", user.subscribe))
+        f"{kind}: {_permission(subjects, deny)}"
+        for kind, subjects, deny in (
+            ("publish", user.publish, user.publish_deny),
+            ("subscribe", user.subscribe, None),
+        )
         if subjects is not None
     ]
     if permissions:
@@ -97,11 +101,14 @@ def _render_user(user: NatsUser) -> str:
     return "{" + ", ".join(fields) + "}"
 
 
-def _permission(subjects: list[str]) -> str:
+def _permission(subjects: list[str], deny: list[str] | None = None) -> str:
     # NATS reads an empty allow list as "no restriction"; we mean "nothing".
     if not subjects:
         return '{deny: [">"]}'
-    return "[" + ", ".join(_q(s) for s in subjects) + "]"
+    allow = "[" + ", ".join(_q(s) for s in subjects) + "]"
+    if not deny:
+        return allow
+    return "{allow: " + allow + ", deny: [" + ", ".join(_q(s) for s in deny) + "]}"
 
 
 def _q(value: str) -> str:

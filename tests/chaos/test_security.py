@@ -80,6 +80,34 @@ async def test_nats_refuses_a_subject_outside_a_service_permissions(
     print(f"NATS refused {len(refused)} of {len(expected)} forbidden publishes")
 
 
+async def test_no_service_can_delete_or_purge_a_stream(
+    stack: ChaosStack, creds: Credentials
+) -> None:
+    """Every service may use the JetStream API, but not to destroy Choreo's streams."""
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    nc = await nats.connect(
+        stack.env["CHOREO_NATS_URL"],
+        user="audit",
+        password=creds.nats["audit"],
+        error_cb=on_error,
+    )
+    js = nc.jetstream(timeout=2)
+    try:
+        before = (await js.stream_info("DATA")).state.messages
+        for attempt in (js.delete_stream("DATA"), js.purge_stream("DATA")):
+            with pytest.raises(nats.errors.Error):
+                await attempt
+        assert (await js.stream_info("DATA")).state.messages >= before
+    finally:
+        await nc.close()
+    assert any("$js.api.stream.delete.data" in r.lower() for r in refused), refused
+    assert any("$js.api.stream.purge.data" in r.lower() for r in refused), refused
+
+
 async def test_a_service_publishing_its_own_subject_is_allowed(
     stack: ChaosStack, creds: Credentials
 ) -> None:

@@ -45,7 +45,11 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     with the admin user and the fraud service's user and permissions."""
     permissions = SERVICE_PERMISSIONS["fraud"]
     fraud = NatsUser(
-        "fraud", FRAUD_PASSWORD, permissions.publish_allow(), permissions.subscribe_allow()
+        "fraud",
+        FRAUD_PASSWORD,
+        permissions.publish_allow(),
+        permissions.subscribe_allow(),
+        permissions.publish_deny(),
     )
     with NatsServer(tmp_path / "nats", [ADMIN, fraud]) as server:
         yield server
