@@ -8,7 +8,9 @@ from bench import (
     ingest,
     lander,
     pathway_sales,
+    profile,
     sales_report,
+    suite,
     workflows,
 )
 
@@ -18,7 +20,9 @@ BENCHMARKS = {
     "ingest": ingest.main,
     "lander": lander.main,
     "pathway_streaming": pathway_sales.main,
+    "profile": profile.main,
     "sales_report": sales_report.main,
+    "suite": suite.main,
     "workflows": workflows.main,
 }
 

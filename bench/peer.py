@@ -7,9 +7,10 @@ untimed (Prefect starts its temporary local server then; Choreo's services are a
 then `repeat` times.
 
 Overhead per task: for Prefect, a task call's wall time minus its body's (measured inside
-it), and no-op chains; for Choreo, the run's wall time minus the step bodies on its
-critical path (`step_runs.duration_s`; query -> report -> store -> the longer of log and
-notify), divided by those 4 steps, and the no-op chains of bench/workflows.py.
+it), and the median call of a no-op task in chains; for Choreo, the run's wall time minus
+the step bodies on its critical path (`step_runs.duration_s`; query -> report -> store ->
+the longer of log and notify), divided by those 4 steps, and the no-op chains of
+bench/workflows.py.
 
 The peer lives in bench/peer/ and runs in its own virtual environment, bench/.peer-venv,
 created here from bench/peer/requirements.txt on first use (about 2 minutes) and reused
@@ -22,7 +23,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 import venv
 from datetime import date
@@ -114,8 +114,10 @@ def prefect_runs(
 ) -> dict[str, Any]:
     """The Prefect flow in its own venv and process (Prefect's default local mode)."""
     python = peer_python()
-    assert settings.database_url is not None and settings.s3_endpoint_url is not None
-    assert settings.s3_access_key is not None and settings.s3_secret_key is not None
+    assert settings.database_url is not None
+    assert settings.s3_endpoint_url is not None
+    assert settings.s3_access_key is not None
+    assert settings.s3_secret_key is not None
     config = scratch / "prefect-config.json"
     config.write_text(
         json.dumps(
@@ -143,26 +145,25 @@ def prefect_runs(
     env.pop("PREFECT_API_URL", None)
     answer = subprocess.run(
         [str(python), str(PEER / "prefect_sales_report.py"), str(config)],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
         env=env,
         timeout=PEER_TIMEOUT_S,
     )
+    if answer.returncode:
+        raise RuntimeError(f"the Prefect peer failed: {answer.stderr[-3000:]}")
     result = json.loads(answer.stdout.strip().splitlines()[-1])
     runs = result["runs"]
     tasks = ("query", "aggregate", "store", "log")
-    overheads = [
-        statistics.mean(run[f"{t}_wall_s"] - run[f"{t}_s"] for t in tasks) for run in runs
-    ]
-    chain_s = statistics.median(result["chains_s"]) - statistics.median(result["empty_flow_s"])
+    overheads = [statistics.mean(run[f"{t}_wall_s"] - run[f"{t}_s"] for t in tasks) for run in runs]
     return {
         "runs": len(runs),
         "warm_up_s": round(result["warm_up_s"], 3),
         "wall_median_s": round(statistics.median(r["wall_s"] for r in runs), 3),
         "wall_min_s": round(min(r["wall_s"] for r in runs), 3),
         "overhead_per_task_ms": round(statistics.median(overheads) * 1000, 1),
-        "noop_task_ms": round(chain_s / chain_length * 1000, 2),
+        "noop_task_ms": round(statistics.median(result["noop_task_s"]) * 1000, 2),
     }
 
 
@@ -188,7 +189,3 @@ def compare(
             choreo["wall_median_s"] / prefect["wall_median_s"], 3
         ),
     }
-
-
-if __name__ == "__main__":  # the peer venv alone: python -m bench.peer
-    print(peer_python(), file=sys.stderr)

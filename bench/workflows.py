@@ -45,8 +45,11 @@ async def wait_all(db: asyncpg.Connection, runids: list[str], within: float) -> 
         await asyncio.sleep(0.05)
 
 
-async def run(chain_length: int, chains: int, concurrent: int) -> dict[str, Any]:
-    settings = ClientSettings.load()
+async def run(
+    chain_length: int, chains: int, concurrent: int, settings: ClientSettings | None = None
+) -> dict[str, Any]:
+    """`settings` name the stack (default: the one CHOREO_DATA_DIR or .choreo points at)."""
+    settings = settings or ClientSettings.load()
     assert settings.database_url is not None
     db = await asyncpg.connect(settings.database_url.get_secret_value())
     try:

@@ -24,6 +24,7 @@ UP_TIMEOUT_S = 120.0
 
 def main() -> None:
     # Workflow commands register themselves on the same app.
+    import choreo.cli_bench
     import choreo.cli_fraud
     import choreo.cli_objects
     import choreo.cli_runs  # noqa: F401

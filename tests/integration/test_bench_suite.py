@@ -1,0 +1,107 @@
+"""The benchmark suite's own correctness: its tiny mode runs every section end to end and
+its JSON has every field the README explains. No figure is judged (timings never are in
+tests); counts are, because a benchmark that lost events would measure the wrong thing.
+
+It starts its own servers and embedded stack, like `choreo bench`, and the Prefect peer's
+virtual environment (bench/.peer-venv; installed on first use, about 2 minutes).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LATENCY = {"events", "p50_ms", "p99_ms", "p99_9_ms"}
+STAGE = {"events", "replicas", "seconds", "events_per_s", "service_cpu_s"}
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def figures() -> dict[str, Any]:
+    """One tiny run of the whole suite, as the JSON it saved."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "suite", "--tiny", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
+    saved = Path(done.stdout.rsplit("saved ", 1)[1].strip())
+    assert json.loads(saved.read_text()) == document
+    saved.unlink()
+    figures: dict[str, Any] = document["figures"]
+    return figures
+
+
+def test_ceilings_and_stages(figures: dict[str, Any]) -> None:
+    ceilings = figures["ceilings"]
+    assert ceilings["c_hop"].keys() >= {"publish_per_s", "consume_per_s", "per_s"}
+    assert ceilings["c_copy"]["per_s"] > 0
+    assert ceilings["c_put"].keys() >= {"objects_per_s", "mb_per_s"}
+    assert set(figures["stages"]) == {"ingest", "store-lander", "audit", "fraud"}
+    for stage in figures["stages"].values():
+        assert stage.keys() >= {*STAGE, "ratio_to_c_hop"}
+        assert stage["events"] == 300
+    assert "ratio_to_c_copy" in figures["stages"]["audit"]
+    for service in ("audit", "fraud"):
+        assert set(figures["scaling"][service]) == {"1", "2"}
+        assert figures["scaling"][service]["2"]["replicas"] == 2
+
+
+def test_streaming(figures: dict[str, Any]) -> None:
+    streaming = figures["streaming"]
+    assert streaming["max_sustainable_per_s"] > 0
+    assert streaming["probes"]
+    assert set(streaming["at"]) == {"50pct", "80pct", "1000_per_s"}
+    for point in streaming["at"].values():
+        assert point["acked"] == point["events"]
+        assert point["drained"]
+        for stop in ("audit_row", "lake_object", "fraud_scored"):
+            assert point["latency"][stop].keys() == LATENCY
+            assert point["latency"][stop]["events"] == point["events"], stop
+    cpu = streaming["cpu_percent_at_80pct"]
+    assert cpu.keys() >= {"nats", "s3", "postgres", "ingest", "store", "audit", "fraud"}
+    assert cpu.keys() >= {"loadgen", "bench"}
+
+
+def test_workflows_and_peer(figures: dict[str, Any]) -> None:
+    workflows = figures["workflows"]
+    assert workflows["runs_completed"] == workflows["concurrent_runs"]
+    assert workflows.keys() >= {"step_overhead_p50_ms", "runs_per_s"}
+    sales = figures["sales_report"]
+    for side, overhead in (("choreo", "overhead_per_step_ms"), ("prefect", "overhead_per_task_ms")):
+        assert sales[side].keys() >= {"runs", "wall_median_s", overhead}
+    assert "noop_task_ms" in sales["prefect"]
+    assert sales["wall_ratio_choreo_to_prefect"] > 0
+
+
+def test_every_ratio_is_summarised(figures: dict[str, Any]) -> None:
+    ratios = figures["ratios"]
+    expected = {
+        "ingest_to_c_hop",
+        "store-lander_to_c_hop",
+        "audit_to_c_hop",
+        "fraud_to_c_hop",
+        "audit_rows_to_c_copy",
+        "audit_x2_to_x1",
+        "fraud_x2_to_x1",
+        "max_sustainable_tx_per_s",
+        "fraud_scored_p99_ms_at_50pct",
+        "fraud_scored_p99_ms_at_1000_per_s",
+        "step_overhead_p50_ms",
+        "runs_per_s_concurrent",
+        "sales_report_choreo_to_prefect_wall",
+        "choreo_overhead_per_step_ms",
+        "prefect_overhead_per_task_ms",
+    }
+    assert ratios.keys() >= expected
+    for row in ratios.values():
+        assert row.keys() == {"value", "goal", "met"}
