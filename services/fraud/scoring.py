@@ -44,7 +44,7 @@ from services.fraud.snapshot import (
     SnapshotStore,
     Verdict,
     decode,
-    encode,
+    encode_detached,
     object_name,
     read_range,
 )
@@ -339,9 +339,9 @@ class FraudScoring:
             pass
         else:
             self._forget_acked(info.ack_floor.stream_seq or 0)
-        # Encoded without an await in between: a consistent cut between two chunks.
+        # The fork in encode_detached is the cut: the state as of `seq`, between two chunks.
         seq = self.applied_seq
-        data = encode(
+        data = await encode_detached(
             Snapshot(self.partition, self.partitions, seq, self.scorer.state, self.pending)
         )
         await store.save(data)

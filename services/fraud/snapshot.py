@@ -14,11 +14,16 @@ field added to `services.fraud.domain` with a default is carried without changes
 a snapshot written before it existed loads with the default.
 """
 
+import asyncio
+import gc
 import json
 import math
+import os
+import signal
 import types
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -40,6 +45,7 @@ FORMAT = "choreo.fraud.snapshot"
 VERSION = 1
 REPLAY_BATCH = 1_000
 REPLAY_WAIT_S = 2.0
+ENCODE_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,52 @@ def object_name(partition: int, partitions: int) -> str:
 def encode(snapshot: Snapshot) -> bytes:
     doc = {"format": FORMAT, "version": VERSION, **_to_json(snapshot)}
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def encode_detached(snapshot: Snapshot, timeout_s: float = ENCODE_TIMEOUT_S) -> bytes:
+    """`encode(snapshot)` in a forked child process.
+
+    The fork is a copy-on-write image of the state at this instant, so the event loop goes
+    on scoring (and changing the state) while the child encodes: only the fork itself, a
+    few milliseconds, pauses it. Encoding in the loop instead stalled scoring for about
+    0.35 s per 100,000 transactions of state, every snapshot (the p99 of bench/streaming).
+    """
+    if not hasattr(os, "fork"):
+        return encode(snapshot)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: encode, write, leave without any cleanup of the parent's
+        os.close(read_fd)
+        code = 1
+        try:
+            # Signals are the parent's business: none may reach its event loop from here.
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            gc.disable()  # nothing to collect in a process that lives a second
+            data = encode(snapshot)
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_collect, read_fd, pid), timeout_s)
+    except TimeoutError:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # its pipe closes, which ends the reading thread
+        raise SnapshotError(f"encoding the snapshot took over {timeout_s:g} s") from None
+
+
+def _collect(read_fd: int, pid: int) -> bytes:
+    """What the encoding child wrote, once it exited successfully."""
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SnapshotError(f"the snapshot's encoding process failed (status {status})")
+    return data
 
 
 def decode(raw: bytes, partition: int, partitions: int) -> Snapshot:

@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import aioboto3
 import asyncpg
 import httpx
 import nats
+import psutil
 from nats.js import JetStreamContext
 
 from choreo.generate import generate
@@ -64,6 +66,7 @@ class ChaosStack:
 
     def down(self) -> None:
         choreo("down", data_dir=self.data_dir, check=False)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def parts(self) -> dict[str, Any]:
         parts: dict[str, Any] = json.loads(choreo("ps", "--json", data_dir=self.data_dir).stdout)[
@@ -85,6 +88,18 @@ class ChaosStack:
                 return
             await asyncio.sleep(0.2)
         raise AssertionError(f"{part} not ready again within 90 s")
+
+    def orphans(self) -> list[int]:
+        """Pids of processes started for this stack whose parent is gone (e.g. a child of a
+        killed service that outlived it)."""
+        found = []
+        for process in psutil.process_iter(["pid", "ppid"]):
+            with contextlib.suppress(psutil.Error):
+                if process.info["ppid"] == 1 and process.environ().get(
+                    "CHOREO_DATA_DIR", ""
+                ).startswith(str(self.data_dir / "services")):
+                    found.append(process.info["pid"])
+        return found
 
     def stop(self, part: str) -> None:
         choreo("stop", part, data_dir=self.data_dir)

@@ -59,6 +59,8 @@ async def test_sigkill_of_a_service_loses_and_duplicates_nothing(
         await stack.kill(service)
 
     await under_load(f"SIGKILL {service} x2", stack, kill_twice)
+    # A killed service takes its children with it (transform's Pathway pipeline).
+    assert stack.orphans() == []
 
 
 async def test_nats_server_killed_and_restarted(stack: ChaosStack) -> None:

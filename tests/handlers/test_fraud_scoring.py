@@ -1,6 +1,7 @@
 """The fraud consumer's pure parts: partitions, the events it publishes, its settings and
 the snapshot format (exact, versioned, one partition's)."""
 
+import asyncio
 import copy
 import uuid
 import zlib
@@ -20,6 +21,7 @@ from services.fraud.snapshot import (
     Verdict,
     decode,
     encode,
+    encode_detached,
     object_name,
 )
 from shared.envelope import Event
@@ -120,6 +122,20 @@ def test_a_snapshot_restores_the_state_exactly() -> None:
     restored.state = loaded.state
     for tx in rest:
         assert restored.score(tx) == scorer.score(tx)
+
+
+async def test_a_detached_snapshot_is_the_state_at_the_fork() -> None:
+    """Encoded in a forked child: the same bytes as encoding in place, even though the
+    state changes (scoring goes on) while the child encodes."""
+    scorer, rest = scored_state(3000, seed=12)
+    snapshot = Snapshot(0, 1, 99, scorer.state, {})
+    expected = encode(Snapshot(0, 1, 99, copy.deepcopy(scorer.state), {}))
+    detached = asyncio.create_task(encode_detached(snapshot))
+    await asyncio.sleep(0)  # the fork happens here, before the state changes below
+    for tx in rest[:200]:
+        scorer.score(tx)
+    assert await detached == expected
+    assert encode(snapshot) != expected  # the live state did move on
 
 
 def test_a_snapshot_is_standard_json_with_exact_floats() -> None:
