@@ -23,8 +23,10 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 import venv
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,12 @@ REPORT_DATE = "2024-01-15"
 PEER_TIMEOUT_S = 900
 
 
-def peer_python(log: Any = print) -> Path:
+def _to_stderr(message: str) -> None:
+    """Progress goes to stderr: stdout may be the suite's JSON."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def peer_python(log: Callable[[str], None] = _to_stderr) -> Path:
     """The peer venv's interpreter; (re)creates the venv when the requirements changed."""
     python = PEER_VENV / "bin" / "python"
     stamp = PEER_VENV / "requirements.sha256"

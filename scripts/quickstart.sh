@@ -26,6 +26,13 @@ echo "==> Seeding the sample sales database and running workflows/sales-report"
 choreo seed sales
 choreo run workflows/sales-report/workflow.json --input date=2024-01-15
 
+echo "==> Scoring a file of card transactions for fraud (workflows/fraud-detection)"
+choreo run workflows/fraud-detection/workflow.json
+echo "==> Posting the same transactions to ingest: the fraud service scores them live"
+choreo publish transaction --file workflows/fraud-detection/transactions.ndjson
+sleep 2
+choreo fraud alerts --since 1h --limit 5
+
 cat <<'DONE'
 
 The stack keeps running in the background:
