@@ -7,9 +7,11 @@ the consumer starts, so /readyz answers only once scores are right; it is saved 
 interval and on a graceful stop.
 """
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
 
-from faststream.nats import PullSub
+from faststream.nats import NatsBroker, PullSub
 
 from services.fraud.scoring import INPUT, FraudScoring
 from services.fraud.settings import FraudSettings
@@ -18,7 +20,7 @@ from shared.consumer import BatchMessage, message_subscription
 from shared.jetstream import jetstream
 from shared.metrics import Metrics
 from shared.s3 import open_s3
-from shared.service import Service, build_service, create_broker
+from shared.service import ReadinessCheck, Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
 from shared.subjects import DATA
@@ -46,6 +48,30 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
     async def s3_ready() -> None:
         await client.get().list_buckets()
 
+    resources: list[Callable[[], AbstractAsyncContextManager[Any]]] = [
+        lambda: open_s3(config, client)
+    ]
+    checks: dict[str, ReadinessCheck] = {"s3": s3_ready}
+    if config.fraud_scoring_enabled:
+        _subscribe(broker, config, scoring)
+        resources.append(lambda: scoring.running(lambda: jetstream(broker)))
+        checks["state"] = scoring.ready
+
+    return build_service(
+        NAME,
+        config,
+        broker,
+        metrics,
+        resources=resources,
+        checks=checks,
+        choreography=choreography,
+        description="Scores payments for fraud in real time.",
+    )
+
+
+def _subscribe(broker: NatsBroker, config: FraudSettings, scoring: FraudScoring) -> None:
+    """The live scoring: this replica's durable consumer of `data.transaction`."""
+
     async def on_transactions(msg: BatchMessage) -> None:
         await scoring.receive(msg.raw_message)
 
@@ -64,20 +90,6 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
         description="Scores the transactions of this replica's partition of the cards, in "
         "stream order: fraud.scored always, fraud.alert unless the decision is allow.",
     )(on_transactions)
-
-    return build_service(
-        NAME,
-        config,
-        broker,
-        metrics,
-        resources=[
-            lambda: open_s3(config, client),
-            lambda: scoring.running(lambda: jetstream(broker)),
-        ],
-        checks={"state": scoring.ready, "s3": s3_ready},
-        choreography=choreography,
-        description="Scores payments for fraud in real time.",
-    )
 
 
 def _fraud_settings(settings: Settings | None) -> FraudSettings:

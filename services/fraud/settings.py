@@ -9,6 +9,9 @@ from shared.settings import Settings
 
 
 class FraudSettings(Settings):
+    # False: a replica that only runs the fraud workflow steps (fraud.score_batch), which
+    # may scale freely; live scoring needs one replica per partition (below).
+    fraud_scoring_enabled: bool = True
     # Replicas split the cards between them: a replica scores the transactions whose
     # card hashes to its partition (services/fraud/scoring.py). Give every replica the same
     # partition count and a different partition, 0 <= partition < partitions.

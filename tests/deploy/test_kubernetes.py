@@ -21,7 +21,13 @@ CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
 # Not autoscaled, on purpose (k8s/base/autoscaling/scaledobjects.yaml says why).
+# The lake lander (store) and live fraud scoring (partitioned by card) do not scale; their
+# workflow steps do, as the Deployments `store-steps` and `fraud-steps`.
 NOT_AUTOSCALED = {"store", "fraud"}
+STEP_REPLICAS = {
+    "store-steps": "CHOREO_LANDER_ENABLED",
+    "fraud-steps": "CHOREO_FRAUD_SCORING_ENABLED",
+}
 WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 
 Manifest = dict[str, Any]
@@ -103,6 +109,23 @@ def test_each_service_runs_its_module_with_its_probes_and_secrets(
             assert refs[0] in secrets
 
 
+def test_store_and_fraud_scale_their_steps_without_the_single_writers(
+    manifests: list[Manifest],
+) -> None:
+    """`store-steps` and `fraud-steps` run the same module as store and fraud, with the
+    lake lander or the live scoring switched off; the originals keep a fixed count."""
+    deployments = by_kind(manifests, "Deployment")
+    for name, switch in STEP_REPLICAS.items():
+        service = name.removesuffix("-steps")
+        steps = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        original = deployments[service]["spec"]["template"]["spec"]["containers"][0]
+        assert steps["command"] == original["command"]
+        assert steps["envFrom"] == original["envFrom"]
+        assert {"name": switch, "value": "false"} in steps["env"]
+        assert not any(e["name"] == switch for e in original["env"])
+        assert deployments[service]["spec"]["replicas"] == 1
+
+
 def test_nats_is_a_three_node_jetstream_cluster(manifests: list[Manifest]) -> None:
     nats = by_kind(manifests, "StatefulSet")["nats"]
     assert nats["spec"]["replicas"] == 3
@@ -124,7 +147,7 @@ def test_consumer_services_scale_on_their_jetstream_consumer_lag(manifests: list
     deployments = by_kind(manifests, "Deployment")
     scaled = by_kind(manifests, "ScaledObject")
     streams = {spec.name for spec in STREAMS}
-    assert set(scaled) == set(SERVICES) - NOT_AUTOSCALED
+    assert set(scaled) == set(SERVICES) - NOT_AUTOSCALED | set(STEP_REPLICAS)
     for name, scaled_object in scaled.items():
         spec = scaled_object["spec"]
         assert spec["scaleTargetRef"]["name"] in deployments
@@ -145,7 +168,7 @@ def test_every_pod_has_a_disruption_budget_and_traffic_is_denied_by_default(
         for b in manifests
         if b["kind"] == "PodDisruptionBudget"
     ]
-    assert set(SERVICES) | {"nats"} <= set(budgets)
+    assert set(SERVICES) | set(STEP_REPLICAS) | {"nats"} <= set(budgets)
     policies = by_kind(manifests, "NetworkPolicy")
     deny = policies["default-deny"]["spec"]
     assert deny["podSelector"] == {}
@@ -161,5 +184,5 @@ def test_prometheus_scrapes_every_service(manifests: list[Manifest]) -> None:
     scraped = {
         n for n, s in services.items() if selector.items() <= s["metadata"]["labels"].items()
     }
-    assert scraped == set(SERVICES)
+    assert scraped == set(SERVICES) | set(STEP_REPLICAS)
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"

@@ -28,7 +28,7 @@ from services.fraud.snapshot import SnapshotStore, object_name, read_range
 from shared.envelope import Event
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
-from shared.subjects import FRAUD, FRAUD_STATE_BUCKET, SERVICE_PERMISSIONS
+from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET, SERVICE_PERMISSIONS
 from tests.conftest import S3Endpoint
 from tests.support import serve, settings_env, wait_for
 
@@ -207,6 +207,23 @@ async def test_every_transaction_is_scored_and_the_risky_ones_alerted(
     for decision, n in decisions.items():
         line = f'choreo_fraud_decisions_total{{decision="{decision}",service="fraud"}} {n}.0'
         assert line in metrics
+
+
+async def test_a_steps_only_replica_scores_nothing_live(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    """CHOREO_FRAUD_SCORING_ENABLED=false: the replica runs workflow steps only (it may
+    scale freely), with no consumer of data.transaction and no state to restore."""
+    js = admin.jetstream()
+    settings = fraud_settings(nats_server, s3_endpoint, tmp_path, fraud_scoring_enabled=False)
+    async with serve(create_app(settings)) as http:
+        await publish(js, as_events(card_history("card-s", "term-9", n=3)))
+        ready = await http.get("/readyz")
+        await asyncio.sleep(0.5)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"nats": "ok", "s3": "ok"}
+    assert [c.name for c in await js.consumers_info(DATA.name)] == []
+    assert await count(js, "fraud.scored") == 0
 
 
 async def test_a_transaction_that_cannot_be_scored_is_dead_lettered(
