@@ -26,6 +26,8 @@ from services.transform.app import create_app as transform_app
 from shared.envelope import Event
 from shared.settings import Settings
 from shared.workflow import events as ev
+from shared.workflow.state import BUCKET as RUNS_BUCKET
+from shared.workflow.state import RunStore
 from tests.deploy.support import ROOT
 from tests.support import serve, wait_for
 
@@ -124,6 +126,10 @@ async def test_every_catalogued_and_dashboard_metric_is_exported(
             "steps": [{"id": "log", "uses": "audit.log", "with": {"message": "metrics"}}],
         }
         runid = await request_run(js, workflow, {})
+        # Once the run is recorded, a request for a step it lacks fails and is retried (an
+        # unknown run would be dead-lettered at once, without the retries this needs).
+        runs = RunStore(await js.key_value(RUNS_BUCKET))
+        await wait_for(lambda: runs.run(runid), lambda record: record is not None, within=30)
         # A request for a step the run does not have: it fails, is retried, then dead-lettered.
         bad = Event(
             type=ev.step_requested("audit"),
