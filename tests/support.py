@@ -2,9 +2,13 @@
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -41,6 +45,18 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"still not done after {within} s; last result: {result!r}")
         await asyncio.sleep(interval)
+
+
+def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, on `data_dir`, with none of this process's CHOREO_*."""
+    return subprocess.run(
+        [sys.executable, "-m", "choreo", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=check,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")},
+    )
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -17,8 +17,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -36,21 +34,11 @@ from nats.js import JetStreamContext
 
 from choreo.generate import generate
 from shared.subjects import DATA, DLQ, FRAUD
+from tests.support import choreo
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
 SESSION_ROWS: list["Row"] = []  # printed at the end of the test run (tests/chaos/conftest.py)
-
-
-def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "choreo", *args, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=check,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")},
-    )
 
 
 class ChaosStack:

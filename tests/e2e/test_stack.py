@@ -22,21 +22,10 @@ import pytest
 from choreo.servers.process import alive
 from shared.ids import uuid7
 from shared.subjects import SERVICES
-from tests.support import wait_for
+from tests.support import choreo, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "choreo", *args, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=check,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")},
-    )
 
 
 @pytest.fixture(scope="module")
