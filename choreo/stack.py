@@ -81,17 +81,16 @@ class ServiceProcess(ServerProcess):
 def nats_users(creds: Credentials) -> list[NatsUser]:
     """The admin user (the CLI) and one user per service with its subject permissions."""
     users = [NatsUser(ADMIN, creds.nats[ADMIN])]
-    for service, perms in SERVICE_PERMISSIONS.items():
-        users.append(
-            NatsUser(
-                service,
-                creds.nats[service],
-                perms.publish_allow(),
-                perms.subscribe_allow(),
-                perms.publish_deny(),
-            )
-        )
+    users += [service_user(service, creds.nats[service]) for service in SERVICE_PERMISSIONS]
     return users
+
+
+def service_user(service: str, password: str) -> NatsUser:
+    """A service's NATS user with exactly its permissions (shared/subjects.py)."""
+    perms = SERVICE_PERMISSIONS[service]
+    return NatsUser(
+        service, password, perms.publish_allow(), perms.subscribe_allow(), perms.publish_deny()
+    )
 
 
 def s3_identities(creds: Credentials, settings: Settings) -> list[S3Identity]:

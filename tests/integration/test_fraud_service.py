@@ -19,7 +19,7 @@ from nats.js.errors import ObjectNotFoundError
 from choreo.generate import generate
 from choreo.servers.nats import NatsServer, NatsUser
 from choreo.servers.ports import free_port
-from choreo.stack import ServiceProcess
+from choreo.stack import ServiceProcess, service_user
 from services.fraud.app import create_app
 from services.fraud.domain import Scorer
 from services.fraud.scoring import partition_of
@@ -28,7 +28,7 @@ from services.fraud.snapshot import SnapshotStore, object_name, read_range
 from shared.envelope import Event
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
-from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET, SERVICE_PERMISSIONS
+from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET
 from tests.conftest import S3Endpoint
 from tests.support import serve, settings_env, wait_for
 
@@ -43,14 +43,7 @@ Tx = dict[str, Any]
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server of the test's own (no stream, consumer or snapshot of another test),
     with the admin user and the fraud service's user and permissions."""
-    permissions = SERVICE_PERMISSIONS["fraud"]
-    fraud = NatsUser(
-        "fraud",
-        FRAUD_PASSWORD,
-        permissions.publish_allow(),
-        permissions.subscribe_allow(),
-        permissions.publish_deny(),
-    )
+    fraud = service_user("fraud", FRAUD_PASSWORD)
     with NatsServer(tmp_path / "nats", [ADMIN, fraud]) as server:
         yield server
 

@@ -25,12 +25,13 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
 from choreo.servers.nats import NatsServer, NatsUser
+from choreo.stack import service_user
 from services.transform.streaming import StreamingConfig, StreamingSupervisor, StreamReader
 from shared.envelope import Event
 from shared.ids import uuid7
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
-from shared.subjects import SERVICE_PERMISSIONS, data_subject
+from shared.subjects import data_subject
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -43,13 +44,7 @@ WITHIN_S = 90.0  # a start imports Pathway and replays its log: seconds on a bus
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server with the admin user and the transform service's user."""
-    permissions = SERVICE_PERMISSIONS["transform"]
-    transform = NatsUser(
-        "transform",
-        TRANSFORM_PASSWORD,
-        permissions.publish_allow(),
-        permissions.subscribe_allow(),
-    )
+    transform = service_user("transform", TRANSFORM_PASSWORD)
     with NatsServer(tmp_path / "nats", [ADMIN, transform]) as server:
         yield server
 
