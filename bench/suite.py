@@ -8,11 +8,14 @@ Sections (each measured with what bounds or compares with it, in the same run):
   scaling runs (1, 2, 4 replicas of fraud and audit) -- bench/stages.py;
 - `streaming`: open-loop load through the embedded stack: max sustainable rate, latencies
   at 50% and 80% of it and at 1,000 tx/s, CPU per process, `--soak` RSS -- bench/streaming.py;
-- `workflows`: per-step overhead and runs/s (bench/workflows.py) and `sales-report` next
-  to its Prefect peer (bench/peer.py), on the same stack as `streaming`.
+- `workflows`: per-step overhead and runs/s (bench/workflows.py), on the same stack as
+  `streaming`;
+- `peer`: `sales-report` next to its Prefect peer (bench/peer.py), on the same stack.
 
 `--quick` finishes in a few minutes with short windows and small sizes; `--tiny` is the
-test's mode (tests/integration/test_bench_suite.py): every field, figures meaningless.
+test's mode (tests/integration/test_bench_suite.py): every field, figures meaningless. The
+test leaves out `peer`: the peer installs Prefect into a venv of its own and starts
+Prefect's temporary server, neither of which is Choreo's to test.
 The JSON goes to bench/results/suite-<UTC time>.json (see bench/README.md for its fields).
 """
 
@@ -31,7 +34,8 @@ from bench.stages import run_stages
 from choreo.client import ClientSettings
 from shared.logs import configure_logging
 
-SECTIONS = ("stages", "streaming", "workflows")
+SECTIONS = ("stages", "streaming", "workflows", "peer")
+ON_THE_STACK = ("streaming", "workflows", "peer")
 SOAK_S = 600.0
 FRAUD_P99_GOAL_MS = 50.0
 
@@ -69,7 +73,7 @@ def run_suite(
     }
     if "stages" in sections:
         figures.update(run_stages(sizes.stage_events, sizes.put_objects, sizes.replicas, _log))
-    if "streaming" in sections or "workflows" in sections:
+    if set(ON_THE_STACK) & set(sections):
         with streaming.embedded_stack(_log) as (stack, scratch):
             settings = ClientSettings.load(stack.root)
             if "streaming" in sections:
@@ -88,6 +92,7 @@ def run_suite(
                 figures["workflows"] = asyncio.run(
                     workflows.run(sizes.chain, sizes.chains, sizes.concurrent_runs, settings)
                 )
+            if "peer" in sections:
                 _log("sales-report: Choreo and the Prefect peer")
                 figures["sales_report"] = peer.compare(
                     settings,

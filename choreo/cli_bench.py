@@ -21,7 +21,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 def bench(
     name: Annotated[
         str | None,
-        typer.Argument(help="One section: stages, streaming or workflows (default: all)."),
+        typer.Argument(help="One section: stages, streaming, workflows or peer (default: all)."),
     ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="Short windows and small sizes (a few minutes).")

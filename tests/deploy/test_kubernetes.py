@@ -160,6 +160,28 @@ def test_consumer_services_scale_on_their_jetstream_consumer_lag(manifests: list
             assert int(metadata["lagThreshold"]) > 0
 
 
+# The least replicas each overlay keeps of what KEDA scales (its ScaledObject's minimum).
+MIN_REPLICAS = {"dev": {}, "prod": {"ingest": 2, "audit": 2}}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_alone_owns_the_replica_count_of_what_it_scales(overlay: str) -> None:
+    """A Deployment with `spec.replicas` and a ScaledObject would have its count reset by
+    every `kubectl apply` (and the overlay's minimum undercut by KEDA's)."""
+    manifests = render(overlay)
+    deployments = by_kind(manifests, "Deployment")
+    scaled = by_kind(manifests, "ScaledObject")
+    for scaled_object in scaled.values():
+        target = scaled_object["spec"]["scaleTargetRef"]["name"]
+        assert "replicas" not in deployments[target]["spec"], (overlay, target)
+    for name in NOT_AUTOSCALED:
+        assert deployments[name]["spec"]["replicas"] == 1, (overlay, name)
+    minimums = {n: s["spec"]["minReplicaCount"] for n, s in scaled.items()}
+    for name, least in MIN_REPLICAS[overlay].items():
+        assert minimums[name] == least, (overlay, name)
+    assert all(m == 1 for n, m in minimums.items() if n not in MIN_REPLICAS[overlay])
+
+
 def test_every_pod_has_a_disruption_budget_and_traffic_is_denied_by_default(
     manifests: list[Manifest],
 ) -> None:

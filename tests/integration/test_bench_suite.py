@@ -2,8 +2,10 @@
 its JSON has every field the README explains. No figure is judged (timings never are in
 tests); counts are, because a benchmark that lost events would measure the wrong thing.
 
-It starts its own servers and embedded stack, like `choreo bench`, and the Prefect peer's
-virtual environment (bench/.peer-venv; installed on first use, about 2 minutes).
+It starts its own servers and embedded stack, like `choreo bench`, and leaves out the
+`peer` section: the Prefect peer installs Prefect into a venv of its own and starts
+Prefect's temporary server, neither of which is Choreo's to test (and both are slow and
+flaky on a loaded machine). `choreo bench` runs it.
 """
 
 import json
@@ -19,13 +21,14 @@ LATENCY = {"events", "p50_ms", "p99_ms", "p99_9_ms"}
 STAGE = {"events", "replicas", "seconds", "events_per_s", "service_cpu_s"}
 
 pytestmark = pytest.mark.integration
+ONLY = [arg for section in ("stages", "streaming", "workflows") for arg in ("--only", section)]
 
 
 @pytest.fixture(scope="module")
 def figures() -> dict[str, Any]:
     """One tiny run of the whole suite, as the JSON it saved."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "suite", "--tiny", "--json"],
+        [sys.executable, "-m", "bench", "suite", "--tiny", "--json", *ONLY],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -72,15 +75,11 @@ def test_streaming(figures: dict[str, Any]) -> None:
     assert cpu.keys() >= {"loadgen", "bench"}
 
 
-def test_workflows_and_peer(figures: dict[str, Any]) -> None:
+def test_workflows(figures: dict[str, Any]) -> None:
     workflows = figures["workflows"]
     assert workflows["runs_completed"] == workflows["concurrent_runs"]
     assert workflows.keys() >= {"step_overhead_p50_ms", "runs_per_s"}
-    sales = figures["sales_report"]
-    for side, overhead in (("choreo", "overhead_per_step_ms"), ("prefect", "overhead_per_task_ms")):
-        assert sales[side].keys() >= {"runs", "wall_median_s", overhead}
-    assert "noop_task_ms" in sales["prefect"]
-    assert sales["wall_ratio_choreo_to_prefect"] > 0
+    assert "sales_report" not in figures  # the peer is left out of the tests
 
 
 def test_every_ratio_is_summarised(figures: dict[str, Any]) -> None:
@@ -98,9 +97,6 @@ def test_every_ratio_is_summarised(figures: dict[str, Any]) -> None:
         "fraud_scored_p99_ms_at_1000_per_s",
         "step_overhead_p50_ms",
         "runs_per_s_concurrent",
-        "sales_report_choreo_to_prefect_wall",
-        "choreo_overhead_per_step_ms",
-        "prefect_overhead_per_task_ms",
     }
     assert ratios.keys() >= expected
     for row in ratios.values():
