@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import httpx
 
+from choreo.servers.process import ServerProcess
 from shared.service import Service
 from shared.settings import Settings
 
@@ -45,6 +46,19 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"still not done after {within} s; last result: {result!r}")
         await asyncio.sleep(interval)
+
+
+async def start_process(process: ServerProcess) -> None:
+    """Start a child process (and wait until it is ready) off the event loop. Its readiness
+    wait blocks for seconds on a loaded machine; a blocked loop reads no NATS answers, so
+    requests in flight meanwhile (the test's, or those of services it serves in-process)
+    time out although their answers arrived."""
+    await asyncio.to_thread(process.start)
+
+
+async def stop_process(process: ServerProcess, within: float = 10.0) -> None:
+    """Stop a child process off the event loop (see `start_process`)."""
+    await asyncio.to_thread(process.stop, within)
 
 
 def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:

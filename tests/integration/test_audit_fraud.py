@@ -30,7 +30,7 @@ from shared.envelope import Event
 from shared.ids import uuid7
 from shared.s3 import s3_client
 from shared.settings import Settings
-from tests.support import serve, settings_env, wait_for
+from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -219,13 +219,13 @@ async def test_choreo_fraud_alerts_lists_the_newest_alerts(
     audit = ServiceProcess("audit", int(env["CHOREO_HTTP_PORT"]), env, tmp_path / "audit.log")
     cli_env = {"CHOREO_DATA_DIR": str(tmp_path), "CHOREO_AUDIT_URL": audit.url, "COLUMNS": "250"}
     runner = CliRunner()
-    audit.start()
+    await start_process(audit)
     try:
         table = runner.invoke(app, ["fraud", "alerts", "--since", "10m"], env=cli_env)
         as_json = runner.invoke(app, ["fraud", "alerts", "--json", "--limit", "1000"], env=cli_env)
         bad = runner.invoke(app, ["fraud", "alerts", "--since", "soon"], env=cli_env)
     finally:
-        audit.stop()
+        await stop_process(audit)
     down = runner.invoke(app, ["fraud", "alerts"], env=cli_env)
 
     assert table.exit_code == 0, table.output

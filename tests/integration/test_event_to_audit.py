@@ -19,7 +19,7 @@ from shared.envelope import Event
 from shared.ids import uuid7
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
-from tests.support import serve, settings_env, wait_for
+from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -144,24 +144,24 @@ async def test_stopping_audit_mid_stream_loses_and_duplicates_nothing(
         return ServiceProcess("audit", int(env["CHOREO_HTTP_PORT"]), env, log)
 
     first = audit_process()
-    first.start()
+    await start_process(first)
     at_stop = await wait_for(lambda: count(db, ids), lambda n: n > 0, interval=0.01)
     assert first.pid is not None
     os.kill(first.pid, sig)
     # stop() waits up to 10 s, then SIGKILLs: a -SIGTERM return code means it exited in time
     # (uvicorn re-raises the signal once its graceful shutdown is complete).
-    first.stop(timeout=10.0)
+    await stop_process(first, within=10.0)
     assert first.returncode == -sig, first.log_tail()
     if sig == signal.SIGTERM:
         assert "Application shutdown complete" in first.log_tail()
     assert at_stop < len(ids), "the stop came after the backlog was done: nothing was tested"
 
     second = audit_process()
-    second.start()
+    await start_process(second)
     try:
         total = await wait_for(lambda: count(db, ids), lambda n: n == len(ids), within=60)
     finally:
-        second.stop()
+        await stop_process(second)
     assert total == len(ids)
     duplicates = await db.fetchval(
         "SELECT count(*) - count(DISTINCT id) FROM events WHERE id = ANY($1::text[])", ids

@@ -30,7 +30,7 @@ from shared.jetstream import ensure_streams
 from shared.settings import Settings
 from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET
 from tests.conftest import S3Endpoint
-from tests.support import serve, settings_env, wait_for
+from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -352,7 +352,7 @@ async def test_a_killed_service_restarts_with_the_same_scores(
         return ServiceProcess("fraud", int(env["CHOREO_HTTP_PORT"]), env, tmp_path / log)
 
     first = fraud_process("first.log")
-    first.start()
+    await start_process(first)
     try:
         if snapshot_interval_s < 60:
             await wait_for(lambda: snapshot_exists(js), bool, within=30)
@@ -362,19 +362,19 @@ async def test_a_killed_service_restarts_with_the_same_scores(
         assert first.pid is not None
         os.kill(first.pid, signal.SIGKILL)
     finally:
-        first.stop()
+        await stop_process(first)
     assert first.returncode == -signal.SIGKILL
     assert at_kill < len(transactions), "killed after the backlog was done: nothing was tested"
     assert await snapshot_exists(js) == (snapshot_interval_s < 60)
 
     second = fraud_process("second.log")
-    second.start()
+    await start_process(second)
     try:
         await wait_for(
             lambda: count(js, "fraud.scored"), lambda n: n >= len(transactions), within=90
         )
     finally:
-        second.stop()
+        await stop_process(second)
     restarted = (tmp_path / "second.log").read_text()
     scored = await read(js, FRAUD.name, "fraud.scored")
     ids = Counter(str(e.data["transaction_id"]) for e in scored if isinstance(e.data, dict))

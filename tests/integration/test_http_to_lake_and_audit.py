@@ -20,7 +20,7 @@ from services.store.settings import StoreSettings
 from shared.s3 import s3_client
 from shared.settings import Settings
 from tests.integration.test_lander import LakeReader, consumer_idle, jetstream, unique_type
-from tests.support import serve, settings_env, wait_for
+from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 EVENTS = 10_000
@@ -74,7 +74,7 @@ async def test_posted_events_land_once_in_the_lake_and_the_audit_table(
         return int(count)
 
     first = store()
-    first.start()
+    await start_process(first)
     async with (
         serve(ingest_app(ingest_settings)) as http,
         serve(audit_app(settings)),
@@ -87,10 +87,10 @@ async def test_posted_events_land_once_in_the_lake_and_the_audit_table(
             await wait_for(lake.keys, bool, within=60, interval=0.01)
             assert first.pid is not None
             os.kill(first.pid, signal.SIGKILL)
-            first.stop()
+            await stop_process(first)
             assert len(await lake.ids()) < EVENTS, "the kill came too late to test anything"
             second = store()
-            second.start()
+            await start_process(second)
             try:
                 await posting
                 lines = await wait_for(lake.ids, lambda found: len(set(found)) == EVENTS, within=90)
@@ -99,7 +99,7 @@ async def test_posted_events_land_once_in_the_lake_and_the_audit_table(
                 await wait_for(lambda: consumer_idle(js), bool, within=30)
                 lines = await lake.ids()
             finally:
-                second.stop()
+                await stop_process(second)
         finally:
             posting.cancel()
     assert sorted(lines) == sorted(ids)  # every event in exactly one line of one object

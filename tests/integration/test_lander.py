@@ -40,7 +40,7 @@ from shared.jetstream import ensure_streams
 from shared.lake import seq_range
 from shared.s3 import s3_client
 from shared.settings import Settings
-from tests.support import serve, settings_env, wait_for
+from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -236,22 +236,22 @@ async def test_a_lander_killed_mid_stream_and_restarted_lands_everything_once(
     async with jetstream(settings) as js, s3_client(settings) as s3:
         lake = LakeReader(s3, settings.bucket_raw, [event_type])
         first = store_process()
-        first.start()
+        await start_process(first)
         publishing = asyncio.create_task(publish(js, events, batch=250))
         try:
             await wait_for(lake.keys, bool, within=30, interval=0.01)
             assert first.pid is not None
             os.kill(first.pid, signal.SIGKILL)
-            first.stop()
+            await stop_process(first)
             at_kill = len(await lake.ids())
             assert at_kill < len(events), "the kill came after everything landed: nothing tested"
             second = store_process()
-            second.start()
+            await start_process(second)
             try:
                 await publishing
                 await landed_exactly_once(js, lake, events)
             finally:
-                second.stop()
+                await stop_process(second)
         finally:
             publishing.cancel()
     assert first.returncode == -signal.SIGKILL

@@ -12,7 +12,7 @@ from choreo.runs import request_run
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
 from shared.settings import Settings
-from tests.support import settings_env, wait_for
+from tests.support import settings_env, start_process, stop_process, wait_for
 from tests.workflow_support import step_rows, wait_run_ended, workflow_services
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ async def test_sigkill_of_the_step_owner_mid_step(
         ],
     }
     first = transform()
-    first.start()
+    await start_process(first)
     client = await nats.connect(settings.nats_url)
     try:
         async with workflow_services(settings, transform=False):
@@ -61,13 +61,13 @@ async def test_sigkill_of_the_step_owner_mid_step(
             )
             assert first.pid is not None
             os.kill(first.pid, signal.SIGKILL)
-            first.stop()
+            await stop_process(first)
             second = transform()
-            second.start()
+            await start_process(second)
             try:
                 run = await wait_run_ended(db, runid, within=60)
             finally:
-                second.stop()
+                await stop_process(second)
             notified = await js.get_last_msg("NOTIFY", "notify.crash-test")
     finally:
         await client.close()
