@@ -129,15 +129,35 @@ def _report_crashes(state: StackState) -> None:
 
 
 @app.command()
-def down(data_dir: DataDir, json_out: Json = False) -> None:
-    """Stop the stack started by `choreo up` and everything it runs."""
+def down(
+    data_dir: DataDir,
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge",
+            help="Also delete the data dir: events, lake, audit trail, credentials (and the "
+            "PostgreSQL cluster kept under /var/tmp when its user could not reach the data dir).",
+        ),
+    ] = False,
+    json_out: Json = False,
+) -> None:
+    """Stop the stack started by `choreo up` and everything it runs; its data stays unless
+    --purge."""
     state = stackctl.stop_stack(data_dir)
+    if purge:
+        stackctl.purge(data_dir)
     if json_out:
-        console.print_json(json.dumps({"stopped": state is not None, "data_dir": str(data_dir)}))
-    elif state is None:
-        console.print(f"No stack is running in {data_dir}.")
-    else:
-        console.print(f"Stopped the stack in {data_dir}.")
+        console.print_json(
+            json.dumps({"stopped": state is not None, "purged": purge, "data_dir": str(data_dir)})
+        )
+        return
+    console.print(
+        f"No stack is running in {data_dir}."
+        if state is None
+        else f"Stopped the stack in {data_dir}."
+    )
+    if purge:
+        console.print(f"Deleted {data_dir} and everything the stack kept.")
 
 
 @app.command()

@@ -37,7 +37,7 @@ from choreo.servers.ports import free_port
 from choreo.servers.postgres import PostgresServer
 from choreo.servers.process import ServerProcess, http_get
 from choreo.servers.s3 import S3Identity, S3Server
-from choreo.stackctl import HELD_DIR, hold_file
+from choreo.stackctl import HELD_DIR, POSTGRES_DIR, hold_file
 from choreo.state import Crash, PartState, StackState, write_env_file
 from shared.settings import Settings
 from shared.subjects import SERVICE_PERMISSIONS, SERVICES
@@ -171,7 +171,7 @@ class Stack:
             log_path=self.logs / "s3.log",
         )
         self.postgres = PostgresServer(
-            self.root / "postgres",
+            self.root / POSTGRES_DIR,
             self.creds.postgres[POSTGRES_SUPERUSER],
             log_path=self.logs / "postgres.log",
         )

@@ -1,6 +1,7 @@
 """What `choreo up`, `down` and `ps` do with a stack running in another process."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from choreo.servers.postgres import remove_cluster
 from choreo.servers.process import alive as process_alive
 from choreo.servers.process import http_get, stop_pid
 from choreo.state import STATE_FILE, PartState, StackState
@@ -16,6 +18,7 @@ SUPERVISOR_LOG = "stack.log"
 STOP_TIMEOUT_S = 45.0
 PART_STOP_TIMEOUT_S = 20.0
 HELD_DIR = "held"
+POSTGRES_DIR = "postgres"
 
 
 def hold_file(data_dir: Path, part: str) -> Path:
@@ -103,6 +106,13 @@ def stop_stack(data_dir: Path) -> StackState | None:
         stop_pid(state.supervisor_pid, 5.0, signal.SIGKILL)
     (data_dir / STATE_FILE).unlink(missing_ok=True)
     return state
+
+
+def purge(data_dir: Path) -> None:
+    """Delete a stopped stack's data dir, with its PostgreSQL cluster wherever it lives
+    (outside the data dir when PostgreSQL's user could not reach it there)."""
+    remove_cluster(data_dir / POSTGRES_DIR)
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

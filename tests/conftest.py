@@ -10,8 +10,6 @@ run against the real MinIO image through testcontainers (skipped when no engine 
 import asyncio
 import os
 import secrets
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import asyncpg
 import pytest
 
 from choreo.servers.nats import NatsServer
-from choreo.servers.postgres import PostgresServer
+from choreo.servers.postgres import PostgresServer, remove_cluster
 from choreo.servers.s3 import S3Identity, S3Server
 from choreo.stack import provision_database
 from shared.settings import Settings
@@ -100,13 +98,14 @@ def _minio_container() -> Iterator[S3Endpoint]:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PostgreSQL database owned by its own role, for the session."""
     if url := os.environ.get("CHOREO_TEST_DATABASE_URL"):
         yield url
         return
-    # Not under pytest's tmp dir: that is 0700 root-owned, and PostgreSQL runs as another user.
-    directory = Path(tempfile.mkdtemp(prefix="choreo-pg-test-"))
+    # pytest's tmp dir is 0700: as root, where PostgreSQL runs as its own user, the cluster
+    # is kept under /var/tmp instead (as the stack does); remove_cluster deletes it there.
+    directory = tmp_path_factory.mktemp("postgres") / "cluster"
     password = secrets.token_urlsafe(16)
     try:
         with PostgresServer(directory, secrets.token_urlsafe(16)) as server:
@@ -115,7 +114,7 @@ def database_url() -> Iterator[str]:
             )
             yield server.dsn(TEST_DATABASE, password, TEST_DATABASE)
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_cluster(directory)
 
 
 @pytest.fixture

@@ -1,8 +1,18 @@
-"""PostgreSQL on loopback: initdb once, then the postmaster itself as the child process."""
+"""PostgreSQL on loopback: initdb once, then the postmaster itself as the child process.
+
+PostgreSQL refuses to run as root, so as root it runs as the `postgres` system user, which
+must reach its data directory and binaries. Root's home and every `mktemp -d` directory are
+mode 0700, so a data dir below one is out of that user's reach: the cluster then lives in
+a directory of that user's own under /var/tmp (`choreo-postgres-*`), and the data dir path
+becomes a symlink to it, which records where it is (`remove_cluster()` deletes both).
+Binaries the user cannot reach (pgserver's, in a venv under such a directory) are copied
+once to /var/tmp the same way.
+"""
 
 import contextlib
 import glob
 import grp
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -23,6 +33,12 @@ SUPERUSER = "postgres"
 FALLBACK_SYSTEM_USER = "choreo-pg"
 # sun_path is 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
+# Where a cluster or binaries go when the server's user cannot reach them where they are:
+# /var/tmp survives a reboot, /tmp is the fallback. (S108: fixed on purpose; what goes
+# there is made by mkdtemp, or checked to be root's own before it is used.)
+RELOCATION_PARENTS = (Path("/var/tmp"), Path("/tmp"))  # noqa: S108
+CLUSTER_PREFIX = "choreo-postgres-"
+BINARIES_PREFIX = "choreo-postgres-bin-"
 
 
 class PostgresServer(ServerProcess):
@@ -42,12 +58,19 @@ class PostgresServer(ServerProcess):
         bindir: Path | None = None,
         start_timeout: float = 60.0,
     ) -> None:
-        self.data_dir = data_dir.absolute()
         self.password = password
         self.port = port if port is not None else free_port()
+        self.owner = _server_user()
+        bindir = bindir if bindir is not None else find_bindir()
+        self.bindir = bindir if self.owner is None else reachable_bindir(bindir, self.owner)
+        # Where the cluster is: `data_dir`, or where its symlink says (see the module doc).
+        self.data_dir = (
+            data_dir.absolute()
+            if self.owner is None
+            else cluster_dir(data_dir.absolute(), self.owner)
+        )
         # Inside the data directory by default: already private to the server's user.
         self.socket_dir = (socket_dir or self.data_dir).absolute()
-        self.bindir = bindir if bindir is not None else find_bindir()
         socket_path = self.socket_dir / f".s.PGSQL.{self.port}"
         if len(str(socket_path)) > _MAX_SOCKET_PATH:
             raise ValueError(
@@ -70,6 +93,7 @@ class PostgresServer(ServerProcess):
             # initdb needs an empty directory, so this file is only created after it ran.
             log_path=log_path if log_path is not None else self.data_dir / "postgres.log",
             cwd=self.data_dir,
+            user=self.owner.pw_name if self.owner is not None else None,
             start_timeout=start_timeout,
         )
 
@@ -110,9 +134,7 @@ class PostgresServer(ServerProcess):
         return result.returncode == 0
 
     def _prepare(self) -> None:
-        if os.geteuid() == 0:
-            self.user = _system_user()
-        owner = pwd.getpwnam(self.user) if self.user is not None else None
+        owner = self.owner
         created = _make_dirs(self.data_dir)
         if self.socket_dir != self.data_dir:
             created += _make_dirs(self.socket_dir)
@@ -202,6 +224,79 @@ def find_bindir() -> Path:
     )
 
 
+def cluster_dir(path: Path, owner: pwd.struct_passwd) -> Path:
+    """Where the cluster of data dir `path` lives, for a server run as `owner`: `path` when
+    `owner` can reach it, else a directory of `owner`'s under /var/tmp that `path` becomes
+    a symlink to (made on first use, followed afterwards)."""
+    if path.is_symlink():
+        return path.resolve()
+    blocked = _blocking_dir(path, owner)
+    if blocked is None:
+        return path
+    if path.exists() and any(path.iterdir()):
+        # A cluster (or anything else) made here earlier is not ours to move.
+        _check_traversable(path, owner)
+    target = Path(tempfile.mkdtemp(prefix=CLUSTER_PREFIX, dir=_relocation_parent(owner, path)))
+    os.chown(target, owner.pw_uid, owner.pw_gid)
+    _make_dirs(path.parent)
+    if path.exists():
+        path.rmdir()  # empty (checked above)
+    path.symlink_to(target, target_is_directory=True)
+    return target
+
+
+def remove_cluster(path: Path) -> None:
+    """Delete the cluster of data dir `path`: the directory, or the symlink and where it
+    points (what `cluster_dir` made)."""
+    if path.is_symlink():
+        target = path.resolve()
+        if target.name.startswith(CLUSTER_PREFIX):
+            shutil.rmtree(target, ignore_errors=True)
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def reachable_bindir(bindir: Path, owner: pwd.struct_passwd) -> Path:
+    """`bindir`, or when `owner` cannot run its `postgres` (pgserver's binaries in a venv
+    under a 0700 directory), a copy of its whole installation under /var/tmp, made once."""
+    if _blocking_dir(bindir / "postgres", owner) is None:
+        return bindir
+    install = bindir.parent
+    digest = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:16]
+    parent = _relocation_parent(owner, bindir)
+    copy = parent / f"{BINARIES_PREFIX}{digest}"
+    if not copy.exists():
+        # Copied aside, then renamed into place: the name never holds half a copy.
+        staging = Path(tempfile.mkdtemp(prefix=BINARIES_PREFIX, dir=parent))
+        shutil.copytree(install, staging / "install", symlinks=True)
+        (staging / "install").chmod(0o755)
+        with contextlib.suppress(OSError):  # another process renamed its copy first
+            (staging / "install").rename(copy)
+        shutil.rmtree(staging, ignore_errors=True)
+    info = copy.lstat()
+    # We run these binaries (as the server's user): they must be ours, in a world-writable
+    # parent where anyone could have made that name first.
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise PermissionError(f"{copy} was not made by Choreo as this user: remove it")
+    return copy / bindir.name
+
+
+def _relocation_parent(owner: pwd.struct_passwd, path: Path) -> Path:
+    for parent in RELOCATION_PARENTS:
+        if parent.is_dir() and _blocking_dir(parent / "x", owner) is None:
+            return parent
+    raise PermissionError(
+        f"PostgreSQL runs as user {owner.pw_name!r}, which can reach neither {path} nor any "
+        f"of {', '.join(map(str, RELOCATION_PARENTS))}: put the data directory elsewhere"
+    )
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The user PostgreSQL runs as when we are root (it refuses root); None otherwise."""
+    return pwd.getpwnam(_system_user()) if os.geteuid() == 0 else None
+
+
 def _version_key(bindir: Path) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", bindir.parent.name))
 
@@ -242,10 +337,14 @@ def _make_dirs(path: Path) -> list[Path]:
     return list(reversed(missing))
 
 
-def _check_traversable(path: Path, owner: pwd.struct_passwd) -> None:
+def _blocking_dir(path: Path, owner: pwd.struct_passwd) -> Path | None:
+    """The first existing directory on the way to `path` that `owner` cannot enter."""
     groups = set(os.getgrouplist(owner.pw_name, owner.pw_gid))
     for directory in reversed(path.parents):
-        info = directory.stat()
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            return None  # created later by us, open to the server's user
         if info.st_uid == owner.pw_uid:
             allowed = info.st_mode & stat.S_IXUSR
         elif info.st_gid in groups:
@@ -253,13 +352,21 @@ def _check_traversable(path: Path, owner: pwd.struct_passwd) -> None:
         else:
             allowed = info.st_mode & stat.S_IXOTH
         if not allowed:
-            group = _group_name(info.st_gid)
-            raise PermissionError(
-                f"PostgreSQL runs as user {owner.pw_name!r}, which cannot enter {directory} "
-                f"(mode {stat.filemode(info.st_mode)}, group {group}) on the way to {path}: "
-                f"put the data directory elsewhere (e.g. under /tmp or /var/lib) or allow it "
-                f"with `chmod o+x {directory}`"
-            )
+            return directory
+    return None
+
+
+def _check_traversable(path: Path, owner: pwd.struct_passwd) -> None:
+    directory = _blocking_dir(path, owner)
+    if directory is not None:
+        info = directory.stat()
+        group = _group_name(info.st_gid)
+        raise PermissionError(
+            f"PostgreSQL runs as user {owner.pw_name!r}, which cannot enter {directory} "
+            f"(mode {stat.filemode(info.st_mode)}, group {group}) on the way to {path}: "
+            f"put the data directory elsewhere (e.g. under /tmp or /var/lib) or allow it "
+            f"with `chmod o+x {directory}`"
+        )
 
 
 def _group_name(gid: int) -> str:

@@ -15,7 +15,6 @@ import contextlib
 import gzip
 import json
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -45,16 +44,13 @@ class ChaosStack:
     """An embedded stack of our own, and the faults a test can inject into it."""
 
     def __init__(self, sync_interval: str | None = None) -> None:
-        # PostgreSQL runs as another user when we are root: the dir must be traversable.
         self.data_dir = Path(tempfile.mkdtemp(prefix="choreo-chaos-"))
-        self.data_dir.chmod(0o755)
         args = ["up", "--json"] + (["--sync-interval", sync_interval] if sync_interval else [])
         info = json.loads(choreo(*args, data_dir=self.data_dir).stdout)
         self.env: dict[str, str] = info["env"]
 
     def down(self) -> None:
-        choreo("down", data_dir=self.data_dir, check=False)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        choreo("down", "--purge", data_dir=self.data_dir, check=False)
 
     def parts(self) -> dict[str, Any]:
         parts: dict[str, Any] = json.loads(choreo("ps", "--json", data_dir=self.data_dir).stdout)[

@@ -3,8 +3,10 @@
 import asyncio
 import json
 import os
+import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -30,12 +32,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def data_dir() -> Iterator[Path]:
-    # PostgreSQL runs as another user: its directory's parents must be traversable.
+    """A private (0700) data dir, as `mktemp -d` and root's home are: as root, PostgreSQL's
+    own user cannot enter it, so its cluster is kept under /var/tmp; `down --purge` deletes
+    both."""
     directory = Path(tempfile.mkdtemp(prefix="choreo-e2e-"))
-    directory.chmod(0o755)
     yield directory
-    choreo("down", data_dir=directory, check=False)
-    shutil.rmtree(directory, ignore_errors=True)
+    cluster = (directory / "postgres").resolve()
+    purged = choreo("down", "--purge", "--json", data_dir=directory, check=False)
+    assert json.loads(purged.stdout)["purged"] is True, purged.stderr
+    assert not directory.exists()
+    assert not cluster.exists()
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +62,19 @@ def test_up_starts_every_part_ready(stack: dict[str, Any]) -> None:
         assert response.json()["status"] == "ready"
     for key in ("CHOREO_NATS_URL", "CHOREO_S3_ENDPOINT_URL", "CHOREO_DATABASE_URL"):
         assert env[key]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_a_private_data_dir_keeps_the_cluster_where_postgres_can_reach_it(
+    stack: dict[str, Any], data_dir: Path
+) -> None:
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    link = data_dir / "postgres"
+    assert link.is_symlink()
+    cluster = link.resolve()
+    assert cluster.parent in (Path("/var/tmp"), Path("/tmp"))
+    assert cluster.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+    assert (cluster / "PG_VERSION").exists()
 
 
 def test_secrets_stay_out_of_the_state_file(stack: dict[str, Any], data_dir: Path) -> None:

@@ -3,6 +3,7 @@
 import asyncio
 import importlib.util
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -24,7 +25,15 @@ from types_aiobotocore_s3 import S3Client
 
 from choreo.servers.nats import NatsServer, NatsUser
 from choreo.servers.ports import free_port
-from choreo.servers.postgres import PostgresServer, find_bindir
+from choreo.servers.postgres import (
+    BINARIES_PREFIX,
+    CLUSTER_PREFIX,
+    RELOCATION_PARENTS,
+    PostgresServer,
+    find_bindir,
+    reachable_bindir,
+    remove_cluster,
+)
 from choreo.servers.process import ServerStartError, stop_pid
 from choreo.servers.s3 import GRPC_OFFSET, S3Identity, S3Server
 
@@ -278,8 +287,10 @@ def postgres_bindirs() -> list[Path]:
 
 @pytest.mark.parametrize("bindir", postgres_bindirs(), ids=lambda p: str(p.parent.name))
 async def test_postgres_password_restart_and_stop(bindir: Path) -> None:
-    # Not tmp_path: it sits under a root-only 0700 directory the postgres user cannot enter.
-    data_dir = Path(tempfile.mkdtemp(prefix="choreo-pg-test-"))
+    # A private (0700) parent, as root's home and `mktemp -d` are: as root the cluster is kept
+    # where PostgreSQL's user can reach it, and found there again on the next start.
+    private = Path(tempfile.mkdtemp(prefix="choreo-pg-test-"))
+    data_dir = private / "pgdata"
     try:
         first = PostgresServer(data_dir, PG_PASSWORD, bindir=bindir)
         with first:
@@ -297,6 +308,7 @@ async def test_postgres_password_restart_and_stop(bindir: Path) -> None:
 
         log = first.log_path.read_text()
         second = PostgresServer(data_dir, PG_PASSWORD, bindir=bindir)
+        assert second.data_dir == first.data_dir
         with second:
             conn = await asyncpg.connect(second.admin_dsn)
             try:
@@ -308,19 +320,61 @@ async def test_postgres_password_restart_and_stop(bindir: Path) -> None:
         banner = "The files belonging to this database system"
         assert log.count(banner) == second.log_path.read_text().count(banner) == 1
     finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+        remove_cluster(data_dir)
+        shutil.rmtree(private, ignore_errors=True)
+    assert not await asyncio.to_thread(first.data_dir.exists)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_postgres_keeps_a_private_data_dir_s_cluster_under_var_tmp() -> None:
+    private = Path(tempfile.mkdtemp(prefix="choreo-pg-private-"))
+    data_dir = private / "pgdata"
+    try:
+        server = PostgresServer(data_dir, PG_PASSWORD)
+        assert data_dir.is_symlink()  # the record of where the cluster is
+        assert server.data_dir == data_dir.resolve()
+        assert server.data_dir.parent == RELOCATION_PARENTS[0]
+        assert server.data_dir.name.startswith(CLUSTER_PREFIX)
+        owner = pwd.getpwnam("postgres")
+        assert server.data_dir.stat().st_uid == owner.pw_uid
+        assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    finally:
+        remove_cluster(data_dir)
+        shutil.rmtree(private, ignore_errors=True)
+    assert not server.data_dir.exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root switches to another user")
-def test_postgres_explains_an_untraversable_parent() -> None:
+def test_postgres_explains_an_existing_data_dir_its_user_cannot_reach() -> None:
+    """Something already in the data dir (a cluster made before the parent was closed) is
+    not moved: the error names the directory in the way."""
     private = Path(tempfile.mkdtemp(prefix="choreo-pg-private-"))
     try:
-        assert stat.S_IMODE(private.stat().st_mode) == 0o700
-        server = PostgresServer(private / "pgdata", PG_PASSWORD)
+        (private / "pgdata").mkdir()
+        (private / "pgdata" / "PG_VERSION").write_text("15\n")
         with pytest.raises(PermissionError, match=str(private)):
-            server.start()
-        assert not server.is_running()
-        # The parent was not ours to open up.
+            PostgresServer(private / "pgdata", PG_PASSWORD)
         assert stat.S_IMODE(private.stat().st_mode) == 0o700
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def test_postgres_binaries_out_of_reach_are_copied_where_its_user_can_run_them(
+    tmp_path: Path,
+) -> None:
+    """pgserver's binaries in a venv under a 0700 directory: copied once to /var/tmp."""
+    if os.geteuid() != 0:
+        pytest.skip("only root runs PostgreSQL as another user")
+    install = tmp_path / "pginstall"
+    (install / "bin").mkdir(parents=True)
+    (install / "bin" / "postgres").write_text("#!/bin/sh\n")
+    owner = pwd.getpwnam("postgres")
+    copied = reachable_bindir(install / "bin", owner)
+    try:
+        assert copied.parent.name.startswith(BINARIES_PREFIX)
+        assert (copied / "postgres").read_text() == "#!/bin/sh\n"
+        assert reachable_bindir(install / "bin", owner) == copied  # made once
+        assert reachable_bindir(find_bindir(), owner) == find_bindir()  # reachable: as is
+    finally:
+        shutil.rmtree(copied.parent)
