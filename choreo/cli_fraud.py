@@ -96,8 +96,13 @@ def evaluate(
         errors.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     report.skipped = skipped
-    plot_pr(report, plot)
-    summary = {**report.summary(), "plot": str(plot)}
+    drawn: str | None = str(plot)
+    try:
+        plot_pr(report, plot)
+    except ModuleNotFoundError as exc:  # matplotlib is the optional `plot` extra
+        errors.print(f"[yellow]No curve drawn ({exc}): pip install 'choreo[plot]'.[/yellow]")
+        drawn = None
+    summary = {**report.summary(), "plot": drawn}
     if json_out:
         console.print_json(json.dumps(summary))
         return
@@ -138,7 +143,8 @@ def _print_evaluation(summary: dict[str, Any]) -> None:
     for name, recall in summary["per_scenario"].items():
         scenarios.add_row(name, str(counts["per_scenario"][name]), _figure(recall))
     console.print(scenarios)
-    console.print(f"Precision/recall curve: {summary['plot']}")
+    if summary["plot"]:
+        console.print(f"Precision/recall curve: {summary['plot']}")
 
 
 @fraud.command()

