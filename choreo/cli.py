@@ -15,11 +15,28 @@ import typer
 from rich.table import Table
 
 from choreo import stackctl
-from choreo.cli_common import DataDir, Json, SyncInterval, app, audit_or_json, console, errors
+from choreo.cli_common import (
+    DataDir,
+    Json,
+    SyncInterval,
+    app,
+    audit_or_json,
+    console,
+    errors,
+    plural,
+)
 from choreo.state import StackState
 from shared.settings import ENV_FILE_NAME
 
 UP_TIMEOUT_S = 120.0
+Crashes = Annotated[
+    bool,
+    typer.Option(
+        "--crashes",
+        help="Show every crash report the stack recorded (by default: the new ones, once).",
+    ),
+]
+CRASHES_SEEN = "crashes-seen"
 
 
 def main() -> None:
@@ -70,6 +87,7 @@ def up(
     sync_interval: SyncInterval = None,
     json_out: Json = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = UP_TIMEOUT_S,
+    crashes: Crashes = False,
 ) -> None:
     """Start the embedded stack in the background; return once every part is ready.
 
@@ -82,11 +100,7 @@ def up(
         state = _wait_ready(data_dir, process.pid, timeout, quiet=json_out)
     elif not json_out:
         console.print(f"Reusing the stack already running in {data_dir}.")
-    _report_crashes(state)
-    if json_out:
-        console.print_json(json.dumps(_stack_json(state, data_dir)))
-    else:
-        print_stack(state, data_dir)
+    _show_stack(state, data_dir, json_out=json_out, every_crash=crashes)
 
 
 def _wait_ready(data_dir: Path, pid: int, timeout: float, *, quiet: bool) -> StackState:
@@ -117,15 +131,48 @@ def _fail(message: str, log: Path) -> None:
     raise typer.Exit(1)
 
 
-def _report_crashes(state: StackState) -> None:
-    for part in state.parts.values():
-        for crash in part.crashes[-1:]:
-            when = time.strftime("%H:%M:%S", time.localtime(crash.at))
-            errors.print(
-                f"[yellow]{part.name} crashed at {when} (exit code {crash.returncode}) and was "
-                f"restarted {part.restarts} time(s). Last lines of {part.log}:[/yellow]\n"
-                f"{crash.log_tail}"
-            )
+def _crash_reports(state: StackState, data_dir: Path, every: bool) -> list[dict[str, Any]]:
+    """The crash reports to show: the new ones (recorded since the last shown), or every
+    one; the newest shown is remembered in <data dir>/crashes-seen."""
+    seen_file = data_dir / CRASHES_SEEN
+    try:
+        seen = float(seen_file.read_text())
+    except (OSError, ValueError):
+        seen = 0.0
+    reports = sorted(
+        (
+            {"part": part.name, "log": part.log, "restarts": part.restarts, **asdict(crash)}
+            for part in state.parts.values()
+            for crash in part.crashes
+        ),
+        key=lambda r: float(r["at"]),
+    )
+    if reports:
+        seen_file.write_text(repr(max(seen, float(reports[-1]["at"]))))
+    return reports if every else [r for r in reports if float(r["at"]) > seen]
+
+
+def _print_crashes(reports: list[dict[str, Any]], older: int) -> None:
+    for r in reports:
+        when = time.strftime("%H:%M:%S", time.localtime(r["at"]))
+        errors.print(
+            f"[yellow]{r['part']} crashed at {when} (exit code {r['returncode']}); "
+            f"restarts so far: {r['restarts']}. Last lines of {r['log']}:[/yellow]\n"
+            f"{r['log_tail']}"
+        )
+    if older:
+        errors.print(f"[dim]{plural(older, 'earlier crash report')}: choreo ps --crashes[/dim]")
+
+
+def _show_stack(state: StackState, data_dir: Path, *, json_out: bool, every_crash: bool) -> None:
+    """`up` and `ps`: the table (or JSON) and the crash reports not shown before."""
+    recorded = sum(len(p.crashes) for p in state.parts.values())
+    reports = _crash_reports(state, data_dir, every_crash)
+    if json_out:
+        console.print_json(json.dumps({**_stack_json(state, data_dir), "crashes": reports}))
+        return
+    _print_crashes(reports, recorded - len(reports))
+    print_stack(state, data_dir)
 
 
 @app.command()
@@ -161,7 +208,7 @@ def down(
 
 
 @app.command()
-def ps(data_dir: DataDir, json_out: Json = False) -> None:
+def ps(data_dir: DataDir, json_out: Json = False, crashes: Crashes = False) -> None:
     """Show what the stack runs, where, and whether each part is ready."""
     state = stackctl.running_state(data_dir)
     if state is None:
@@ -170,11 +217,7 @@ def ps(data_dir: DataDir, json_out: Json = False) -> None:
         else:
             errors.print(f"No stack is running in {data_dir} (`choreo up` starts one).")
         raise typer.Exit(1)
-    _report_crashes(state)
-    if json_out:
-        console.print_json(json.dumps(_stack_json(state, data_dir)))
-    else:
-        print_stack(state, data_dir)
+    _show_stack(state, data_dir, json_out=json_out, every_crash=crashes)
 
 
 Part = Annotated[str, typer.Argument(help="A part of the stack: nats, s3, postgres or a service.")]
@@ -277,7 +320,7 @@ def publish(
     if json_out:
         console.print_json(json.dumps({"accepted": len(ids), "ids": ids}))
     else:
-        console.print(f"Accepted {len(ids)} event(s).")
+        console.print(f"Accepted {plural(len(ids), 'event')}.")
 
 
 def _as_event(event_type: str, line: str) -> str:
@@ -305,7 +348,7 @@ def audit(
     events = audit_or_json(data_dir, "/v1/audit/events", json_out, params=params)
     if events is None:
         return
-    table = Table(title=f"Newest {len(events)} audited event(s)", title_justify="left")
+    table = Table(title=f"Newest {plural(len(events), 'audited event')}", title_justify="left")
     for column in ("received", "type", "id", "data"):
         table.add_column(column, overflow="fold")
     for e in events:
@@ -385,8 +428,10 @@ def _stack_json(state: StackState, data_dir: Path) -> dict[str, Any]:
         "data_dir": str(data_dir.absolute()),
         "env_file": str((data_dir / ENV_FILE_NAME).absolute()),
         "env": env,
+        # Crash reports (with their log tails) are listed apart, once: see _show_stack.
         "parts": {
-            h.part.name: {**asdict(h.part), "status": h.status} for h in stackctl.health(state)
+            h.part.name: {**asdict(h.part), "crashes": len(h.part.crashes), "status": h.status}
+            for h in stackctl.health(state)
         },
     }
 

@@ -1,6 +1,8 @@
 """What every `choreo` command shares: the Typer app, consoles and common options."""
 
+import importlib.metadata
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,18 +15,69 @@ from shared.settings import data_dir_from_env
 app = typer.Typer(
     help="Choreo: event-driven data pipelines choreographed over NATS JetStream.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion for bash, zsh, fish and PowerShell.
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+# Wide enough that nothing printed to a pipe or a file is wrapped (URIs and ids stay whole
+# and can be copied); a terminal keeps its own width, and COLUMNS still wins.
+UNWRAPPED_WIDTH = 10_000
+
+
+def _console(*, stderr: bool = False) -> Console:
+    probe = Console(stderr=stderr)
+    if probe.is_terminal or os.environ.get("COLUMNS"):
+        return probe
+    return Console(stderr=stderr, width=UNWRAPPED_WIDTH)
+
+
+console = _console()
+errors = _console(stderr=True)
+
+
+class _Global:
+    """Options given before the subcommand (`choreo --data-dir DIR ps`)."""
+
+    data_dir: Path | None = None
+
+
+def _data_dir() -> Path:
+    """The command's own --data-dir wins, then the one before the subcommand, then the
+    environment (CHOREO_DATA_DIR), then .choreo."""
+    return _Global.data_dir or data_dir_from_env()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"choreo {importlib.metadata.version('choreo')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Where the stack keeps its state, logs and env file, for any command "
+            "(env: CHOREO_DATA_DIR; default .choreo).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Choreo: event-driven data pipelines choreographed over NATS JetStream."""
+    _Global.data_dir = data_dir
+
 
 DataDir = Annotated[
     Path,
     typer.Option(
         "--data-dir",
         help="Where the stack keeps its state, logs and env file (env: CHOREO_DATA_DIR).",
-        default_factory=data_dir_from_env,
+        default_factory=_data_dir,
         show_default=".choreo",
     ),
 ]
@@ -36,6 +89,11 @@ SyncInterval = Annotated[
         help="How often JetStream fsyncs: '2m' (default, fast) or 'always' (durable, slower).",
     ),
 ]
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 step`, `2 steps`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def read_audit(settings: ClientSettings, path: str, **kwargs: Any) -> Any:

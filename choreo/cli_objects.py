@@ -1,4 +1,5 @@
-"""Object commands: `choreo get URI [-o FILE]` downloads an object from the lake.
+"""Object commands: `choreo ls [s3://bucket/prefix]` lists the lake, `choreo get URI
+[-o FILE]` downloads an object from it.
 
 It reads S3 directly with the admin credentials of `<data dir>/env` (or `CHOREO_S3_*`),
 streaming in chunks, so objects larger than memory download fine.
@@ -8,10 +9,12 @@ import asyncio
 import hashlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.progress import (
@@ -21,8 +24,9 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, console, errors
+from choreo.cli_common import DataDir, Json, app, console, errors, plural
 from choreo.client import ClientSettings
 
 EXIT_BAD_URI = 2
@@ -126,28 +130,35 @@ async def _download(
     started: Callable[[int], Callable[[int], None] | None] = lambda _: None,
 ) -> Downloaded:
     """Stream the object into `sink`; `started(size)` may return a per-chunk callback."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     from shared.s3 import s3_client, s3_uri
 
     uri = s3_uri(bucket, key)
     digest, size = hashlib.sha256(), 0
+    async with s3_client(settings) as s3, _s3_errors(settings, uri, "object"):
+        got = await s3.get_object(Bucket=bucket, Key=key)
+        advance = started(got["ContentLength"])
+        async for chunk in got["Body"].iter_chunks(CHUNK_BYTES):
+            sink.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+            if advance is not None:
+                advance(len(chunk))
+    return Downloaded(size, digest.hexdigest(), got.get("ContentType", ""))
+
+
+@asynccontextmanager
+async def _s3_errors(settings: ClientSettings, uri: str, what: str) -> AsyncIterator[None]:
+    """S3 failures as a DownloadError that says what is wrong and what to do."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
-        async with s3_client(settings) as s3:
-            got = await s3.get_object(Bucket=bucket, Key=key)
-            advance = started(got["ContentLength"])
-            async for chunk in got["Body"].iter_chunks(CHUNK_BYTES):
-                sink.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                if advance is not None:
-                    advance(len(chunk))
+        yield
     except ValueError as exc:  # settings.require: no S3 endpoint or credentials
         raise DownloadError(str(exc)) from exc
     except ClientError as exc:
         error = exc.response.get("Error", {})
         if error.get("Code") in MISSING:
-            raise DownloadError(f"no object at {uri}") from exc
+            raise DownloadError(f"no {what} at {uri}") from exc
         raise DownloadError(
             f"cannot read {uri}: {error.get('Code')}: {error.get('Message')}"
         ) from exc
@@ -156,4 +167,79 @@ async def _download(
             f"cannot reach S3 at {settings.s3_endpoint_url} ({exc}): is the stack running? "
             "`choreo up` starts it."
         ) from exc
-    return Downloaded(size, digest.hexdigest(), got.get("ContentType", ""))
+
+
+@app.command("ls")
+def list_objects(
+    data_dir: DataDir,
+    uri: Annotated[
+        str,
+        typer.Argument(
+            metavar="[URI]", help="s3://bucket/prefix to list; s3:// (the default): the buckets."
+        ),
+    ] = "s3://",
+    recursive: Annotated[
+        bool,
+        typer.Option("--recursive", "-r", help="Every key under the prefix, not one level."),
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many entries.")] = 1000,
+    json_out: Json = False,
+) -> None:
+    """List the lake: buckets, or the objects and folders under s3://bucket/prefix.
+
+    One level at a time (folders end with /) unless --recursive. Exit code: 0 listed, 1
+    missing bucket or S3 unreachable, 2 bad URI.
+    """
+    if not uri.startswith("s3://"):
+        errors.print(f"[red]not an s3:// URI: {uri!r}[/red] (expected s3://bucket/prefix)")
+        raise typer.Exit(EXIT_BAD_URI)
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    settings = ClientSettings.load(data_dir)
+    try:
+        entries = asyncio.run(_list(settings, bucket, prefix, recursive=recursive, limit=limit))
+    except DownloadError as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    if json_out:
+        console.print_json(json.dumps(entries))
+        return
+    table = Table(title=f"{uri}: {plural(len(entries), 'entry')}", title_justify="left")
+    table.add_column("uri", overflow="fold")
+    table.add_column("bytes", justify="right")
+    table.add_column("modified")
+    for e in entries:
+        size = "" if e["bytes"] is None else f"{e['bytes']:,}"
+        table.add_row(e["uri"], size, e["modified"] or "")
+    console.print(table)
+
+
+async def _list(
+    settings: ClientSettings, bucket: str, prefix: str, *, recursive: bool, limit: int
+) -> list[dict[str, Any]]:
+    """Buckets (no bucket given), else objects and, one level deep, folders under prefix."""
+    from shared.s3 import s3_client, s3_uri
+
+    entries: list[dict[str, Any]] = []
+    where = f"s3://{bucket}/{prefix}" if bucket else "s3://"
+    async with s3_client(settings) as s3, _s3_errors(settings, where, "bucket"):
+        if not bucket:
+            found = (await s3.list_buckets()).get("Buckets", [])
+            return [_entry(f"s3://{b['Name']}/", None, b.get("CreationDate")) for b in found]
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket,
+            Prefix=prefix,
+            Delimiter="" if recursive else "/",
+            PaginationConfig={"MaxItems": limit},
+        )
+        async for page in pages:
+            for folder in page.get("CommonPrefixes", []):
+                entries.append(_entry(s3_uri(bucket, folder["Prefix"]), None, None))
+            for item in page.get("Contents", []):
+                uri = s3_uri(bucket, item["Key"])
+                entries.append(_entry(uri, item["Size"], item.get("LastModified")))
+    return entries[:limit]
+
+
+def _entry(uri: str, size: int | None, modified: datetime | None) -> dict[str, Any]:
+    when = None if modified is None else modified.astimezone(UTC).isoformat(timespec="seconds")
+    return {"uri": uri, "bytes": size, "modified": when}

@@ -16,11 +16,22 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, audit_or_json, console, errors, read_audit
+from choreo.cli_common import (
+    DataDir,
+    Json,
+    app,
+    audit_or_json,
+    console,
+    errors,
+    plural,
+    read_audit,
+)
 from choreo.client import ClientSettings
 from choreo.follow import RunView, StepView, connect, follow
 from choreo.runs import request_cancel, request_retry, request_run
 from shared.ids import uuid7
+from shared.workflow import events as ev
+from shared.workflow.dag import order
 from shared.workflow.spec import WorkflowSpec
 from shared.workflow.validate import Validated, coerce_input, validate_workflow
 
@@ -40,8 +51,11 @@ Inputs = Annotated[
 ]
 
 
-def _load(file: Path, raw_inputs: list[str] | None) -> tuple[dict[str, Any], Validated]:
-    """Read and validate a workflow file with its inputs; exit 2 with every problem."""
+def _load(
+    file: Path, raw_inputs: list[str] | None, *, for_run: bool = True
+) -> tuple[dict[str, Any], Validated]:
+    """Read and validate a workflow file with its inputs (for a run: always, else only when
+    some are given); exit 2 with every problem."""
     try:
         document = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -57,7 +71,7 @@ def _load(file: Path, raw_inputs: list[str] | None) -> tuple[dict[str, Any], Val
         spec = declared.get(name) if isinstance(declared, dict) else None
         kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
         given[name] = coerce_input(value, str(kind))
-    return document, validate_workflow(document, given)
+    return document, validate_workflow(document, given if for_run or raw_inputs else None)
 
 
 def _print_problems(file: Path, checked: Validated, json_out: bool) -> None:
@@ -65,7 +79,7 @@ def _print_problems(file: Path, checked: Validated, json_out: bool) -> None:
         problems = [{"path": p.path, "message": p.message} for p in checked.problems]
         console.print_json(json.dumps({"file": str(file), "valid": False, "problems": problems}))
         return
-    errors.print(f"[red]{file}: {len(checked.problems)} problem(s)[/red]")
+    errors.print(f"[red]{file}: {plural(len(checked.problems), 'problem')}[/red]")
     for problem in checked.problems:
         errors.print(f"  [bold]{problem.path}[/bold]: {problem.message}")
 
@@ -77,7 +91,7 @@ def validate(
     json_out: Json = False,
 ) -> None:
     """Check a workflow file (and inputs, when given); exit 0 if valid, 2 if not."""
-    _, checked = _load(file, inputs)
+    _, checked = _load(file, inputs, for_run=False)
     if not checked.ok:
         _print_problems(file, checked, json_out)
         raise typer.Exit(EXIT_INVALID)
@@ -85,8 +99,8 @@ def validate(
     if json_out:
         console.print_json(json.dumps({"file": str(file), "valid": True, "problems": []}))
     else:
-        steps = len(checked.spec.steps)
-        console.print(f"[green]{file}: valid[/green] ({checked.spec.name}, {steps} steps)")
+        steps = plural(len(checked.spec.steps), "step")
+        console.print(f"[green]{file}: valid[/green] ({checked.spec.name}, {steps})")
 
 
 @app.command()
@@ -191,18 +205,29 @@ def cancel(
 @app.command()
 def runs(
     data_dir: DataDir,
-    status: Annotated[str | None, typer.Option(help="Only runs in this state.")] = None,
+    workflow: Annotated[
+        str | None, typer.Option(help="Only runs of this workflow (its name).")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only runs in this state: running, completed, failed, cancelled."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only runs requested since: 1h, 30m, 2d or an RFC 3339 time."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
     json_out: Json = False,
 ) -> None:
-    """List the newest runs."""
+    """List the newest runs, of one workflow, in one state, since a time."""
     params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
+    for name, value in (("workflow", workflow), ("status", status), ("since", since)):
+        if value:
+            params[name] = value
     found = audit_or_json(data_dir, "/v1/audit/runs", json_out, params=params)
     if found is None:
         return
-    table = Table(title=f"{len(found)} run(s)", title_justify="left")
+    table = Table(title=plural(len(found), "run"), title_justify="left")
     for column in ("run", "workflow", "status", "started", "took", "reason"):
         table.add_column(column, overflow="fold")
     for r in found:
@@ -223,9 +248,19 @@ def status(
     data_dir: DataDir,
     json_out: Json = False,
 ) -> None:
-    """Show one run: its state, each step's state, attempts, timings, errors and outputs."""
-    found = audit_or_json(data_dir, f"/v1/audit/runs/{runid}", json_out)
-    if found is None:
+    """Show one run: its state, each step's state, attempts, timings, errors and outputs.
+
+    Steps are listed in DAG order; an attempt taken over from a replica that died while
+    running it says so."""
+    settings = ClientSettings.load(data_dir)
+    found = read_audit(settings, f"/v1/audit/runs/{runid}")
+    timeline = read_audit(settings, f"/v1/audit/runs/{runid}/events")
+    rank = {step: n for n, step in enumerate(_dag_order(timeline))}
+    found["steps"].sort(key=lambda s: (rank.get(s["stepid"], len(rank)), s["requested_at"] or ""))
+    for s in found["steps"]:
+        s["taken_from"] = _taken_from(timeline, s)
+    if json_out:
+        console.print_json(json.dumps(found, default=str))
         return
     console.print(
         f"Run [bold]{runid}[/bold] ({found['name']}): {_styled(found['status'])}"
@@ -236,13 +271,13 @@ def status(
     table = Table(title_justify="left")
     for column in ("step", "uses", "state", "attempt", "took", "error / output"):
         table.add_column(column, overflow="fold")
-    for s in sorted(found["steps"], key=lambda s: s["requested_at"] or ""):
+    for s in found["steps"]:
         detail = s["error"] or (json.dumps(s["output"]) if s["output"] is not None else "")
         table.add_row(
             s["stepid"],
             s["uses"] or "",
             _styled(s["status"]),
-            str(s["attempt"]),
+            f"{s['attempt']} (taken over)" if s["taken_from"] else str(s["attempt"]),
             _took(s["started_at"], s["ended_at"]),
             detail[:200],
         )
@@ -264,10 +299,12 @@ def events(
         table.add_column(column, overflow="fold")
     for e in found:
         after = "" if e["after_ms"] is None else f"{e['after_ms']:.0f}"
+        data = e.get("data") if isinstance(e.get("data"), dict) else {}
+        takeover = " (taken over)" if data.get("taken_from") else ""
         table.add_row(
             e["time"][11:23],
             after,
-            "  " * e["depth"] + e["type"],
+            "  " * e["depth"] + e["type"] + takeover,
             e["source"].removeprefix("choreo/"),
             e["stepid"] or "",
             str(e["attempt"] or ""),
@@ -310,9 +347,13 @@ def _table(view: RunView) -> Table:
             _styled(step.state),
             str(step.attempt or ""),
             "" if took is None else f"{took:.2f}s",
-            (step.error or "")[:120],
+            (step.error or "")[:120] or _taken_over(step.taken_from),
         )
     return table
+
+
+def _taken_over(previous: str | None) -> str:
+    return f"taken over from {previous}, which died running it" if previous else ""
 
 
 def _finish(view: RunView, finished: bool, no_wait: bool, json_out: bool) -> None:
@@ -339,7 +380,8 @@ def _finish(view: RunView, finished: bool, no_wait: bool, json_out: bool) -> Non
         errors.print(f"Still running after the timeout; `choreo status {view.runid}` shows it.")
     elif view.status == "completed":
         console.print(f"[green]Run {view.runid} completed.[/green]")
-        for uri in _uris(view.outputs):
+        # Once each: a step's output may repeat an upstream step's URI.
+        for uri in dict.fromkeys(_uris(view.outputs)):
             console.print(f"  stored: {uri}")
         console.print(f"  timeline: choreo events {view.runid}")
     else:
@@ -359,6 +401,31 @@ def _uris(value: Any) -> list[str]:
     if isinstance(value, list):
         return [u for v in value for u in _uris(v)]
     return []
+
+
+def _dag_order(timeline: list[dict[str, Any]]) -> list[str]:
+    """The run's steps in DAG order, from the workflow its `wf.run.requested` carried."""
+    for e in timeline:
+        workflow = (e.get("data") or {}).get("workflow") if e["type"] == ev.RUN_REQUESTED else None
+        if isinstance(workflow, dict) and isinstance(workflow.get("steps"), list):
+            steps = [s for s in workflow["steps"] if isinstance(s, dict) and "id" in s]
+            return order({str(s["id"]): [str(n) for n in s.get("needs") or []] for s in steps})
+    return []
+
+
+def _taken_from(timeline: list[dict[str, Any]], step: dict[str, Any]) -> str | None:
+    """The replica the step's current attempt was taken over from, if it was."""
+    for e in reversed(timeline):
+        data = e.get("data") or {}
+        if (
+            e["type"] == ev.STEP_STARTED
+            and e["stepid"] == step["stepid"]
+            and e["attempt"] == step["attempt"]
+            and data.get("generation", 1) == step["generation"]
+            and data.get("taken_from")
+        ):
+            return str(data["taken_from"])
+    return None
 
 
 def _workflow_of(run: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,9 @@ from choreo.client import ClientSettings
 from shared.envelope import Event
 from shared.workflow import events as ev
 
+# How long `follow` waits, after a run failed or was cancelled, for its skipped steps' events.
+SKIPPED_GRACE_S = 3.0
+
 
 @asynccontextmanager
 async def connect(settings: ClientSettings) -> AsyncIterator[Client]:
@@ -48,6 +51,8 @@ class StepView:
     started: float | None = None
     duration_s: float | None = None
     error: str | None = None
+    taken_from: str | None = None
+    """The replica the running attempt was taken over from (it died while running it)."""
 
 
 @dataclass
@@ -65,6 +70,14 @@ class RunView:
     @property
     def ended(self) -> bool:
         return self.status in ("completed", "failed", "cancelled")
+
+    @property
+    def settled(self) -> bool:
+        """Ended, and no step still shown as waiting or requested: a failed or cancelled
+        run's `wf.step.skipped` events come just after its end."""
+        return self.ended and not any(
+            s.state in ("waiting", "requested") for s in self.steps.values()
+        )
 
     def apply(self, event: Event) -> None:
         data: dict[str, Any] = event.data if isinstance(event.data, dict) else {}
@@ -86,6 +99,7 @@ class RunView:
             step.state, step.attempt, step.error = "requested", attempt, None
         elif event.type == ev.STEP_STARTED:
             step.state, step.attempt, step.started = "running", attempt, time.monotonic()
+            step.taken_from = data.get("taken_from")
         elif event.type == ev.STEP_COMPLETED:
             step.state, step.duration_s = "completed", data.get("duration_s")
         elif event.type == ev.STEP_FAILED:
@@ -121,10 +135,16 @@ async def follow(
     try:
         await start()
         deadline = None if within is None else time.monotonic() + within
-        while not view.ended:
+        ended_at: float | None = None
+        while not view.settled:
+            if view.ended:
+                # Wait a little for the skipped steps' events, never for long.
+                ended_at = ended_at or time.monotonic()
+                if time.monotonic() - ended_at > SKIPPED_GRACE_S:
+                    return True
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return False
+                return view.ended
             try:
                 event = await asyncio.wait_for(queue.get(), timeout=min(remaining or 0.5, 0.5))
             except TimeoutError:

@@ -244,12 +244,23 @@ class PgEventStore:
         )
         return None if row is None else _decode(row)
 
-    async def runs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+    async def runs(
+        self,
+        status: str | None,
+        limit: int,
+        *,
+        workflow: str | None = None,
+        since: datetime | None = None,
+    ) -> list[dict[str, Any]]:
         rows = await self._pool.fetch(
-            f"SELECT {RUN_SUMMARY} FROM workflow_runs WHERE $1::text IS NULL OR status = $1"
+            f"SELECT {RUN_SUMMARY} FROM workflow_runs"
+            " WHERE ($1::text IS NULL OR status = $1) AND ($3::text IS NULL OR name = $3)"
+            " AND ($4::timestamptz IS NULL OR COALESCE(requested_at, started_at) >= $4)"
             " ORDER BY COALESCE(requested_at, started_at) DESC NULLS LAST LIMIT $2",
             status,
             limit,
+            workflow,
+            since,
         )
         return [_decode(r) for r in rows]
 

@@ -69,6 +69,14 @@ def parse_since(value: str, now: datetime) -> datetime:
     return moment
 
 
+def _since(value: str | None) -> datetime | None:
+    """A `since` query parameter as a time; 422 naming the problem when it is not one."""
+    try:
+        return None if value is None else parse_since(value, datetime.now(UTC))
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
 def audit_router(store: Callable[[], EventStore]) -> APIRouter:
     router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -82,9 +90,17 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
     @router.get("/runs", summary="The newest workflow runs")
     async def runs(
         status: Annotated[str | None, Query(description="only runs in this state")] = None,
+        workflow: Annotated[str | None, Query(description="only runs of this workflow")] = None,
+        since: Annotated[
+            str | None,
+            Query(
+                description="only runs requested since: a duration back from now (`1h`) or "
+                "an RFC 3339 time"
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     ) -> list[dict[str, Any]]:
-        return await store().runs(status, limit)
+        return await store().runs(status, limit, workflow=workflow, since=_since(since))
 
     @router.get("/runs/{runid}", summary="One run and its steps")
     async def run(runid: str) -> dict[str, Any]:
@@ -115,11 +131,7 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> list[dict[str, Any]]:
-        try:
-            start = None if since is None else parse_since(since, datetime.now(UTC))
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from exc
-        return await store().fraud_alerts(start, limit)
+        return await store().fraud_alerts(_since(since), limit)
 
     @router.get(
         "/fraud/scores/{transaction_id}",

@@ -31,8 +31,15 @@ class EventStore(Protocol):
         """One stored event and where it came from (subject, stream, sequence)."""
         ...
 
-    async def runs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        """The newest workflow runs, newest first."""
+    async def runs(
+        self,
+        status: str | None,
+        limit: int,
+        *,
+        workflow: str | None = None,
+        since: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest workflow runs, newest first (of one workflow, since a time)."""
         ...
 
     async def run(self, runid: str) -> dict[str, Any] | None:

@@ -66,3 +66,20 @@ def descendants(needs: Mapping[str, Sequence[str]], step: str) -> set[str]:
             seen.add(node)
             stack.extend(successors(needs, node))
     return seen
+
+
+def order(needs: Mapping[str, Sequence[str]]) -> list[str]:
+    """The steps so that each comes after its needs, otherwise in the order given (ties by
+    that order); what a cycle holds back comes last, as given (the validator refuses
+    cycles)."""
+    placed: list[str] = []
+    pending = list(needs)
+    while pending:
+        ready = next(
+            (s for s in pending if all(n in placed or n not in needs for n in needs[s])), None
+        )
+        if ready is None:
+            return placed + pending
+        placed.append(ready)
+        pending.remove(ready)
+    return placed

@@ -77,6 +77,10 @@ class StepStarted(_Data):
     uses: str
     service: str
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
+    takeovers: int = 0
+    """How often this attempt was taken over from a holder that died while running it."""
+    taken_from: str | None = None
+    """The instance it was last taken over from (`<service>-<id>`)."""
 
 
 class StepEnded(_Data):

@@ -39,7 +39,7 @@ from shared.workflow import dag
 from shared.workflow import events as ev
 from shared.workflow.kinds import owner
 from shared.workflow.spec import StepSpec, WorkflowSpec
-from shared.workflow.state import AttemptKey, RunRecord, RunStore, ensure_bucket
+from shared.workflow.state import AttemptKey, Claim, RunRecord, RunStore, ensure_bucket
 from shared.workflow.templates import TemplateError, referenced_steps, render
 
 log = structlog.get_logger(__name__)
@@ -192,11 +192,11 @@ class Choreography:
         elif request.not_before and request.not_before > datetime.now(UTC):
             return max((request.not_before - datetime.now(UTC)).total_seconds(), 0.05)
         else:
-            held = await self.store.claim(key, self.instance, self.lease_s)
-            if held is not None:
+            claimed = await self.store.claim(key, self.instance, self.lease_s)
+            if not claimed.won:
                 # Another replica runs it; look again once its lease would have expired.
-                return max(held.lease_until - time.time(), 0.2)
-            await self._execute(raw, event, record, spec, step, key)
+                return max(claimed.claim.lease_until - time.time(), 0.2)
+            await self._execute(raw, event, record, spec, step, key, claimed.claim)
         return None
 
     async def _execute(
@@ -207,6 +207,7 @@ class Choreography:
         spec: WorkflowSpec,
         step: StepSpec,
         key: AttemptKey,
+        claim: Claim,
     ) -> None:
         function = self.steps.get(step.uses)
         started = time.monotonic()
@@ -217,11 +218,13 @@ class Choreography:
             wanted = sorted(referenced_steps(step.with_))
             outputs = await self.store.outputs(record.runid, wanted)
             params = render(step.with_, record.inputs, outputs)
+            # A takeover starts the attempt again, visibly: its own event id.
+            again = f":takeover{claim.takeovers}" if claim.takeovers else ""
             await self._publish(
                 event.child(
                     type=ev.STEP_STARTED,
                     source=self.source,
-                    id=f"{key.message_id}:started",
+                    id=f"{key.message_id}:started{again}",
                     attempt=key.attempt,
                     data=ev.StepStarted(
                         step=step.id,
@@ -229,13 +232,15 @@ class Choreography:
                         uses=step.uses,
                         service=self.service,
                         inputs=params,
+                        takeovers=claim.takeovers,
+                        taken_from=claim.taken_from,
                     ).model_dump(mode="json"),
                 )
             )
             context = StepContext(
                 record.runid, step.id, step.uses, key.attempt, key.generation, params, record.inputs
             )
-            output = await self._run_with_heartbeat(raw, key, function, context, spec, step)
+            output = await self._run_with_heartbeat(raw, key, claim, function, context, spec, step)
         except (StepFailed, TemplateError) as exc:
             await self._failed(event, record, spec, key, str(exc), permanent=True)
         except TimeoutError:
@@ -253,6 +258,7 @@ class Choreography:
         self,
         raw: Msg,
         key: AttemptKey,
+        claim: Claim,
         function: StepFunction,
         context: StepContext,
         spec: WorkflowSpec,
@@ -264,7 +270,7 @@ class Choreography:
             while True:
                 await asyncio.sleep(self.lease_s / 3)
                 await raw.in_progress()
-                await self.store.renew(key, self.instance, self.lease_s)
+                await self.store.renew(key, claim, self.lease_s)
 
         beat = asyncio.create_task(heartbeat())
         try:

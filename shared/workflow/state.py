@@ -13,7 +13,7 @@ agree without a coordinator:
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from nats.js import JetStreamContext
@@ -70,6 +70,18 @@ class AttemptKey:
 class Claim:
     owner: str
     lease_until: float
+    takeovers: int = 0
+    """How often the attempt was taken over from a holder whose lease expired (it died)."""
+    taken_from: str | None = None
+    """The holder it was last taken from."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The outcome of `RunStore.claim`: whether we hold the attempt, and the claim held."""
+
+    won: bool
+    claim: Claim
 
 
 async def ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
@@ -136,14 +148,14 @@ class RunStore:
 
     # -- claims ----------------------------------------------------------------------------
 
-    async def claim(self, attempt: AttemptKey, owner: str, lease_s: float) -> Claim | None:
-        """Take the attempt: create the claim, or take over one whose lease expired.
-        Returns the current holder's claim when someone else holds it (None when we won)."""
+    async def claim(self, attempt: AttemptKey, owner: str, lease_s: float) -> Claimed:
+        """Take the attempt: create the claim, or take over one whose lease expired (its
+        holder died: counted in `takeovers`). Not won: someone else holds it."""
         key = attempt.claim_key
         mine = Claim(owner, time.time() + lease_s)
         try:
             await self.kv.create(key, _dump(asdict(mine)))
-            return None
+            return Claimed(True, mine)
         except KeyWrongLastSequenceError:
             pass
         entry = await self._get(key)
@@ -151,16 +163,21 @@ class RunStore:
             return await self.claim(attempt, owner, lease_s)
         held = Claim(**json.loads(entry[0]))
         if held.owner != owner and held.lease_until > time.time():
-            return held
+            return Claimed(False, held)
+        if held.owner != owner:
+            mine = replace(mine, takeovers=held.takeovers + 1, taken_from=held.owner)
+        else:
+            mine = replace(held, lease_until=mine.lease_until)
         try:
             await self.kv.update(key, _dump(asdict(mine)), last=entry[1])
         except KeyWrongLastSequenceError:
             entry = await self._get(key)
-            return Claim(**json.loads(entry[0])) if entry else mine
-        return None
+            return Claimed(False, Claim(**json.loads(entry[0])) if entry else mine)
+        return Claimed(True, mine)
 
-    async def renew(self, attempt: AttemptKey, owner: str, lease_s: float) -> None:
-        await self.kv.put(attempt.claim_key, _dump(asdict(Claim(owner, time.time() + lease_s))))
+    async def renew(self, attempt: AttemptKey, claim: Claim, lease_s: float) -> None:
+        renewed = replace(claim, lease_until=time.time() + lease_s)
+        await self.kv.put(attempt.claim_key, _dump(asdict(renewed)))
 
     async def claimed_steps(self, runid: str, generation: int) -> set[str]:
         """Steps with an attempt claimed (started) in `generation`."""

@@ -239,6 +239,15 @@ def test_a_killed_service_is_reported_and_restarted(stack: dict[str, Any], data_
     assert part["crashes"][-1]["returncode"] == -9
     result = choreo("up", data_dir=data_dir)
     assert "fraud crashed" in result.stderr
+    # Shown once: later commands say only that earlier reports exist, behind --crashes.
+    again = choreo("ps", data_dir=data_dir)
+    assert "fraud crashed" not in again.stderr
+    assert "1 earlier crash report: choreo ps --crashes" in again.stderr
+    every = choreo("ps", "--crashes", "--json", data_dir=data_dir)
+    reports = json.loads(every.stdout)["crashes"]
+    assert [(r["part"], r["returncode"]) for r in reports] == [("fraud", -9)]
+    assert json.loads(choreo("ps", "--json", data_dir=data_dir).stdout)["crashes"] == []
+    assert "crashed" not in every.stderr  # --json: the reports are in the JSON only
     url = stack["env"]["CHOREO_FRAUD_URL"]
     ready = httpx.get(f"{url}/readyz", timeout=5)
     assert ready.status_code == 200

@@ -140,3 +140,33 @@ async def test_business_events_are_recorded_once(store: PgEventStore) -> None:
     assert json.loads(rows[0]["payload"]) == {"total": 1200}
     assert rows[0]["occurred_at"] == datetime(2024, 1, 15, 10, tzinfo=UTC)
     assert business_row(Event(type="sale", source="t", data={})) is None
+
+
+async def test_runs_are_listed_by_workflow_state_and_time(store: PgEventStore) -> None:
+    """`choreo runs --workflow --status --since`: the audit API's filters."""
+    name = f"wf-{uuid7()}"
+    now = datetime.now(UTC)
+    runs = {}
+    for label, age_h, status in (("old", 5, ev.RUN_COMPLETED), ("new", 0, ev.RUN_FAILED)):
+        runid = uuid7()
+        runs[label] = runid
+        at = now - timedelta(hours=age_h)
+        started = Event(
+            type=ev.RUN_STARTED,
+            source="tests",
+            time=at,
+            runid=runid,
+            data={"name": name, "inputs": {}, "steps": ["s"]},
+        )
+        ended = Event(type=status, source="tests", time=at, runid=runid, data={"name": name})
+        await apply(store, [started, ended])
+
+    async def listed(**filters: object) -> list[str]:
+        return [r["runid"] for r in await store.runs(None, 100, **filters)]  # type: ignore[arg-type]
+
+    assert set(await listed(workflow=name)) == set(runs.values())
+    assert await listed(workflow=name, since=now - timedelta(hours=1)) == [runs["new"]]
+    assert await store.runs("completed", 100, workflow=name) == [
+        r for r in await store.runs(None, 100, workflow=name) if r["runid"] == runs["old"]
+    ]
+    assert await listed(workflow=f"{name}-other") == []

@@ -350,6 +350,25 @@ async def test_choreo_get_downloads_to_stdout_and_to_a_file(
     assert bad.exit_code == 2
     assert "needs a bucket and a key" in bad.stderr
 
+    listed = await asyncio.to_thread(choreo, "ls", f"s3://{settings.bucket_staging}/get/", "--json")
+    assert listed.exit_code == 0, listed.output
+    entries = {e["uri"]: e["bytes"] for e in json.loads(listed.stdout)}
+    assert entries[uri] == len(large)
+    assert entries[f"{uri}.small"] == len(small)
+    folders = await asyncio.to_thread(choreo, "ls", f"s3://{settings.bucket_staging}/", "--json")
+    assert {"uri": f"s3://{settings.bucket_staging}/get/", "bytes": None, "modified": None} in (
+        json.loads(folders.stdout)
+    )
+    deep = await asyncio.to_thread(choreo, "ls", "-r", f"s3://{settings.bucket_staging}/", "--json")
+    assert uri in {e["uri"] for e in json.loads(deep.stdout)}
+    buckets = await asyncio.to_thread(choreo, "ls", "--json")
+    assert f"s3://{settings.bucket_staging}/" in {e["uri"] for e in json.loads(buckets.stdout)}
+    table = await asyncio.to_thread(choreo, "ls", f"s3://{settings.bucket_staging}/get/")
+    assert uri in table.stdout  # whole, on one line: output to a pipe is not wrapped
+    no_bucket = await asyncio.to_thread(choreo, "ls", "s3://no-such-bucket-here/")
+    assert no_bucket.exit_code == 1
+    assert "no bucket at s3://no-such-bucket-here/" in no_bucket.stderr
+
 
 async def test_presigned_urls_can_point_at_the_address_clients_use(settings: Settings) -> None:
     key = f"presign/{uuid.uuid4().hex}.json"

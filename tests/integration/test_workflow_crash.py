@@ -74,6 +74,19 @@ async def test_sigkill_of_the_step_owner_mid_step(
     assert run["status"] == "completed"
     steps = await step_rows(db, runid)
     assert steps["slow"]["attempt"] == 1  # the same attempt, taken over after the lease
+    # The takeover is visible: a second `wf.step.started` of attempt 1, naming the replica
+    # that died (what `choreo run`, `status` and `events` show).
+    starts = await db.fetch(
+        "SELECT id, data->>'taken_from' AS taken_from FROM events"
+        " WHERE runid = $1 AND type = 'wf.step.started' AND stepid = 'slow' ORDER BY time",
+        runid,
+    )
+    assert [r["id"] for r in starts] == [
+        f"{runid}:slow:1:started",
+        f"{runid}:slow:1:started:takeover1",
+    ]
+    assert starts[0]["taken_from"] is None
+    assert starts[1]["taken_from"].startswith("transform-")
     # The killed owner never finished the step: its successor did, in the same attempt.
     completions = [
         line
