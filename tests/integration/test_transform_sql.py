@@ -17,7 +17,7 @@ import pytest
 from choreo.runs import request_run
 from services.store.buckets import ensure_buckets
 from services.transform.app import create_app as transform_app
-from services.transform.sql_steps import register_sql_steps
+from services.transform.sql.steps import register_sql_steps
 from shared.lake import layer_buckets
 from shared.s3 import parse_s3_uri, s3_client
 from shared.settings import Settings

@@ -26,7 +26,9 @@ from prometheus_client import CollectorRegistry
 
 from choreo.servers.nats import NatsServer, NatsUser
 from choreo.stack import service_user
-from services.transform.streaming import StreamingConfig, StreamingSupervisor, StreamReader
+from services.transform.streaming.pipelines import StreamingConfig
+from services.transform.streaming.reader import StreamReader
+from services.transform.streaming.supervisor import StreamingSupervisor
 from shared.envelope import Event
 from shared.ids import uuid7
 from shared.jetstream import ensure_streams
