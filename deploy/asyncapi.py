@@ -1,4 +1,4 @@
-"""`python -m services.asyncapi [--check]`: write (or check) docs/asyncapi/<service>.json,
+"""`python deploy/asyncapi.py [--check]`: write (or check) docs/asyncapi/<service>.json,
 the AsyncAPI 3.0 document of every subject each service consumes and publishes, generated
 by FastStream from the services' own subscribers and publishers."""
 
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         else:
             path.write_text(text)
     if stale:
-        print(f"stale: {', '.join(stale)}; run `python -m services.asyncapi`", file=sys.stderr)
+        print(f"stale: {', '.join(stale)}; run `python deploy/asyncapi.py`", file=sys.stderr)
         return 1
     return 0
 
