@@ -19,6 +19,7 @@ from shared.envelope import Event
 from shared.ids import uuid7
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
+from tests.samples import SALE
 from tests.support import serve, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,22 +35,14 @@ async def test_event_posted_twice_lands_as_one_row(
 ) -> None:
     event_id = f"http-{uuid7()}"
     sentinel_id = f"sentinel-{uuid7()}"
-    sale = {
-        "order_id": "o-1",
-        "day": "2024-01-15",
-        "region": "north",
-        "product": "widget",
-        "quantity": 2,
-        "unit_price": 9.5,
-    }
-    body = {"type": "sale", "id": event_id, "data": sale}
+    body = {"type": "sale", "id": event_id, "data": SALE}
     ingest = ingest_app(IngestSettings.model_validate(settings.model_dump()))
     async with serve(ingest) as http, serve(audit_app(settings)) as audit_http:
         for _ in range(2):
             response = await http.post("/v1/events", json=body)
             assert response.status_code == 202, response.text
             assert response.json() == {"accepted": 1, "ids": [event_id]}
-        sentinel = {"type": "sale", "id": sentinel_id, "data": {**sale, "order_id": "o-2"}}
+        sentinel = {"type": "sale", "id": sentinel_id, "data": {**SALE, "order_id": "o-2"}}
         assert (await http.post("/v1/events", json=sentinel)).status_code == 202
         # The sentinel was published after both copies: once it is in, so is all before it.
         await wait_for(lambda: count(db, [sentinel_id]), lambda n: n == 1)
