@@ -20,7 +20,7 @@ from shared.ids import uuid7
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
 from tests.samples import SALE
-from tests.support import serve, settings_env, wait_for
+from tests.support import dead_letter, serve, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -95,16 +95,7 @@ async def test_a_message_that_is_not_an_event_goes_to_the_dlq(settings: Settings
         js = client.jetstream()
         async with serve(audit_app(settings)):
             ack = await js.publish("data.garbage", marker.encode())
-
-            async def last_dead() -> dict[str, object]:
-                try:
-                    msg = await js.get_last_msg("DLQ", "dlq.audit")
-                except nats.js.errors.NotFoundError:
-                    return {}
-                data: dict[str, object] = json.loads(msg.data or b"{}")["data"]
-                return data
-
-            dead = await wait_for(last_dead, lambda d: d.get("payload") == marker)
+            dead = await dead_letter(js, "audit", marker)
     finally:
         await client.close()
     assert dead["stream_seq"] == ack.seq
