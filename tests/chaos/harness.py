@@ -170,7 +170,7 @@ class Producer:
 
 @dataclass
 class Row:
-    """One scenario's figures (DESIGN §7's promise, measured)."""
+    """One scenario's figures (docs/reference/guarantees.md, measured)."""
 
     scenario: str
     rate: float

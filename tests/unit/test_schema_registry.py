@@ -1,4 +1,5 @@
-"""The schema registry: the shipped schemas (DESIGN §6), the extension folder, versions."""
+"""The schema registry: the shipped schemas (docs/reference/http-api.md), the extension
+folder, versions."""
 
 import json
 from pathlib import Path
