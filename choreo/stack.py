@@ -248,6 +248,8 @@ class Stack:
             "CHOREO_DATABASE_URL": self._dsn(POSTGRES_SUPERUSER),
             # For `choreo seed sales`, which fills the sample source database.
             "CHOREO_INGEST_SOURCES": self._sources(),
+            # The streaming pipelines' tables (company_analytics, sales_windows).
+            "CHOREO_TRANSFORM_DATABASE_URL": self._dsn(TRANSFORM_ROLE, "analytics"),
         }
         for name in SERVICES:
             env[f"CHOREO_{name.upper()}_URL"] = self.parts[name].url
