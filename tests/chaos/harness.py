@@ -33,7 +33,8 @@ from nats.js import JetStreamContext
 
 from choreo.generate import generate
 from shared.subjects import DATA, DLQ, FRAUD
-from tests.support import choreo, stack_s3
+from tests.server_support import stack_s3
+from tests.support import choreo
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "chaos.json"

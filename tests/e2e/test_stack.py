@@ -21,7 +21,8 @@ import pytest
 from choreo.servers.process import alive
 from shared.ids import uuid7
 from shared.subjects import SERVICES
-from tests.support import choreo, stack_s3, wait_for
+from tests.server_support import stack_s3
+from tests.support import choreo, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

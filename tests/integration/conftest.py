@@ -15,7 +15,7 @@ from shared.jetstream import ensure_streams
 from shared.lake import layer_buckets
 from shared.s3 import s3_client
 from shared.settings import Settings
-from tests.support import NATS_ADMIN
+from tests.server_support import NATS_ADMIN
 
 if TYPE_CHECKING:  # the stubs are a dev dependency
     from types_aiobotocore_s3 import S3Client

@@ -20,7 +20,8 @@ from shared.ids import uuid7
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
 from tests.samples import SALE
-from tests.support import dead_letter, serve, settings_env, wait_for
+from tests.server_support import dead_letter
+from tests.support import serve, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
 

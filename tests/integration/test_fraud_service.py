@@ -30,7 +30,8 @@ from shared.jetstream import ensure_streams
 from shared.settings import Settings
 from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET
 from tests.conftest import S3Endpoint
-from tests.support import serve, service_nats_server, settings_env, wait_for
+from tests.server_support import service_nats_server
+from tests.support import serve, settings_env, wait_for
 
 pytestmark = pytest.mark.integration
 

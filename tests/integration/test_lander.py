@@ -40,7 +40,8 @@ from shared.jetstream import ensure_streams
 from shared.lake import seq_range
 from shared.s3 import s3_client
 from shared.settings import Settings
-from tests.support import dead_letter, serve, settings_env, wait_for
+from tests.server_support import dead_letter
+from tests.support import serve, settings_env, wait_for
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

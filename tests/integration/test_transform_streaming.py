@@ -31,7 +31,8 @@ from services.transform.streaming.supervisor import StreamingSupervisor
 from shared.envelope import Event
 from shared.ids import uuid7
 from shared.subjects import data_subject
-from tests.support import service_nats_server, wait_for
+from tests.server_support import service_nats_server
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
