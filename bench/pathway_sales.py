@@ -6,7 +6,7 @@ process, Pathway already imported: what the child process of a step spends once 
 `main` also times a step's whole path (`run_pathway`: the child's start, Pathway's import,
 the JSON in and out) over the same rows: the difference is the cost of the child.
 
-`main` measures the streaming pipelines (services/transform/streaming.py) at a steady
+`main` measures the streaming pipelines (services/transform/streaming/) at a steady
 rate: nats-server and PostgreSQL are started here with the dev stack's launchers, in a
 temporary directory; business events and sales are published alternately at `--rate`
 events/s for `--seconds`, each stamped with its publication time, and every progress
@@ -37,9 +37,11 @@ from bench.results import percentile, save
 from choreo.servers.nats import NatsServer
 from choreo.servers.postgres import PostgresServer
 from choreo.stack import provision_database
-from services.transform.pathway_static import REPORT_COLUMNS, run_static
-from services.transform.pathway_steps import run_pathway
-from services.transform.streaming import StreamingConfig, StreamingSupervisor
+from services.transform.pathway.engine import run_static
+from services.transform.pathway.pipelines import REPORT_COLUMNS
+from services.transform.pathway.steps import run_pathway
+from services.transform.streaming.pipelines import StreamingConfig
+from services.transform.streaming.supervisor import StreamingSupervisor
 from shared.envelope import Event
 from shared.jetstream import ensure_streams
 from shared.settings import Settings

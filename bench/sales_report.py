@@ -6,9 +6,9 @@ Polars, in one run.
 The rows (deterministic for a seed: 31 days, 8 regions, 50 products, about 3 lines per
 order, 0.1% with a negative quantity, which the report rejects) are written once as a
 Parquet file. Each engine then reads that file, computes the report of
-`services/transform/sql_pipelines.py` and writes it as Parquet, `--repeat` times after one
+`services/transform/sql/pipelines.py` and writes it as Parquet, `--repeat` times after one
 untimed warm-up run. The DuckDB side is the step's own code path from its rendered `with`
-to the written Parquet (`job_of`, then `sql_engine.run`: views, sandbox, SQL, COPY, the
+to the written Parquet (`job_of`, then `engine.run`: views, sandbox, SQL, COPY, the
 rejected count); only the S3 transfers are left out. The outputs are compared, so a fast
 wrong answer does not pass unnoticed. Goal: DuckDB within 1.5x of Polars.
 
@@ -29,8 +29,8 @@ import polars as pl
 
 from bench.pathway_sales import pathway_report
 from bench.results import save
-from services.transform.sql_engine import InputFiles, run
-from services.transform.sql_steps import job_of
+from services.transform.sql.engine import InputFiles, run
+from services.transform.sql.steps import job_of
 
 Engine = Callable[[Path, Path], Path]
 """(input Parquet, a fresh work dir) -> the report as Parquet."""

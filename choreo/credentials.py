@@ -1,7 +1,7 @@
 """Credentials the embedded stack generates once per data dir and keeps in `credentials.json`.
 
 Each service gets its own NATS user, S3 key and (for audit) PostgreSQL role, so a leaked or
-buggy service can only do what its own permissions allow (DESIGN §7).
+buggy service can only do what its own permissions allow (docs/reference/guarantees.md).
 """
 
 import json

@@ -250,6 +250,8 @@ class Stack:
             "CHOREO_S3_SECRET_KEY": self.creds.s3[ADMIN].secret_key,
             "CHOREO_S3_REGION": self.settings.s3_region,
             "CHOREO_DATABASE_URL": self._dsn(POSTGRES_SUPERUSER),
+            # The streaming pipelines' tables (company_analytics, sales_windows).
+            "CHOREO_TRANSFORM_DATABASE_URL": self._dsn(TRANSFORM_ROLE, "analytics"),
             # For `choreo seed sales`, which fills the sample source database.
             "CHOREO_INGEST_SOURCES": self._sources(),
         }

@@ -1,1 +1,2 @@
-"""Deployment files (compose, Kubernetes, Prometheus, Grafana) and their generator."""
+"""Deployment files (compose, Kubernetes, Prometheus, Grafana) and the generators of what
+derives from the code: render.py (permissions, configs) and asyncapi.py (docs/asyncapi/)."""

@@ -1,4 +1,4 @@
-"""The CloudEvents 1.0 envelope every Choreo message travels in (DESIGN §3).
+"""The CloudEvents 1.0 envelope every Choreo message travels in (docs/reference/envelope.md).
 
 `Event.child()` derives the next event of a chain: same correlation id, causation id =
 the parent's id, run/step/attempt and trace context carried over. Following `causationid`

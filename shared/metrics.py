@@ -5,6 +5,7 @@ process. Every name is prefixed `choreo_`; docs/metrics.md lists them.
 """
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -12,7 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
-CONSUMED_OUTCOMES = ("ack", "nack", "term", "dlq")
+ConsumedOutcome = Literal["ack", "nack", "dlq"]
+"""How a consumed message was settled: acknowledged, handed back for redelivery (after a
+failure, or to look at again later), or dead-lettered (to dlq.<service>, then terminated)."""
 # Workflow events by the state their subject names (`wf.run.<state>`, `wf.step.<state>`,
 # `wf.step.<service>.requested`); commands sent by the CLI are not a service's to count.
 RUN_STATES = ("started", "completed", "failed", "cancelled")
@@ -27,7 +30,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.consumed = Counter(
             "choreo_messages_consumed",
-            "Messages handled, by stream subject and outcome (ack, nack, term, dlq).",
+            "Messages settled, by stream subject and outcome (ack, nack, dlq).",
             ["service", "subject", "outcome"],
             registry=self.registry,
         )
@@ -94,7 +97,7 @@ class Metrics:
             registry=self.registry,
         )
 
-    def count_consumed(self, subject: str, outcome: str, n: int = 1) -> None:
+    def count_consumed(self, subject: str, outcome: ConsumedOutcome, n: int = 1) -> None:
         self.consumed.labels(self.service, subject, outcome).inc(n)
 
     def count_published(self, subject: str, n: int = 1) -> None:

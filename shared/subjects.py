@@ -1,8 +1,8 @@
 """Every subject, stream and durable consumer in Choreo, in one place.
 
-Services meet only through these names (DESIGN §1). Each stream's subjects are disjoint:
-`data.*` holds validated events (one token after `data.`), `data.in.>` the unvalidated
-entry point that ingest checks, so the two never overlap.
+Services meet only through these names (docs/reference/subjects-and-streams.md). Each
+stream's subjects are disjoint: `data.*` holds validated events (one token after `data.`),
+`data.in.>` the unvalidated entry point that ingest checks, so the two never overlap.
 """
 
 import re

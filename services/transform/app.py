@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from services.transform.settings import TransformSettings
 from services.transform.steps import transform_steps
-from services.transform.streaming import StreamingConfig, StreamingSupervisor
+from services.transform.streaming.pipelines import StreamingConfig
+from services.transform.streaming.supervisor import StreamingSupervisor
 from shared.metrics import Metrics
 from shared.s3 import open_s3
 from shared.service import ReadinessCheck, Service, build_service, create_broker

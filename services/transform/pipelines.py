@@ -1,5 +1,5 @@
-"""Built-in pipelines of `transform.pathway`, in plain Python until the Pathway engine
-lands (see the README): pure functions over rows."""
+"""The plain-Python pipeline of `transform.pathway`, `summary` (the Pathway ones are in
+services/transform/pathway/): pure functions over rows."""
 
 from collections.abc import Callable
 from typing import Any

@@ -1,15 +1,15 @@
 """The step kinds the transform service runs: `transform.pathway` (the Pathway pipelines
 `clean` and `sales_report`, and the plain-Python `summary`) over a JSON or JSONL object,
-and `transform.sql` (DuckDB, in sql_steps.py)."""
+and `transform.sql` (DuckDB, in sql/steps.py)."""
 
 import asyncio
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from services.transform.pathway_steps import PATHWAY_PIPELINES
+from services.transform.pathway.steps import PATHWAY_PIPELINES
 from services.transform.pipelines import PIPELINES
-from services.transform.sql_steps import register_sql_steps
+from services.transform.sql.steps import register_sql_steps
 from shared.lake import OUTPUT_LAYERS, layer_bucket
 from shared.s3 import parse_s3_uri, s3_uri
 from shared.settings import Settings

@@ -1,4 +1,4 @@
-"""Step kinds (`uses`) and the service that owns each (DESIGN §4).
+"""Step kinds (`uses`) and the service that owns each (docs/reference/workflow-format.md).
 
 This table is what workflows may use (the validator reads it) and who runs each kind
 (step requests are routed by it). A kind not listed here, e.g. one a deployment or a test

@@ -1,4 +1,4 @@
-"""The workflow file format (DESIGN §4) as pydantic models.
+"""The workflow file format (docs/reference/workflow-format.md) as pydantic models.
 
 `workflows/schema.json` is generated from `WorkflowSpec` (a test keeps it in sync), so
 editors can validate workflow files as they are written.

@@ -60,7 +60,8 @@ class AttemptKey:
 
     @property
     def message_id(self) -> str:
-        """`run:step:attempt` (DESIGN §2); later generations add `g<n>` to stay distinct."""
+        """`run:step:attempt` (docs/reference/subjects-and-streams.md); later generations
+        add `g<n>` to stay distinct."""
         if self.generation == 1:
             return f"{self.runid}:{self.step}:{self.attempt}"
         return f"{self.runid}:{self.step}:g{self.generation}:{self.attempt}"

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import asyncpg
 import httpx
 import nats
@@ -33,6 +32,7 @@ from nats.js import JetStreamContext
 
 from choreo.generate import generate
 from shared.subjects import DATA, DLQ, FRAUD
+from tests.server_support import stack_s3
 from tests.support import choreo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ class Producer:
 
 @dataclass
 class Row:
-    """One scenario's figures (DESIGN §7's promise, measured)."""
+    """One scenario's figures (docs/reference/guarantees.md, measured)."""
 
     scenario: str
     rate: float
@@ -204,14 +204,7 @@ async def locate(env: dict[str, str], ids: set[str]) -> Where:
     finally:
         await conn.close()
     lake: Counter[str] = Counter()
-    session = aioboto3.Session()
-    async with session.client(
-        "s3",
-        endpoint_url=env["CHOREO_S3_ENDPOINT_URL"],
-        aws_access_key_id=env["CHOREO_S3_ACCESS_KEY"],
-        aws_secret_access_key=env["CHOREO_S3_SECRET_KEY"],
-        region_name="us-east-1",
-    ) as s3:
+    async with stack_s3(env) as s3:
         paginator = s3.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket="raw", Prefix="events/transaction/"):
             for obj in page.get("Contents", []):

@@ -18,19 +18,12 @@ from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from shared.subjects import DATA
 from tests.conftest import S3Endpoint
+from tests.samples import TRANSACTION
 
 pytestmark = pytest.mark.chaos
 
 MAX_BODY = 64 * 1024
 MAX_BATCH = 20
-TRANSACTION = {
-    "transaction_id": "tx-1",
-    "card_id": "card-1",
-    "terminal_id": "term-1",
-    "amount": 12.5,
-    "currency": "EUR",
-    "timestamp": "2024-01-15T10:01:00Z",
-}
 NDJSON = {"content-type": "application/x-ndjson"}
 JSON = {"content-type": "application/json"}
 

@@ -1,4 +1,5 @@
-"""DESIGN §7 under attack: processes killed, servers stopped, while transactions flow.
+"""The guarantees (docs/reference/guarantees.md) under attack: processes killed, servers
+stopped, while transactions flow.
 
 Each scenario runs an open-loop producer against a real embedded stack (`choreo up`),
 injects one fault mid-stream, waits for the stack to drain, and checks that every

@@ -17,18 +17,10 @@ from choreo.credentials import AUDIT_ROLE, Credentials
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from tests.chaos.harness import ChaosStack
+from tests.samples import SALE
 from tests.support import serve, wait_for
 
 pytestmark = pytest.mark.chaos
-
-SALE = {
-    "order_id": "o-1",
-    "day": "2024-01-15",
-    "region": "north",
-    "product": "widget",
-    "quantity": 1,
-    "unit_price": 2.5,
-}
 
 
 @pytest.fixture(scope="module")

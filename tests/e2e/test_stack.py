@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aioboto3
 import asyncpg
 import httpx
 import pytest
@@ -24,6 +23,7 @@ import pytest
 from choreo.servers.process import alive
 from shared.ids import uuid7
 from shared.subjects import SERVICES
+from tests.server_support import stack_s3
 from tests.support import choreo, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -141,14 +141,7 @@ def test_the_example_workflow_completes_and_stores_its_object(
     env = stack["env"]
 
     async def fetch() -> dict[str, Any]:
-        session = aioboto3.Session()
-        async with session.client(
-            "s3",
-            endpoint_url=env["CHOREO_S3_ENDPOINT_URL"],
-            aws_access_key_id=env["CHOREO_S3_ACCESS_KEY"],
-            aws_secret_access_key=env["CHOREO_S3_SECRET_KEY"],
-            region_name="us-east-1",
-        ) as s3:
+        async with stack_s3(env) as s3:
             obj = await s3.get_object(
                 Bucket="curated", Key="outputs/minio-store-sample/result.json"
             )

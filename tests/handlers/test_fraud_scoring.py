@@ -26,16 +26,9 @@ from services.fraud.snapshot import (
 )
 from shared.envelope import Event
 from shared.subjects import FRAUD_ALERT, FRAUD_SCORED
+from tests.samples import TRANSACTION, changed
 
-TX = {
-    "transaction_id": "tx-1",
-    "card_id": "card-1",
-    "terminal_id": "term-1",
-    "amount": 12.5,
-    "currency": "EUR",
-    "timestamp": "2024-01-15T10:01:00Z",
-    "country": "ES",
-}
+TX = changed(TRANSACTION, country="ES")
 
 
 def test_partition_of_is_crc32_of_the_card() -> None:

@@ -10,6 +10,7 @@ from faststream.nats import JStream, TestNatsBroker
 
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
+from tests.samples import SALE, TRANSACTION
 
 
 @pytest.fixture
@@ -36,22 +37,6 @@ async def ingest() -> AsyncIterator[tuple[httpx.AsyncClient, list[dict[str, Any]
 
 
 NDJSON = {"content-type": "application/x-ndjson"}
-SALE = {
-    "order_id": "o-1",
-    "day": "2024-01-15",
-    "region": "north",
-    "product": "widget",
-    "quantity": 2,
-    "unit_price": 9.5,
-}
-TRANSACTION = {
-    "transaction_id": "tx-1",
-    "card_id": "card-1",
-    "terminal_id": "term-1",
-    "amount": 84.34,
-    "currency": "EUR",
-    "timestamp": "2024-01-15T10:01:00Z",
-}
 VALID = {"sale": SALE, "transaction": TRANSACTION}
 
 

@@ -4,7 +4,6 @@ ingest's `GET /v1/events/{id}`."""
 
 import json
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import choreo.cli_fraud  # noqa: F401  (registers `choreo fraud` on the app)
 from choreo.cli_common import app
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
-from services.audit.adapters import PgEventStore, migrate
+from services.audit.adapters import PgEventStore
 from services.audit.app import create_app as audit_app
 from services.audit.domain import event_row
 from services.audit.projections import fraud_row
@@ -33,15 +32,6 @@ from shared.settings import Settings
 from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[PgEventStore]:
-    assert settings.database_url is not None
-    pool = await asyncpg.create_pool(settings.database_url.get_secret_value(), min_size=1)
-    await migrate(pool)
-    yield PgEventStore(pool)
-    await pool.close()
 
 
 TX = {

@@ -2,30 +2,18 @@
 
 import itertools
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 
-from services.audit.adapters import PgEventStore, migrate
+from services.audit.adapters import PgEventStore
 from services.audit.projections import business_row, run_update, step_update
 from shared.envelope import Event
 from shared.ids import uuid7
-from shared.settings import Settings
 from shared.workflow import events as ev
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2024, 1, 15, 12, tzinfo=UTC)
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[PgEventStore]:
-    assert settings.database_url is not None
-    pool = await asyncpg.create_pool(settings.database_url.get_secret_value(), min_size=1)
-    await migrate(pool)
-    yield PgEventStore(pool)
-    await pool.close()
 
 
 def step_event(

@@ -19,6 +19,8 @@ from shared.envelope import Event
 from shared.ids import uuid7
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
+from tests.samples import SALE
+from tests.server_support import dead_letter
 from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,22 +36,14 @@ async def test_event_posted_twice_lands_as_one_row(
 ) -> None:
     event_id = f"http-{uuid7()}"
     sentinel_id = f"sentinel-{uuid7()}"
-    sale = {
-        "order_id": "o-1",
-        "day": "2024-01-15",
-        "region": "north",
-        "product": "widget",
-        "quantity": 2,
-        "unit_price": 9.5,
-    }
-    body = {"type": "sale", "id": event_id, "data": sale}
+    body = {"type": "sale", "id": event_id, "data": SALE}
     ingest = ingest_app(IngestSettings.model_validate(settings.model_dump()))
     async with serve(ingest) as http, serve(audit_app(settings)) as audit_http:
         for _ in range(2):
             response = await http.post("/v1/events", json=body)
             assert response.status_code == 202, response.text
             assert response.json() == {"accepted": 1, "ids": [event_id]}
-        sentinel = {"type": "sale", "id": sentinel_id, "data": {**sale, "order_id": "o-2"}}
+        sentinel = {"type": "sale", "id": sentinel_id, "data": {**SALE, "order_id": "o-2"}}
         assert (await http.post("/v1/events", json=sentinel)).status_code == 202
         # The sentinel was published after both copies: once it is in, so is all before it.
         await wait_for(lambda: count(db, [sentinel_id]), lambda n: n == 1)
@@ -102,16 +96,7 @@ async def test_a_message_that_is_not_an_event_goes_to_the_dlq(settings: Settings
         js = client.jetstream()
         async with serve(audit_app(settings)):
             ack = await js.publish("data.garbage", marker.encode())
-
-            async def last_dead() -> dict[str, object]:
-                try:
-                    msg = await js.get_last_msg("DLQ", "dlq.audit")
-                except nats.js.errors.NotFoundError:
-                    return {}
-                data: dict[str, object] = json.loads(msg.data or b"{}")["data"]
-                return data
-
-            dead = await wait_for(last_dead, lambda d: d.get("payload") == marker)
+            dead = await dead_letter(js, "audit", marker)
     finally:
         await client.close()
     assert dead["stream_seq"] == ack.seq

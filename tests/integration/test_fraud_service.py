@@ -6,7 +6,7 @@ import json
 import os
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 
 from choreo.generate import generate
-from choreo.servers.nats import NatsServer, NatsUser
+from choreo.servers.nats import NatsServer
 from choreo.servers.ports import free_port
-from choreo.stack import ServiceProcess, service_user
+from choreo.stack import ServiceProcess
 from services.fraud.app import create_app
 from services.fraud.domain import Scorer
 from services.fraud.scoring import partition_of
@@ -30,11 +30,11 @@ from shared.jetstream import ensure_streams
 from shared.settings import Settings
 from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET
 from tests.conftest import S3Endpoint
+from tests.server_support import service_nats_server
 from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
-ADMIN = NatsUser("admin", "admin-password")
 FRAUD_PASSWORD = "fraud-password"
 Tx = dict[str, Any]
 
@@ -43,18 +43,8 @@ Tx = dict[str, Any]
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server of the test's own (no stream, consumer or snapshot of another test),
     with the admin user and the fraud service's user and permissions."""
-    fraud = service_user("fraud", FRAUD_PASSWORD)
-    with NatsServer(tmp_path / "nats", [ADMIN, fraud]) as server:
+    with service_nats_server(tmp_path / "nats", "fraud", FRAUD_PASSWORD) as server:
         yield server
-
-
-@pytest.fixture
-async def admin(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
-    """An admin connection; the streams exist."""
-    client = await nats.connect(nats_server.url, user=ADMIN.user, password=ADMIN.password)
-    await ensure_streams(client.jetstream(), Settings(environment="test"))
-    yield client
-    await client.drain()
 
 
 def fraud_settings(

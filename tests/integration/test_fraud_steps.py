@@ -7,7 +7,6 @@ import io
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +19,9 @@ from choreo.runs import request_run
 from services.fraud.domain import Scorer
 from services.fraud.settings import FraudSettings
 from services.fraud.steps import fraud_steps
-from services.store.buckets import ensure_buckets
 from shared.envelope import Event
-from shared.lake import layer_buckets
 from shared.metrics import Metrics
-from shared.s3 import parse_s3_uri, s3_client
+from shared.s3 import parse_s3_uri
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
 from shared.workflow.runtime import (
@@ -44,13 +41,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "workflows" / "fraud-detection"
-
-
-@pytest.fixture
-async def s3(settings: Settings) -> AsyncIterator["S3Client"]:
-    async with s3_client(settings) as client:
-        await ensure_buckets(client, list(layer_buckets(settings).values()))
-        yield client
 
 
 def score_step(settings: Settings, s3: "S3Client") -> StepFunction:

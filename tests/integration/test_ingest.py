@@ -250,8 +250,8 @@ async def test_a_workflow_queries_postgres_and_lands_the_rows(
     table: str,
     s3: "S3Client",
 ) -> None:
-    """The DESIGN's example shape: a named source, a templated `$1`, then the landed rows
-    read back by `ingest.file` from their s3:// URI."""
+    """The sales-report workflow's shape: a named source, a templated `$1`, then the landed
+    rows read back by `ingest.file` from their s3:// URI."""
     workflow = {
         "name": "ingest-test",
         "inputs": {"day": {"type": "string", "default": "2024-01-01"}},

@@ -40,6 +40,7 @@ from shared.jetstream import ensure_streams
 from shared.lake import seq_range
 from shared.s3 import s3_client
 from shared.settings import Settings
+from tests.server_support import dead_letter
 from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
 if TYPE_CHECKING:
@@ -261,16 +262,7 @@ async def test_a_message_that_is_not_an_event_goes_to_dlq_store(settings: Settin
     marker = f"not-an-event-{uuid.uuid4()}"
     async with jetstream(settings) as js, serve(store_app(store_settings(settings))):
         ack = await js.publish(f"data.{unique_type('garbage')}", marker.encode())
-
-        async def last_dead() -> dict[str, Any]:
-            try:
-                msg = await js.get_last_msg("DLQ", "dlq.store")
-            except nats.js.errors.NotFoundError:
-                return {}
-            data: dict[str, Any] = json.loads(msg.data or b"{}")["data"]
-            return data
-
-        dead = await wait_for(last_dead, lambda d: d.get("payload") == marker)
+        dead = await dead_letter(js, "store", marker)
     assert dead["stream_seq"] == ack.seq
     assert "not a valid event envelope" in dead["reason"]
 

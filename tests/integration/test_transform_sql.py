@@ -15,11 +15,9 @@ import nats
 import pytest
 
 from choreo.runs import request_run
-from services.store.buckets import ensure_buckets
 from services.transform.app import create_app as transform_app
-from services.transform.sql_steps import register_sql_steps
-from shared.lake import layer_buckets
-from shared.s3 import parse_s3_uri, s3_client
+from services.transform.sql.steps import register_sql_steps
+from shared.s3 import parse_s3_uri
 from shared.settings import Settings
 from shared.workflow.runtime import StepContext, StepFailed, StepFunction, StepRegistry
 from tests.support import serve
@@ -31,13 +29,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 SAMPLE = Path(__file__).resolve().parents[2] / "workflows" / "customer-medallion"
-
-
-@pytest.fixture
-async def s3(settings: Settings) -> AsyncIterator["S3Client"]:
-    async with s3_client(settings) as client:
-        await ensure_buckets(client, list(layer_buckets(settings).values()))
-        yield client
 
 
 def sql_step(settings: Settings, s3: "S3Client") -> StepFunction:

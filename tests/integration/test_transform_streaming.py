@@ -12,7 +12,7 @@ import random
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,19 +24,18 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
-from choreo.servers.nats import NatsServer, NatsUser
-from choreo.stack import service_user
-from services.transform.streaming import StreamingConfig, StreamingSupervisor, StreamReader
+from choreo.servers.nats import NatsServer
+from services.transform.streaming.pipelines import StreamingConfig
+from services.transform.streaming.reader import StreamReader
+from services.transform.streaming.supervisor import StreamingSupervisor
 from shared.envelope import Event
 from shared.ids import uuid7
-from shared.jetstream import ensure_streams
-from shared.settings import Settings
 from shared.subjects import data_subject
+from tests.server_support import service_nats_server
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
-ADMIN = NatsUser("admin", "admin-password")
 TRANSFORM_PASSWORD = "transform-password"
 WITHIN_S = 90.0  # a start imports Pathway and replays its log: seconds on a busy machine
 
@@ -44,18 +43,8 @@ WITHIN_S = 90.0  # a start imports Pathway and replays its log: seconds on a bus
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server with the admin user and the transform service's user."""
-    transform = service_user("transform", TRANSFORM_PASSWORD)
-    with NatsServer(tmp_path / "nats", [ADMIN, transform]) as server:
+    with service_nats_server(tmp_path / "nats", "transform", TRANSFORM_PASSWORD) as server:
         yield server
-
-
-@pytest.fixture
-async def admin(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
-    """An admin connection; the streams exist."""
-    client = await nats.connect(nats_server.url, user=ADMIN.user, password=ADMIN.password)
-    await ensure_streams(client.jetstream(), Settings(environment="test"))
-    yield client
-    await client.drain()
 
 
 @pytest.fixture

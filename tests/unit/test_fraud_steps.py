@@ -10,15 +10,7 @@ import pytest
 
 from services.fraud.domain import Line, chronological, parse_transactions
 from services.fraud.steps import CSV_COLUMNS, alerts_csv
-
-TX = {
-    "transaction_id": "tx-1",
-    "card_id": "card-1",
-    "terminal_id": "term-1",
-    "amount": 12.5,
-    "currency": "EUR",
-    "timestamp": "2024-01-15T10:01:00Z",
-}
+from tests.samples import TRANSACTION as TX
 
 
 def test_every_form_of_a_transaction_is_read_and_other_events_are_skipped() -> None:

@@ -23,23 +23,15 @@ from services.ingest.domain import (
 )
 from services.ingest.registry import load_registry
 from shared.workflow.validate import looks_like_dsn
+from tests.samples import SALE, changed
 
 NDJSON = "application/x-ndjson"
 REGISTRY = load_registry()
-SALE = {
-    "order_id": "o-1",
-    "day": "2024-01-15",
-    "region": "north",
-    "product": "widget",
-    "quantity": 2,
-    "unit_price": 9.5,
-}
 
 
 def sale(**changes: Any) -> dict[str, Any]:
     """A valid sale's data, with `changes` (None removes a field)."""
-    data = {**SALE, **changes}
-    return {k: v for k, v in data.items() if v is not None}
+    return changed(SALE, **changes)
 
 
 def lines(*items: object) -> bytes:

@@ -1,4 +1,5 @@
-"""DESIGN §1: services never import one another; shared/ imports no service and no CLI."""
+"""Services never import one another; shared/ imports no service and no CLI
+(docs/reference/subjects-and-streams.md)."""
 
 import ast
 from pathlib import Path

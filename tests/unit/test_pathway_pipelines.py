@@ -16,25 +16,14 @@ import duckdb
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.transform.pathway_static import (
-    CASTERS,
-    SALE_SCHEMA,
-    CastError,
-    CleanSpec,
-    PipelineError,
-    cast_row,
-    clean_spec,
-    run_static,
-)
-from services.transform.pathway_steps import PATHWAY_PIPELINES
-from services.transform.sql_pipelines import PIPELINES as SQL_PIPELINES
-from services.transform.streaming import (
-    StreamingMetrics,
-    business_event_row,
-    parse_report,
-    postgres_settings,
-    sale_row,
-)
+from services.transform.casting import CASTERS, CastError, CleanSpec, cast_row
+from services.transform.pathway.engine import run_static
+from services.transform.pathway.pipelines import SALE_SCHEMA, PipelineError, clean_spec
+from services.transform.pathway.steps import PATHWAY_PIPELINES
+from services.transform.sql.pipelines import PIPELINES as SQL_PIPELINES
+from services.transform.streaming.pipelines import postgres_settings
+from services.transform.streaming.rows import business_event_row, sale_row
+from services.transform.streaming.supervisor import StreamingMetrics, parse_report
 from shared.envelope import Event
 from shared.workflow.runtime import StepFailed
 

@@ -1,4 +1,5 @@
-"""The schema registry: the shipped schemas (DESIGN §6), the extension folder, versions."""
+"""The schema registry: the shipped schemas (docs/reference/http-api.md), the extension
+folder, versions."""
 
 import json
 from pathlib import Path
@@ -7,35 +8,15 @@ from typing import Any
 import pytest
 
 from services.ingest.registry import SchemaRegistry, UnknownSchema, load_registry
+from tests import samples
+from tests.samples import BUSINESS_EVENT, changed
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = load_registry()
 
-TRANSACTION = {
-    "transaction_id": "tx-1",
-    "card_id": "card-1",
-    "terminal_id": "term-1",
-    "amount": 84.34,
-    "currency": "EUR",
-    "timestamp": "2024-01-15T10:01:00Z",
-    "country": "ES",
-    "channel": "pos",
-    "merchant_category": "5411",
-}
-SALE = {
-    "order_id": "o-1",
-    "day": "2024-01-15",
-    "region": "south",
-    "product": "gadget",
-    "quantity": 0,
-    "unit_price": 0,
-}
-BUSINESS_EVENT = {"company_id": "acme", "event_type": "invoice.created", "payload": {}}
-
-
-def changed(data: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """`data` with `changes` (None removes a field)."""
-    return {k: v for k, v in {**data, **changes}.items() if v is not None}
+# Every optional field given; the sale at the bounds (nothing sold, for nothing).
+TRANSACTION = changed(samples.TRANSACTION, country="ES", channel="pos", merchant_category="5411")
+SALE = changed(samples.SALE, quantity=0, unit_price=0)
 
 
 def fields(event_type: str, data: dict[str, Any]) -> set[str]:

@@ -2,7 +2,7 @@
 
 Each pipeline runs through the engine's own `execute` (the code path of the step) over
 in-memory DuckDB tables, or through `run` over local files; the expected numbers come from
-plain-Python implementations of the contracts in `services/transform/sql_pipelines.py`.
+plain-Python implementations of the contracts in `services/transform/sql/pipelines.py`.
 """
 
 import csv
@@ -25,7 +25,7 @@ import duckdb
 import polars
 import pytest
 
-from services.transform.sql_engine import (
+from services.transform.sql.engine import (
     InputFiles,
     SqlError,
     SqlJob,
@@ -35,8 +35,8 @@ from services.transform.sql_engine import (
     input_suffix,
     run,
 )
-from services.transform.sql_pipelines import PIPELINES
-from services.transform.sql_steps import (
+from services.transform.sql.pipelines import PIPELINES
+from services.transform.sql.steps import (
     Source,
     job_of,
     local_suffix,

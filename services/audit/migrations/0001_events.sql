@@ -1,4 +1,4 @@
--- Every event Choreo carries, once per id (DESIGN §7: audit inserts are idempotent).
+-- Every event Choreo carries, once per id (docs/reference/guarantees.md: audit inserts are idempotent).
 CREATE TABLE events (
     id            text PRIMARY KEY,
     type          text        NOT NULL,

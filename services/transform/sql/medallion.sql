@@ -1,6 +1,6 @@
 -- medallion: raw customers -> bronze (as landed, with audit columns) -> silver (typed,
 -- cleaned, de-duplicated) -> gold (aggregates). The contract (columns and rules) is in
--- services/transform/sql_pipelines.py.
+-- services/transform/sql/pipelines.py.
 --
 -- Input view `customers` (read as text): customer_id, name, email, country, signup_date,
 -- plan, monthly_spend. Parameters bound by the step: $run_id, $started_at, $customers_uri.

@@ -1,6 +1,6 @@
 -- sales_report: revenue, orders and quantity per day, region and product, with per-day
 -- totals and a grand total. The contract (columns, rules, order) is in
--- services/transform/sql_pipelines.py; the Pathway pipeline of the same name must match it.
+-- services/transform/sql/pipelines.py; the Pathway pipeline of the same name must match it.
 --
 -- Input view `sales`: order_id, day, region, product, quantity, unit_price (any types that
 -- cast: Parquet, CSV or JSON rows, or `sale` events from the lake).

@@ -1,7 +1,7 @@
 """Step kind `transform.sql`: DuckDB SQL over lake objects, outputs written as Parquet.
 
 `with`:
-- `pipeline`: a named pipeline (`sql_pipelines.PIPELINES`: `sales_report`, `medallion`),
+- `pipeline`: a named pipeline (`pipelines.PIPELINES`: `sales_report`, `medallion`),
   or `sql`: statements of your own, the last one a query whose result is the output
   `result`. Either may create a relation named `rejected`: its row count is `rejected`.
 - `inputs`: name -> where its rows are, each a view of that name in the SQL. A value is an
@@ -24,8 +24,8 @@ Output: `uri` and `rows` (one output), or `uris` and `rows` per output name; `re
 `engine` ("duckdb").
 
 Inputs are fetched into a temporary directory and read there: DuckDB's httpfs extension
-cannot be installed here (see PITFALLS). The SQL runs in a worker thread, in a sandbox that
-sees only those files (`sql_engine`).
+is downloaded at run time, which a machine without internet access cannot do. The SQL runs
+in a worker thread, in a sandbox that sees only those files (`engine`).
 """
 
 import asyncio
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 import duckdb
 from botocore.exceptions import ClientError
 
-from services.transform.sql_engine import (
+from services.transform.sql.engine import (
     FORMATS,
     IDENTIFIER,
     RESULT,
@@ -50,7 +50,7 @@ from services.transform.sql_engine import (
     input_suffix,
     run,
 )
-from services.transform.sql_pipelines import PIPELINES
+from services.transform.sql.pipelines import PIPELINES
 from shared.lake import OUTPUT_LAYERS, layer_bucket, relative_key
 from shared.s3 import parse_s3_uri, s3_uri
 from shared.settings import Settings

@@ -4,7 +4,7 @@
 rejected count)`), so the step's table can hold both. A call blocks for the whole run
 (seconds): call it through `asyncio.to_thread` so the event loop keeps serving.
 
-Why a child process per run, `python -m services.transform.pathway_static`, rather than a
+Why a child process per run, `python -m services.transform.pathway.engine`, rather than a
 thread of the service (runs do repeat fine in one process, one at a time: Pathway's graph
 is global to it): measured here, a thread kept the service at about 470 MB once a run had
 imported Pathway, stalled its event loop up to 185 ms during runs, and a crashed engine
@@ -24,13 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from services.transform.pathway_static import (
-    PIPELINE_NAMES,
-    PipelineError,
-    Row,
-    pipeline_spec,
-    write_rows,
-)
+from services.transform.casting import Row
+from services.transform.pathway.engine import write_rows
+from services.transform.pathway.pipelines import PIPELINE_NAMES, PipelineError, pipeline_spec
 from services.transform.pipelines import Pipeline
 from shared.workflow.runtime import StepFailed
 
@@ -69,7 +65,7 @@ def run_pathway(
         (directory / "request.json").write_text(json.dumps(request), encoding="utf-8")
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "services.transform.pathway_static", "request.json"],
+                [sys.executable, "-m", "services.transform.pathway.engine", "request.json"],
                 cwd=directory,
                 capture_output=True,
                 text=True,
@@ -95,7 +91,7 @@ def _pipeline(name: str) -> Pipeline:
         return {"rows": result, "rejected": rejected}, len(rejected)
 
     run.__name__ = name
-    run.__doc__ = f"Pathway pipeline {name!r} (services/transform/pathway_static.py)."
+    run.__doc__ = f"Pathway pipeline {name!r} (services/transform/pathway/pipelines.py)."
     return run
 
 

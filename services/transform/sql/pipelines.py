@@ -1,5 +1,6 @@
-r"""The named pipelines of `transform.sql`: a SQL script each (`sql/<name>.sql`), plus what
-the step needs to know about it: the input views it reads and the relations it writes.
+r"""The named pipelines of `transform.sql`: a SQL script each (`<name>.sql` beside this
+module), plus what the step needs to know about it: the input views it reads and the
+relations it writes.
 
 A script may create any tables and views. Each output is a relation the script creates,
 written as one Parquet object; a relation named `rejected`, if the script creates one,
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-SQL_DIR: Final = Path(__file__).parent / "sql"
+SQL_DIR: Final = Path(__file__).parent
 
 
 @dataclass(frozen=True)

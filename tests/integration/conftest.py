@@ -1,0 +1,48 @@
+"""Fixtures of the integration tests beyond the session's servers (tests/conftest.py)."""
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import asyncpg
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from choreo.servers.nats import NatsServer
+from services.audit.adapters import PgEventStore, migrate
+from services.store.buckets import ensure_buckets
+from shared.jetstream import ensure_streams
+from shared.lake import layer_buckets
+from shared.s3 import s3_client
+from shared.settings import Settings
+from tests.server_support import NATS_ADMIN
+
+if TYPE_CHECKING:  # the stubs are a dev dependency
+    from types_aiobotocore_s3 import S3Client
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[PgEventStore]:
+    """The audit service's event store on the test database, migrated."""
+    assert settings.database_url is not None
+    pool = await asyncpg.create_pool(settings.database_url.get_secret_value(), min_size=1)
+    await migrate(pool)
+    yield PgEventStore(pool)
+    await pool.close()
+
+
+@pytest.fixture
+async def s3(settings: Settings) -> AsyncIterator["S3Client"]:
+    """An S3 client on the test S3 server; the lake's buckets exist."""
+    async with s3_client(settings) as client:
+        await ensure_buckets(client, list(layer_buckets(settings).values()))
+        yield client
+
+
+@pytest.fixture
+async def admin(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    """An admin connection to the module's own `nats_server`; the streams exist."""
+    client = await nats.connect(nats_server.url, user=NATS_ADMIN.user, password=NATS_ADMIN.password)
+    await ensure_streams(client.jetstream(), Settings(environment="test"))
+    yield client
+    await client.drain()

@@ -1,7 +1,0 @@
-"""docs/asyncapi/ is what the code declares (regenerate: python -m services.asyncapi)."""
-
-from services.asyncapi import main
-
-
-def test_asyncapi_documents_are_current() -> None:
-    assert main(["--check"]) == 0
