@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOCK=dev EXTRAS=dev source scripts/venv.sh
+source scripts/promtool.sh
 exec python -m pytest "$@"

@@ -19,6 +19,7 @@ OVERLAYS = ["dev", "prod"]
 CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 # Not autoscaled, on purpose (k8s/base/autoscaling/scaledobjects.yaml says why).
 # The lake lander (store) and live fraud scoring (partitioned by card) do not scale; their
