@@ -4,11 +4,21 @@ A registry per service instance (not the global one) lets tests build several ap
 process. Every name is prefixed `choreo_`; docs/metrics.md lists them.
 """
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from nats.aio.msg import Msg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
@@ -28,6 +38,10 @@ class Metrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.registry = CollectorRegistry()
+        # The standard process_* (CPU, memory, open files), python_gc_* and python_info
+        # series, as the default registry has them.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
         self.consumed = Counter(
             "choreo_messages_consumed",
             "Messages settled, by stream subject and outcome (ack, nack, dlq).",
@@ -96,6 +110,24 @@ class Metrics:
             ["service", "state"],
             registry=self.registry,
         )
+
+    def declare(self, consumed: Iterable[str], published: Iterable[str]) -> None:
+        """Start at zero every series known in advance, so that a fresh service's
+        dashboard shows 0 rather than "No data" and `increase()` sees the first event:
+        the subjects it consumes and publishes (wildcards are known only once a message
+        names them) and the workflow states."""
+        for subject in consumed:
+            if "*" not in subject and ">" not in subject:
+                for outcome in get_args(ConsumedOutcome):
+                    self.consumed.labels(self.service, subject, outcome)
+                self.retries.labels(self.service, subject)
+        for subject in published:
+            if "*" not in subject and ">" not in subject:
+                self.published.labels(self.service, subject)
+        for state in RUN_STATES:
+            self.workflow_runs.labels(self.service, state)
+        for state in STEP_STATES:
+            self.workflow_steps.labels(self.service, state)
 
     def count_consumed(self, subject: str, outcome: ConsumedOutcome, n: int = 1) -> None:
         self.consumed.labels(self.service, subject, outcome).inc(n)

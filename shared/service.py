@@ -150,7 +150,17 @@ def build_service(
 
     for router in routers:
         app.include_router(router)
+    permissions = SERVICE_PERMISSIONS.get(name)
+    metrics.declare(
+        consumed=[_subject(s) for s in broker.subscribers],
+        published=permissions.publish if permissions else (),
+    )
     return Service(name, settings, broker, metrics, app, all_checks)
+
+
+def _subject(subscriber: object) -> str:
+    """The subject a FastStream NATS subscriber consumes ("" when it does not say)."""
+    return str(getattr(getattr(subscriber, "subject", None), "broker_address", ""))
 
 
 async def _stop_consuming(broker: NatsBroker) -> None:
