@@ -30,7 +30,7 @@ PY
 }
 UPGRADE=()
 [ "${1:-}" = "--upgrade" ] && UPGRADE=(--upgrade)
-lock runtime              # the image of ingest, store, audit, fraud and the CLI
-lock transform pathway    # the transform image
+lock runtime otel         # the image of ingest, store, audit, fraud and the CLI
+lock transform pathway otel  # the transform image
 lock local pathway stack  # scripts/quickstart.sh: the embedded stack
 lock dev dev              # scripts/test.sh and CI: everything

