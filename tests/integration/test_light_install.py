@@ -9,6 +9,7 @@ none of the extras is checked by tests/deploy/test_images.py."""
 
 import json
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -50,8 +51,17 @@ def light(tmp_path_factory: pytest.TempPathFactory) -> Path:
         python, "install", "-q", "--no-compile", "-r", str(ROOT / "requirements/runtime.lock")
     )
     assert lock.returncode == 0, lock.stderr[-3000:]
-    # A regular install from a copy-free build (as the image does): the venv holds the code.
-    own = pip(python, "install", "-q", "--no-compile", "--no-deps", str(ROOT))
+    # A regular install (as the image does): the venv holds the code. From a copy of what
+    # the image copies: pip builds in the source tree, which would leave build/ behind.
+    source = home / "source"
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for package in ("shared", "services", "choreo"):
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    own = pip(python, "install", "-q", "--no-compile", "--no-deps", str(source))
     assert own.returncode == 0, own.stderr[-3000:]
     return python
 
