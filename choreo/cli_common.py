@@ -91,9 +91,9 @@ SyncInterval = Annotated[
 ]
 
 
-def plural(count: int, noun: str) -> str:
-    """`1 step`, `2 steps`."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`1 step`, `2 steps`; `many` for a noun whose plural is not noun + s (`entry`, `entries`)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
 
 
 def read_audit(settings: ClientSettings, path: str, **kwargs: Any) -> Any:

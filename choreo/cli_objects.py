@@ -203,7 +203,7 @@ def list_objects(
     if json_out:
         console.print_json(json.dumps(entries))
         return
-    table = Table(title=f"{uri}: {plural(len(entries), 'entry')}", title_justify="left")
+    table = Table(title=f"{uri}: {plural(len(entries), 'entry', 'entries')}", title_justify="left")
     table.add_column("uri", overflow="fold")
     table.add_column("bytes", justify="right")
     table.add_column("modified")

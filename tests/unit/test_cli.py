@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import choreo.cli  # noqa: F401  (registers the commands on the app)
-from choreo.cli_common import app
+from choreo.cli_common import app, plural
 from choreo.cli_runs import _dag_order, _taken_from
 from choreo.follow import RunView, StepView
 from shared.envelope import Event
@@ -40,6 +40,20 @@ def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.startswith("choreo 0.")
+
+
+@pytest.mark.parametrize(
+    ("count", "noun", "many", "expected"),
+    [
+        (1, "step", None, "1 step"),
+        (2, "step", None, "2 steps"),
+        (0, "run", None, "0 runs"),
+        (1, "entry", "entries", "1 entry"),
+        (3, "entry", "entries", "3 entries"),
+    ],
+)
+def test_plural(count: int, noun: str, many: str | None, expected: str) -> None:
+    assert plural(count, noun, many) == expected
 
 
 def test_shell_completion() -> None:
