@@ -14,7 +14,7 @@ from urllib.parse import quote
 from shared.envelope import Event
 from shared.settings import Settings
 from shared.subjects import EVENT_TYPE_PATTERN
-from shared.workflow.runtime import StepFailed
+from shared.workflow.steps import StepFailed
 
 KEY_ROOT = "events"
 SEQ_DIGITS = 12

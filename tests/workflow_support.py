@@ -20,7 +20,7 @@ from services.store.settings import StoreSettings
 from services.transform.app import create_app as transform_app
 from shared.settings import Settings
 from shared.workflow.kinds import STEP_KINDS, StepKind
-from shared.workflow.runtime import StepContext, StepOutput, StepRegistry
+from shared.workflow.steps import StepContext, StepOutput, StepRegistry
 from tests.support import serve, wait_for
 
 TEST_KINDS = {

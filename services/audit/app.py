@@ -32,7 +32,8 @@ from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
 from shared.subjects import AUDIT_EVENT_LOOKUP, DATA, FRAUD, WORKFLOW, StreamSpec
-from shared.workflow.runtime import Choreography, StepRegistry
+from shared.workflow.runtime import Choreography
+from shared.workflow.steps import StepRegistry
 
 NAME = "audit"
 AUDITED_STREAMS: tuple[StreamSpec, ...] = (DATA, WORKFLOW, FRAUD)

@@ -6,7 +6,7 @@ from services.audit.ports import EventStore
 from shared.envelope import Event
 from shared.jetstream import EventPublisher
 from shared.subjects import NOTIFY, stream_for
-from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
+from shared.workflow.steps import StepContext, StepFailed, StepOutput, StepRegistry
 
 
 def audit_steps(

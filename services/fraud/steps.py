@@ -27,7 +27,7 @@ from services.fraud.domain import Line, Scored, Scorer, chronological, parse_tra
 from services.fraud.settings import FraudSettings
 from shared.lake import OUTPUT_LAYERS, layer_bucket
 from shared.s3 import parse_s3_uri, s3_uri
-from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
+from shared.workflow.steps import StepContext, StepFailed, StepOutput, StepRegistry
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client

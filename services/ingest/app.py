@@ -8,7 +8,6 @@ from services.ingest.api import events_router, schemas_router
 from services.ingest.inbound import InboundEvents
 from services.ingest.lookup import lookup_router
 from services.ingest.registry import SchemaRegistry, load_registry
-from services.ingest.runs import RunCoordinator
 from services.ingest.settings import IngestSettings
 from services.ingest.steps import ingest_steps
 from shared.metrics import Metrics
@@ -16,7 +15,9 @@ from shared.s3 import open_s3
 from shared.service import Service, build_service, create_broker
 from shared.slot import Slot
 from shared.workflow.kinds import STEP_KINDS, StepKind
-from shared.workflow.runtime import Choreography, StepRegistry
+from shared.workflow.lifecycle import RunLifecycle
+from shared.workflow.runtime import Choreography
+from shared.workflow.steps import StepRegistry
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
@@ -42,7 +43,7 @@ def create_app(
     steps = steps if steps is not None else StepRegistry(NAME)
     ingest_steps(steps, client.get, settings)
     choreography = Choreography.create(NAME, settings, broker, metrics, steps)
-    RunCoordinator(choreography, kinds).subscribe(broker, settings)
+    RunLifecycle(choreography, kinds).subscribe(broker, settings)
     InboundEvents(registry, choreography.publisher, choreography.settler, metrics).subscribe(
         broker, settings
     )

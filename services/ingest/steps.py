@@ -31,7 +31,7 @@ from services.ingest.domain import (
 )
 from services.ingest.settings import IngestSettings
 from shared.s3 import parse_s3_uri, s3_uri
-from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
+from shared.workflow.steps import StepContext, StepFailed, StepOutput, StepRegistry
 from shared.workflow.validate import looks_like_dsn
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time

@@ -22,7 +22,8 @@ from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
 from shared.subjects import DATA
-from shared.workflow.runtime import Choreography, StepRegistry
+from shared.workflow.runtime import Choreography
+from shared.workflow.steps import StepRegistry
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client

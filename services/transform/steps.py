@@ -13,7 +13,7 @@ from services.transform.sql.steps import register_sql_steps
 from shared.lake import OUTPUT_LAYERS, layer_bucket
 from shared.s3 import parse_s3_uri, s3_uri
 from shared.settings import Settings
-from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
+from shared.workflow.steps import StepContext, StepFailed, StepOutput, StepRegistry
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client

@@ -17,8 +17,6 @@ idempotent "after success" part, and every event has a deterministic id.
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
@@ -27,7 +25,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from pydantic import BaseModel, JsonValue, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.consumer import Settler, Unprocessable, message_subscription
 from shared.envelope import Event
@@ -40,32 +38,11 @@ from shared.workflow import events as ev
 from shared.workflow.kinds import owner
 from shared.workflow.spec import StepSpec, WorkflowSpec
 from shared.workflow.state import AttemptKey, Claim, RunRecord, RunStore, ensure_bucket
+from shared.workflow.steps import StepContext, StepFailed, StepFunction, StepOutput, StepRegistry
 from shared.workflow.templates import TemplateError, referenced_steps, render
 
 log = structlog.get_logger(__name__)
 
-StepOutput = dict[str, JsonValue]
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """What a step function gets: its rendered `with` and where it runs."""
-
-    runid: str
-    step: str
-    uses: str
-    attempt: int
-    generation: int
-    params: dict[str, Any]
-    inputs: dict[str, Any]
-
-    @property
-    def idempotency_key(self) -> str:
-        """The same for every attempt of the step: use it to make effects happen once."""
-        return f"{self.runid}:{self.step}"
-
-
-StepFunction = Callable[[StepContext], Awaitable[StepOutput]]
 DataT = TypeVar("DataT", bound=BaseModel)
 
 
@@ -75,35 +52,6 @@ def parse_data(model: type[DataT], event: Event) -> DataT:
         return model.model_validate(event.data)
     except ValidationError as exc:
         raise Unprocessable(f"{event.type} with unexpected data: {exc}") from exc
-
-
-class StepFailed(Exception):
-    """Raise from a step for a failure no retry can fix (the run fails at once)."""
-
-
-class StepRegistry:
-    """The step kinds one service implements: `@steps.kind("audit.log")`."""
-
-    def __init__(self, service: str) -> None:
-        self.service = service
-        self._functions: dict[str, StepFunction] = {}
-
-    def kind(self, uses: str) -> Callable[[StepFunction], StepFunction]:
-        if owner(uses) != self.service:
-            raise ValueError(f"{uses!r} is owned by {owner(uses)!r}, not {self.service!r}")
-
-        def register(function: StepFunction) -> StepFunction:
-            self._functions[uses] = function
-            return function
-
-        return register
-
-    def get(self, uses: str) -> StepFunction | None:
-        return self._functions.get(uses)
-
-    @property
-    def kinds(self) -> list[str]:
-        return sorted(self._functions)
 
 
 class Choreography:
@@ -357,7 +305,7 @@ class Choreography:
                 reason=f"step {step.id!r} failed after {attempts}: {error}",
             )
 
-    # -- moving the run along (also used by ingest's run coordinator) ----------------------
+    # -- moving the run along (also used by the run lifecycle) ------------------------------
 
     async def request_step(
         self,

@@ -24,13 +24,8 @@ from shared.metrics import Metrics
 from shared.s3 import parse_s3_uri
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
-from shared.workflow.runtime import (
-    Choreography,
-    StepContext,
-    StepFailed,
-    StepFunction,
-    StepRegistry,
-)
+from shared.workflow.runtime import Choreography
+from shared.workflow.steps import StepContext, StepFailed, StepFunction, StepRegistry
 from tests.support import serve
 from tests.workflow_support import wait_run_ended, workflow_services
 

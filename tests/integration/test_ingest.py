@@ -29,7 +29,7 @@ from shared.ids import uuid7
 from shared.jetstream import EventPublisher, ensure_streams
 from shared.s3 import parse_s3_uri, s3_client
 from shared.settings import Settings
-from shared.workflow.runtime import StepContext, StepFailed, StepOutput, StepRegistry
+from shared.workflow.steps import StepContext, StepFailed, StepOutput, StepRegistry
 from tests.conftest import S3Endpoint
 from tests.support import serve, wait_for
 from tests.workflow_support import wait_run_ended

@@ -19,7 +19,7 @@ from services.transform.app import create_app as transform_app
 from services.transform.sql.steps import register_sql_steps
 from shared.s3 import parse_s3_uri
 from shared.settings import Settings
-from shared.workflow.runtime import StepContext, StepFailed, StepFunction, StepRegistry
+from shared.workflow.steps import StepContext, StepFailed, StepFunction, StepRegistry
 from tests.support import serve
 from tests.workflow_support import wait_run_ended, workflow_services
 

@@ -25,7 +25,7 @@ from services.transform.streaming.pipelines import postgres_settings
 from services.transform.streaming.rows import business_event_row, sale_row
 from services.transform.streaming.supervisor import StreamingMetrics, parse_report
 from shared.envelope import Event
-from shared.workflow.runtime import StepFailed
+from shared.workflow.steps import StepFailed
 
 # --- casting (no Pathway) ---------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from services.transform.sql.steps import (
     parse_inputs,
     step_params,
 )
-from shared.workflow.runtime import StepContext, StepFailed
+from shared.workflow.steps import StepContext, StepFailed
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "workflows" / "customer-medallion"

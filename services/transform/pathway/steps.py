@@ -28,7 +28,7 @@ from services.transform.casting import Row
 from services.transform.pathway.engine import write_rows
 from services.transform.pathway.pipelines import PIPELINE_NAMES, PipelineError, pipeline_spec
 from services.transform.pipelines import Pipeline
-from shared.workflow.runtime import StepFailed
+from shared.workflow.steps import StepFailed
 
 RUN_TIMEOUT_S = 900.0
 """A run that takes longer is killed (the step's own timeout cannot stop a thread)."""

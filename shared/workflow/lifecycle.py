@@ -1,4 +1,5 @@
-"""Ingest's part in workflows: starting runs, cancelling them, retrying them.
+"""The run lifecycle: starting runs, cancelling them, retrying them (the ingest service
+subscribes it).
 
 `wf.run.requested` -> validate, store the run in KV, `wf.run.started`, and a step request
 for every step without `needs`. Each handler is idempotent: a redelivered command replays
@@ -22,7 +23,7 @@ from shared.workflow.state import RunRecord
 from shared.workflow.validate import validate_workflow
 
 
-class RunCoordinator:
+class RunLifecycle:
     def __init__(
         self, choreography: Choreography, kinds: Mapping[str, StepKind] = STEP_KINDS
     ) -> None:
