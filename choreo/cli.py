@@ -42,6 +42,7 @@ CRASHES_SEEN = "crashes-seen"
 def main() -> None:
     # Workflow commands register themselves on the same app.
     import choreo.cli_bench
+    import choreo.cli_deploy
     import choreo.cli_fraud
     import choreo.cli_objects
     import choreo.cli_runs  # noqa: F401

@@ -1,4 +1,5 @@
-"""Workflow commands: `choreo validate`, `run`, `runs`, `status`, `events`, `retry`, `cancel`.
+"""Workflow commands: `choreo validate`, `run` (a file or a deployed workflow), `runs`,
+`status`, `events`, `retry`, `cancel`.
 
 Runs start over NATS (`wf.run.requested`) and are followed live from their events; what
 happened is read back from the audit service's API.
@@ -32,6 +33,7 @@ from choreo.runs import request_cancel, request_retry, request_run
 from shared.ids import uuid7
 from shared.workflow import events as ev
 from shared.workflow.dag import order
+from shared.workflow.deployments import Deployed, DeploymentError, Deployments, open_bucket
 from shared.workflow.spec import WorkflowSpec
 from shared.workflow.validate import Validated, coerce_input, validate_workflow
 
@@ -61,6 +63,12 @@ def _load(
     except (OSError, json.JSONDecodeError) as exc:
         errors.print(f"[red]{file}: cannot read the workflow: {exc}[/red]")
         raise typer.Exit(EXIT_INVALID) from exc
+    return document, _check(document, raw_inputs, for_run=for_run)
+
+
+def _check(document: Any, raw_inputs: list[str] | None, *, for_run: bool = True) -> Validated:
+    """Validate a workflow document with `--input NAME=VALUE`s, each coerced to the type
+    the workflow declares for it."""
     given: dict[str, Any] = {}
     declared = document.get("inputs", {}) if isinstance(document, dict) else {}
     for item in raw_inputs or []:
@@ -71,7 +79,7 @@ def _load(
         spec = declared.get(name) if isinstance(declared, dict) else None
         kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
         given[name] = coerce_input(value, str(kind))
-    return document, validate_workflow(document, given if for_run or raw_inputs else None)
+    return validate_workflow(document, given if for_run or raw_inputs else None)
 
 
 def _print_problems(file: Path, checked: Validated, json_out: bool) -> None:
@@ -105,7 +113,13 @@ def validate(
 
 @app.command()
 def run(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="workflow.json")],
+    workflow: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE|NAME[@VERSION]",
+            help="A workflow file, or a deployed workflow (the latest version, or @VERSION).",
+        ),
+    ],
     data_dir: DataDir,
     inputs: Inputs = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Start it and return.")] = False,
@@ -118,11 +132,19 @@ def run(
 
     Exit code: 0 completed, 1 failed, cancelled or still running at --timeout, 2 invalid.
     """
-    document, checked = _load(file, inputs)
+    settings = ClientSettings.load(data_dir)
+    file = Path(workflow)
+    version: int | None = None
+    if file.is_file():
+        document, checked = _load(file, inputs)
+    else:
+        deployed = _run_async(lambda: _deployed(settings, workflow))
+        document, version = deployed.workflow, deployed.version
+        file = Path(deployed.reference)
+        checked = _check(document, inputs)
     if not checked.ok or checked.spec is None:
         _print_problems(file, checked, json_out)
         raise typer.Exit(EXIT_INVALID)
-    settings = ClientSettings.load(data_dir)
     spec = checked.spec
     view = _new_view("", spec)
 
@@ -130,17 +152,28 @@ def run(
         async with connect(settings) as client:
             js = client.jetstream()
             if no_wait:
-                view.runid = await request_run(js, document, checked.inputs)
+                view.runid = await request_run(js, document, checked.inputs, version=version)
                 return True
 
             async def start() -> None:
-                await request_run(js, document, checked.inputs, runid=view.runid)
+                await request_run(js, document, checked.inputs, runid=view.runid, version=version)
 
             view.runid = uuid7()
             return await _follow_live(client, view, start, timeout, json_out)
 
     finished = _run_async(go)
     _finish(view, finished, no_wait, json_out)
+
+
+async def _deployed(settings: ClientSettings, reference: str) -> Deployed:
+    """The deployed workflow `NAME[@VERSION]`; exit 2 naming what is wrong."""
+    async with connect(settings) as client:
+        store = Deployments(await open_bucket(client.jetstream(), settings))
+        try:
+            return await store.resolve(reference)
+        except (ValueError, DeploymentError) as exc:
+            errors.print(f"[red]{exc}[/red] (a file path also works: no file {reference!r})")
+            raise typer.Exit(EXIT_INVALID) from exc
 
 
 @app.command()

@@ -20,8 +20,10 @@ async def request_run(
     workflow: dict[str, Any],
     inputs: dict[str, Any],
     runid: str | None = None,
+    version: int | None = None,
 ) -> str:
-    """Publish `wf.run.requested`; the run id is chosen here so the caller can follow it."""
+    """Publish `wf.run.requested`; the run id is chosen here so the caller can follow it.
+    `version`: the deployed version of `workflow` it runs, recorded with the run."""
     runid = runid or uuid7()
     await _publish(
         js,
@@ -31,7 +33,9 @@ async def request_run(
             source=CLI_SOURCE,
             runid=runid,
             correlationid=runid,
-            data=ev.RunRequested(workflow=workflow, inputs=inputs).model_dump(mode="json"),
+            data=ev.RunRequested(workflow=workflow, inputs=inputs, version=version).model_dump(
+                mode="json"
+            ),
         ),
     )
     return runid

@@ -36,6 +36,8 @@ class _Data(BaseModel):
 class RunRequested(_Data):
     workflow: dict[str, JsonValue]
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
+    version: int | None = None
+    """The deployed version of the workflow (`choreo deploy`); None for a file's run."""
 
 
 class RunStarted(_Data):

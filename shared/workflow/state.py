@@ -18,13 +18,10 @@ from typing import Any, Literal
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import (
-    BucketNotFoundError,
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-)
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from shared.kv import dump, ensure_kv, get_entry, keys_matching
 from shared.settings import Settings
 
 BUCKET = "choreo_runs"
@@ -87,12 +84,8 @@ class Claimed:
 
 async def ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
     """Open the run-state bucket, creating it when missing (safe when services race)."""
-    try:
-        return await js.key_value(BUCKET)
-    except BucketNotFoundError:
-        pass
-    # Creating with an identical config is idempotent in JetStream, so a race is harmless.
-    return await js.create_key_value(
+    return await ensure_kv(
+        js,
         KeyValueConfig(
             bucket=BUCKET,
             description="workflow run state",
@@ -100,12 +93,8 @@ async def ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
             ttl=settings.stream_max_age_s,
             storage=StorageType.FILE,
             replicas=settings.stream_replicas,
-        )
+        ),
     )
-
-
-def _dump(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 class RunStore:
@@ -119,7 +108,7 @@ class RunStore:
     async def create_run(self, record: RunRecord) -> bool:
         """Store a new run; False when it exists already (a redelivered request)."""
         try:
-            await self.kv.create(f"run.{record.runid}", _dump(asdict(record)))
+            await self.kv.create(f"run.{record.runid}", dump(asdict(record)))
         except KeyWrongLastSequenceError:
             return False
         return True
@@ -142,7 +131,7 @@ class RunStore:
                 return None
             updated = RunRecord(**{**asdict(record), **changes, "status": status})
             try:
-                await self.kv.update(f"run.{runid}", _dump(asdict(updated)), last=entry[1])
+                await self.kv.update(f"run.{runid}", dump(asdict(updated)), last=entry[1])
             except KeyWrongLastSequenceError:
                 continue
             return updated
@@ -155,7 +144,7 @@ class RunStore:
         key = attempt.claim_key
         mine = Claim(owner, time.time() + lease_s)
         try:
-            await self.kv.create(key, _dump(asdict(mine)))
+            await self.kv.create(key, dump(asdict(mine)))
             return Claimed(True, mine)
         except KeyWrongLastSequenceError:
             pass
@@ -170,7 +159,7 @@ class RunStore:
         else:
             mine = replace(held, lease_until=mine.lease_until)
         try:
-            await self.kv.update(key, _dump(asdict(mine)), last=entry[1])
+            await self.kv.update(key, dump(asdict(mine)), last=entry[1])
         except KeyWrongLastSequenceError:
             entry = await self._get(key)
             return Claimed(False, Claim(**json.loads(entry[0])) if entry else mine)
@@ -178,7 +167,7 @@ class RunStore:
 
     async def renew(self, attempt: AttemptKey, claim: Claim, lease_s: float) -> None:
         renewed = replace(claim, lease_until=time.time() + lease_s)
-        await self.kv.put(attempt.claim_key, _dump(asdict(renewed)))
+        await self.kv.put(attempt.claim_key, dump(asdict(renewed)))
 
     async def claimed_steps(self, runid: str, generation: int) -> set[str]:
         """Steps with an attempt claimed (started) in `generation`."""
@@ -188,7 +177,7 @@ class RunStore:
     # -- outputs and dependencies ----------------------------------------------------------
 
     async def put_output(self, runid: str, step: str, output: dict[str, Any]) -> None:
-        await self.kv.put(f"out.{runid}.{step}", _dump(output))
+        await self.kv.put(f"out.{runid}.{step}", dump(output))
 
     async def output(self, runid: str, step: str) -> dict[str, Any] | None:
         entry = await self._get(f"out.{runid}.{step}")
@@ -218,24 +207,7 @@ class RunStore:
     # -- plumbing --------------------------------------------------------------------------
 
     async def _get(self, key: str) -> tuple[bytes, int] | None:
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
-            return None
-        if entry.value is None or entry.revision is None:
-            return None
-        return entry.value, entry.revision
+        return await get_entry(self.kv, key)
 
     async def _keys(self, pattern: str) -> list[str]:
-        """Keys matching a subject pattern, filtered by the server. (nats-py's
-        `KeyValue.keys(filters=...)` reads every key of the bucket and matches substrings.)"""
-        watcher = await self.kv.watch(pattern, ignore_deletes=True, meta_only=True)
-        keys = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of the current values
-                    break
-                keys.append(entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-        return keys
+        return await keys_matching(self.kv, pattern)

@@ -1,0 +1,110 @@
+"""Deployed workflows: `choreo deploy`, `workflows`, `undeploy`.
+
+A deployed workflow is stored by name with versions in JetStream KV
+(`shared/workflow/deployments.py`); `choreo run NAME[@VERSION]` runs one.
+"""
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from choreo.cli_common import DataDir, Json, app, console, errors, plural
+from choreo.cli_runs import EXIT_INVALID, _load, _print_problems, _run_async
+from choreo.client import ClientSettings
+from choreo.follow import connect
+from shared.workflow.deployments import Deployments, open_bucket
+
+
+@app.command()
+def deploy(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="workflow.json")],
+    data_dir: DataDir,
+    json_out: Json = False,
+) -> None:
+    """Validate a workflow file and store it under its name: a changed file becomes a new
+    version, an unchanged one keeps its version. `choreo run NAME` runs the latest."""
+    document, checked = _load(file, None, for_run=False)
+    if not checked.ok or checked.spec is None:
+        _print_problems(file, checked, json_out)
+        raise typer.Exit(EXIT_INVALID)
+    settings = ClientSettings.load(data_dir)
+    name = checked.spec.name
+
+    async def go() -> tuple[int, bool]:
+        async with connect(settings) as client:
+            store = Deployments(await open_bucket(client.jetstream(), settings))
+            deployed, new = await store.deploy(name, document)
+            return deployed.version, new
+
+    version, new = _run_async(go)
+    if json_out:
+        console.print_json(json.dumps({"name": name, "version": version, "new": new}))
+    elif new:
+        console.print(f"[green]Deployed {name}@{version}[/green]; `choreo run {name}` runs it.")
+    else:
+        console.print(f"{name}@{version} is already deployed with this content: unchanged.")
+
+
+@app.command()
+def workflows(data_dir: DataDir, json_out: Json = False) -> None:
+    """List the deployed workflows: name, latest version, when it was deployed, steps."""
+    settings = ClientSettings.load(data_dir)
+
+    async def go() -> list[dict[str, object]]:
+        async with connect(settings) as client:
+            store = Deployments(await open_bucket(client.jetstream(), settings))
+            return [
+                {
+                    "name": d.name,
+                    "version": d.version,
+                    "deployed_at": datetime.fromtimestamp(d.deployed_at, UTC).isoformat(),
+                    "steps": len(d.workflow.get("steps") or []),
+                    "description": d.workflow.get("description"),
+                }
+                for d in await store.latest_all()
+            ]
+
+    found = _run_async(go)
+    if json_out:
+        console.print_json(json.dumps(found))
+        return
+    table = Table(title=plural(len(found), "deployed workflow"), title_justify="left")
+    for column in ("name", "version", "deployed", "steps", "description"):
+        table.add_column(column, overflow="fold")
+    for d in found:
+        table.add_row(
+            str(d["name"]),
+            str(d["version"]),
+            str(d["deployed_at"])[:19],
+            str(d["steps"]),
+            str(d["description"] or ""),
+        )
+    console.print(table)
+
+
+@app.command()
+def undeploy(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    data_dir: DataDir,
+    json_out: Json = False,
+) -> None:
+    """Remove a deployed workflow (every version). Runs already started are not touched."""
+    settings = ClientSettings.load(data_dir)
+
+    async def go() -> int:
+        async with connect(settings) as client:
+            store = Deployments(await open_bucket(client.jetstream(), settings))
+            return await store.undeploy(name)
+
+    removed = _run_async(go)
+    if json_out:
+        console.print_json(json.dumps({"name": name, "removed_versions": removed}))
+    elif removed:
+        console.print(f"Undeployed {name} ({plural(removed, 'version')}).")
+    else:
+        errors.print(f"No workflow named {name!r} is deployed (`choreo workflows` lists them).")
+        raise typer.Exit(1)

@@ -1,0 +1,151 @@
+"""Deployed workflows on a real nats-server: versions in KV, `choreo deploy`, `workflows`,
+`run NAME[@VERSION]`, `undeploy`."""
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import pytest
+from nats.js import JetStreamContext
+from typer.testing import CliRunner
+
+# Importing the command modules registers their commands.
+import choreo.cli_deploy
+import choreo.cli_runs  # noqa: F401
+from choreo.cli_common import app
+from shared.ids import uuid7
+from shared.settings import Settings
+from shared.workflow.deployments import DeploymentError, Deployments, open_bucket
+from tests.workflow_support import wait_run_ended, workflow_services
+
+pytestmark = pytest.mark.integration
+
+
+def workflow(name: str, message: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "inputs": {"who": {"type": "string", "default": "world"}},
+        "steps": [{"id": "say", "uses": "audit.log", "with": {"message": message}}],
+    }
+
+
+def printed_json(output: str) -> Any:
+    """The JSON document a command printed, among the log lines of the services this test
+    runs in-process (the runner captures the whole process's stdout)."""
+    start = re.search(r"(?m)^\{$", output)
+    assert start is not None, output
+    return json.JSONDecoder().raw_decode(output, start.start())[0]
+
+
+@pytest.fixture
+async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(settings.nats_url)
+    yield client.jetstream()
+    await client.close()
+
+
+async def test_a_changed_document_is_a_new_version_an_unchanged_one_is_not(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    store = Deployments(await open_bucket(js, settings))
+    name = f"wf-{uuid7()[-12:]}"
+    first, new1 = await store.deploy(name, workflow(name, "one"))
+    # Same content, other key order: not a new version.
+    reordered = dict(reversed(list(workflow(name, "one").items())))
+    same, new2 = await store.deploy(name, reordered)
+    second, new3 = await store.deploy(name, workflow(name, "two"))
+
+    assert (first.version, new1) == (1, True)
+    assert (same.version, new2) == (1, False)
+    assert (second.version, new3) == (2, True)
+    assert (await store.resolve(name)).workflow == workflow(name, "two")
+    assert (await store.resolve(f"{name}@1")).workflow == workflow(name, "one")
+    assert name in [d.name for d in await store.latest_all()]
+    with pytest.raises(DeploymentError, match="no version 7: the latest is 2"):
+        await store.resolve(f"{name}@7")
+    with pytest.raises(ValueError, match="NAME or NAME@VERSION"):
+        await store.resolve("Not A Name")
+
+    assert await store.undeploy(name) == 2
+    assert await store.undeploy(name) == 0
+    with pytest.raises(DeploymentError, match="is deployed"):
+        await store.resolve(name)
+    assert name not in [d.name for d in await store.latest_all()]
+    # Numbers are never reused: a recorded NAME@1 keeps meaning what it ran.
+    again, _ = await store.deploy(name, workflow(name, "three"))
+    assert again.version == 3
+
+
+async def test_deploy_list_run_by_name_and_version_undeploy(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    name = f"wf-{uuid7()[-12:]}"
+    path = tmp_path / "workflow.json"
+    env = {
+        "CHOREO_DATA_DIR": str(tmp_path),
+        "CHOREO_NATS_URL": settings.nats_url,
+        "COLUMNS": "250",
+    }
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        """The command in a thread: it runs its own event loop."""
+        return await asyncio.to_thread(runner.invoke, app, list(args), env=env)
+
+    path.write_text(json.dumps(workflow(name, "v1 says hello {{ inputs.who }}")))
+    deployed1 = await cli("deploy", str(path), "--json")
+    unchanged = await cli("deploy", str(path))
+    path.write_text(json.dumps(workflow(name, "v2 says hello {{ inputs.who }}")))
+    deployed2 = await cli("deploy", str(path), "--json")
+    listed = await cli("workflows", "--json")
+    table = await cli("workflows")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": name, "steps": [{"id": "x", "uses": "nope.kind"}]}))
+    invalid = await cli("deploy", str(bad))
+
+    assert deployed1.exit_code == 0, deployed1.output
+    assert json.loads(deployed1.output) == {"name": name, "version": 1, "new": True}
+    assert unchanged.exit_code == 0
+    assert "unchanged" in unchanged.output
+    assert json.loads(deployed2.output) == {"name": name, "version": 2, "new": True}
+    ours = [d for d in json.loads(listed.output) if d["name"] == name]
+    assert [(d["version"], d["steps"]) for d in ours] == [(2, 1)]
+    assert name in table.output
+    assert invalid.exit_code == 2
+    assert "steps[0].uses" in invalid.output
+
+    async with workflow_services(settings, transform=False):
+        latest = await cli("run", name, "-i", "who=ci", "--json")
+        pinned = await cli("run", f"{name}@1", "--json")
+        missing = await cli("run", f"{name}@9")
+        for result in (latest, pinned):
+            assert result.exit_code == 0, result.output
+        runs = [printed_json(r.output)["runid"] for r in (latest, pinned)]
+        for runid in runs:
+            assert (await wait_run_ended(db, runid))["status"] == "completed"
+    messages = [
+        await db.fetchval("SELECT message FROM audit_log WHERE id = $1", f"{r}:say") for r in runs
+    ]
+    assert messages == ["v2 says hello ci", "v1 says hello world"]
+    versions = [
+        await db.fetchval(
+            "SELECT data->>'version' FROM events WHERE type = 'wf.run.requested' AND runid = $1",
+            runid,
+        )
+        for runid in runs
+    ]
+    assert versions == ["2", "1"]
+    assert missing.exit_code == 2
+    assert "no version 9: the latest is 2" in missing.output
+
+    removed = await cli("undeploy", name)
+    again = await cli("undeploy", name)
+    assert removed.exit_code == 0
+    assert "2 versions" in removed.output
+    assert again.exit_code == 1
+    assert "No workflow named" in again.output
