@@ -11,7 +11,6 @@ from typing import Any
 import asyncpg
 import nats
 import pytest
-from nats.js import JetStreamContext
 from typer.testing import CliRunner
 
 # Importing the command modules registers their commands.
@@ -43,16 +42,18 @@ def printed_json(output: str) -> Any:
 
 
 @pytest.fixture
-async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
+async def store(settings: Settings) -> AsyncIterator[Deployments]:
+    """The deployments bucket on the session's nats-server."""
     client = await nats.connect(settings.nats_url)
-    yield client.jetstream()
-    await client.close()
+    try:
+        yield Deployments(await open_bucket(client.jetstream(), settings))
+    finally:
+        await client.close()
 
 
 async def test_a_changed_document_is_a_new_version_an_unchanged_one_is_not(
-    js: JetStreamContext, settings: Settings
+    store: Deployments,
 ) -> None:
-    store = Deployments(await open_bucket(js, settings))
     name = f"wf-{uuid7()[-12:]}"
     first, new1 = await store.deploy(name, workflow(name, "one"))
     # Same content, other key order: not a new version.
