@@ -26,6 +26,7 @@ from choreo.cli_common import (
     plural,
 )
 from choreo.state import StackState
+from shared.redact import redact_env
 from shared.settings import ENV_FILE_NAME
 
 UP_TIMEOUT_S = 120.0
@@ -219,6 +220,42 @@ def ps(data_dir: DataDir, json_out: Json = False, crashes: Crashes = False) -> N
             errors.print(f"No stack is running in {data_dir} (`choreo up` starts one).")
         raise typer.Exit(1)
     _show_stack(state, data_dir, json_out=json_out, every_crash=crashes)
+
+
+@app.command("env")
+def env_command(
+    data_dir: DataDir,
+    show_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--show-secrets",
+            help="Print passwords, keys and the passwords in database URLs as they are "
+            "(masked as *** by default).",
+        ),
+    ] = False,
+    json_out: Json = False,
+) -> None:
+    """Print the stack's settings (<data dir>/env), secrets masked unless --show-secrets.
+
+    URLs, users and credentials `choreo up` wrote for other commands and programs, as
+    shell-quoted lines: `set -a; . <(choreo env --show-secrets)` exports them. Exit code 1
+    when the data dir has no env file yet.
+    """
+    from dotenv import dotenv_values
+
+    path = data_dir / ENV_FILE_NAME
+    if not path.is_file():
+        errors.print(f"No settings in {data_dir}: `choreo up` writes {path}.")
+        raise typer.Exit(1)
+    values = dotenv_values(path)
+    shown = values if show_secrets else redact_env(values)
+    if json_out:
+        console.print_json(json.dumps(shown))
+        return
+    for name, value in shown.items():
+        # Single-quoted for a shell: nothing inside is expanded.
+        quoted = "'" + (value or "").replace("'", "'\\''") + "'"
+        typer.echo(f"{name}={quoted}")
 
 
 Part = Annotated[str, typer.Argument(help="A part of the stack: nats, s3, postgres or a service.")]
@@ -423,12 +460,12 @@ def generate(
 def _stack_json(state: StackState, data_dir: Path) -> dict[str, Any]:
     from dotenv import dotenv_values
 
-    env = dotenv_values(data_dir / ENV_FILE_NAME)
     return {
         "running": True,
         "data_dir": str(data_dir.absolute()),
         "env_file": str((data_dir / ENV_FILE_NAME).absolute()),
-        "env": env,
+        # Secrets masked: `choreo env --show-secrets` prints them when asked.
+        "env": redact_env(dotenv_values(data_dir / ENV_FILE_NAME)),
         # Crash reports (with their log tails) are listed apart, once: see _show_stack.
         "parts": {
             h.part.name: {**asdict(h.part), "crashes": len(h.part.crashes), "status": h.status}

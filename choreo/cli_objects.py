@@ -8,6 +8,7 @@ streaming in chunks, so objects larger than memory download fine.
 import asyncio
 import hashlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -92,9 +93,12 @@ def get(
 def _download_to(
     settings: ClientSettings, bucket: str, key: str, path: Path, *, progress: bool
 ) -> Downloaded:
-    """Download into a temporary file beside `path`, renamed only once complete: a failed
-    download never leaves a truncated FILE behind."""
-    partial = path.with_name(f".{path.name}.part")
+    """Download into what `path` is: a symlink is followed; a device or a FIFO (`-o
+    /dev/null`, `-o /dev/stdout`, a named pipe) is written directly; a regular file, or a
+    new one, is written beside and renamed over once complete, so a failed download never
+    leaves a truncated FILE behind. Renaming over a device would replace it with a file."""
+    target = Path(os.path.realpath(path))
+    direct = target.exists() and not target.is_file()
     bar = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -105,17 +109,21 @@ def _download_to(
         transient=True,
         disable=not (progress and errors.is_terminal),
     )
+
+    def started(total: int) -> Callable[[int], None] | None:
+        if total < PROGRESS_MIN_BYTES:
+            return None
+        task = bar.add_task(path.name, total=total)
+        return lambda n: bar.advance(task, n)
+
+    if direct:
+        with bar, target.open("wb") as sink:
+            return asyncio.run(_download(settings, bucket, key, sink, started))
+    partial = target.with_name(f".{target.name}.part")
     try:
         with bar, partial.open("wb") as sink:
-
-            def started(total: int) -> Callable[[int], None] | None:
-                if total < PROGRESS_MIN_BYTES:
-                    return None
-                task = bar.add_task(path.name, total=total)
-                return lambda n: bar.advance(task, n)
-
             got = asyncio.run(_download(settings, bucket, key, sink, started))
-        partial.replace(path)
+        partial.replace(target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -6,8 +6,11 @@ pointed elsewhere without editing the file. Settings are built inside factories
 """
 
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,8 +18,39 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DATA_DIR = Path(".choreo")
 ENV_FILE_NAME = "env"
 
-# Values that are fine on a laptop and a liability anywhere else.
-PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "minioadmin"})
+# Values that are fine on a laptop and a liability anywhere else: the well-known defaults,
+# and every placeholder the repository publishes (.env.example's `replace-me-*`).
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "secret", "password", "minioadmin", "admin", "postgres"}
+)
+PLACEHOLDER_PATTERN = re.compile(r"^(replace[-_]?me|change[-_]?me)", re.IGNORECASE)
+
+
+def is_placeholder(secret: str) -> bool:
+    """True for a published or well-known value that must never guard anything real."""
+    value = secret.strip()
+    return value.lower() in PLACEHOLDER_SECRETS or PLACEHOLDER_PATTERN.match(value) is not None
+
+
+def url_password(url: str) -> str | None:
+    """The password in a URL (`postgresql://user:password@host/db`), if it has one."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password is not None else None
+
+
+def placeholders(secrets: Iterable[tuple[str, str | None]]) -> list[str]:
+    """The names of the secrets that are placeholders; a URL is judged by its password."""
+    weak = []
+    for name, value in secrets:
+        if value is None:
+            continue
+        secret = url_password(value) if "://" in value else value
+        if secret is not None and is_placeholder(secret):
+            weak.append(name)
+    return list(dict.fromkeys(weak))
 
 
 def data_dir_from_env() -> Path:
@@ -26,7 +60,10 @@ def data_dir_from_env() -> Path:
 class Settings(BaseSettings):
     """Connection and runtime settings (env prefix `CHOREO_`)."""
 
-    model_config = SettingsConfigDict(env_prefix="CHOREO_", extra="ignore")
+    # Errors name the setting, never echo its input: that input may be a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="CHOREO_", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: Literal["dev", "test", "prod"] = "dev"
     data_dir: Path = DEFAULT_DATA_DIR
@@ -79,21 +116,27 @@ class Settings(BaseSettings):
             **values,
         )
 
+    def secrets(self) -> Iterable[tuple[str, SecretStr | None]]:
+        """Every secret setting by its variable's name (services add their own)."""
+        yield "CHOREO_NATS_PASSWORD", self.nats_password
+        yield "CHOREO_S3_ACCESS_KEY", self.s3_access_key
+        yield "CHOREO_S3_SECRET_KEY", self.s3_secret_key
+        yield "CHOREO_DATABASE_URL", self.database_url
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Self:
         if self.environment != "prod":
             return self
-        secrets = {
-            "CHOREO_NATS_PASSWORD": self.nats_password,
-            "CHOREO_S3_SECRET_KEY": self.s3_secret_key,
-        }
-        weak = [
-            name
-            for name, value in secrets.items()
-            if value is not None and value.get_secret_value().lower() in PLACEHOLDER_SECRETS
-        ]
+        weak = placeholders(
+            (name, None if value is None else value.get_secret_value())
+            for name, value in self.secrets()
+        )
         if weak:
-            raise ValueError(f"placeholder secrets are refused in prod: {', '.join(weak)}")
+            raise ValueError(
+                f"placeholder secrets are refused in prod: {', '.join(weak)} "
+                "(an example the repository publishes, as in .env.example, or a well-known "
+                "default: generate real ones, e.g. `openssl rand -hex 24`)"
+            )
         return self
 
     def require(self, *names: str) -> None:

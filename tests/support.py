@@ -73,6 +73,13 @@ def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.Complet
     )
 
 
+def stack_env(data_dir: Path) -> dict[str, str]:
+    """Every setting of a running stack, its secrets included (`choreo ps --json` masks them)."""
+    shown = choreo("env", "--show-secrets", "--json", data_dir=data_dir)
+    env: dict[str, str] = json.loads(shown.stdout)
+    return env
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """`CHOREO_*` variables that give a subprocess the same settings."""
     env = {}

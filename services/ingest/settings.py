@@ -1,5 +1,6 @@
 """Settings of the ingest service (`CHOREO_INGEST_*`)."""
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -33,3 +34,10 @@ class IngestSettings(Settings):
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
+
+    def secrets(self) -> Iterable[tuple[str, SecretStr | None]]:
+        yield from super().secrets()
+        for key in self.ingest_api_keys:
+            yield "CHOREO_INGEST_API_KEYS", key
+        for name, dsn in self.ingest_sources.items():
+            yield f"CHOREO_INGEST_SOURCES[{name}]", dsn

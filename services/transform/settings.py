@@ -1,5 +1,6 @@
 """Settings of the transform service (`CHOREO_TRANSFORM_*`)."""
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -14,3 +15,7 @@ class TransformSettings(Settings):
     # Pathway's persistence (state and the recorded stream positions): keep it on a
     # persistent volume; default <data dir>/transform-state.
     transform_state_dir: Path | None = None
+
+    def secrets(self) -> Iterable[tuple[str, SecretStr | None]]:
+        yield from super().secrets()
+        yield "CHOREO_TRANSFORM_DATABASE_URL", self.transform_database_url

@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from choreo.generate import generate
 from shared.subjects import DATA, DLQ, FRAUD
 from tests.server_support import stack_s3
-from tests.support import choreo
+from tests.support import choreo, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
@@ -46,8 +46,8 @@ class ChaosStack:
     def __init__(self, sync_interval: str | None = None) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="choreo-chaos-"))
         args = ["up", "--json"] + (["--sync-interval", sync_interval] if sync_interval else [])
-        info = json.loads(choreo(*args, data_dir=self.data_dir).stdout)
-        self.env: dict[str, str] = info["env"]
+        choreo(*args, data_dir=self.data_dir)
+        self.env = stack_env(self.data_dir)
 
     def down(self) -> None:
         choreo("down", "--purge", data_dir=self.data_dir, check=False)

@@ -4,19 +4,28 @@ service's own module with a healthcheck."""
 import importlib.util
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from services.fraud.settings import FraudSettings
+from services.ingest.settings import IngestSettings
+from services.store.settings import StoreSettings
+from services.transform.settings import TransformSettings
+from shared.settings import Settings
 from shared.subjects import SERVICES
 from tests.deploy.support import ROOT, tool
 
 ENV_EXAMPLE = ROOT / ".env.example"
 # One-shot jobs: they exit 0, and what needs them waits for service_completed_successfully.
-ONE_SHOT = {"minio-init"}
+ONE_SHOT = {"minio-init", "secrets-check"}
 
 
 def compose(
@@ -101,3 +110,66 @@ def test_each_service_gets_only_its_own_credentials(config: dict[str, Any]) -> N
         others = [k for k in env if any(f"_{o.upper()}_" in k for o in SERVICES if o != name)]
         assert others == [], f"{name} sees {others}"
     assert "CHOREO_S3_ACCESS_KEY" not in config["services"]["audit"]["environment"]
+
+
+SETTINGS: dict[str, type[Settings]] = {
+    "ingest": IngestSettings,
+    "transform": TransformSettings,
+    "store": StoreSettings,
+    "fraud": FraudSettings,
+    "audit": Settings,
+}
+
+
+def _published(env: dict[str, str]) -> set[str]:
+    """The variables that carry a placeholder of .env.example (all are `replace-me-*`)."""
+    return {name for name, value in env.items() if "replace-me" in str(value)}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_service_refuses_every_published_placeholder_in_prod(
+    config: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {k: str(v) for k, v in config["services"][service]["environment"].items()}
+    assert env["CHOREO_ENVIRONMENT"] == "prod"
+    expected = _published(env)
+    assert "CHOREO_NATS_PASSWORD" in expected
+    for name in [n for n in os.environ if n.startswith("CHOREO_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        SETTINGS[service]()
+    named = {name for name in expected if name in str(refused.value)}
+    assert named == expected, str(refused.value)
+    assert "replace-me" not in str(refused.value)  # the message names, never shows, them
+
+
+def test_nothing_holding_a_secret_starts_before_the_placeholder_check(
+    config: dict[str, Any],
+) -> None:
+    services = config["services"]
+    checked = services["secrets-check"]["environment"]
+    secrets = {n for n in _compose_variables() if n.endswith(("PASSWORD", "SECRET_KEY", "_KEYS"))}
+    assert secrets <= set(checked)
+    for server in ("nats", "minio", "postgres", "grafana"):
+        condition = services[server]["depends_on"]["secrets-check"]["condition"]
+        assert condition == "service_completed_successfully", server
+
+
+def test_the_placeholder_check_names_each_placeholder_and_passes_real_secrets(
+    config: dict[str, Any],
+) -> None:
+    checked = {k: str(v) for k, v in config["services"]["secrets-check"]["environment"].items()}
+    command = [sys.executable, "-m", "shared.secrets_check"]
+    refused = subprocess.run(
+        command, env=checked, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 1
+    named = {n for n in checked if re.search(rf"\b{n}\b", refused.stderr)}
+    assert named == _published(checked), refused.stderr
+    real = {name: secrets.token_hex(24) for name in checked}
+    passed = subprocess.run(
+        command, env=real, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert passed.returncode == 0, passed.stderr

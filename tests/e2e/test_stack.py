@@ -24,7 +24,7 @@ from choreo.servers.process import alive
 from shared.ids import uuid7
 from shared.subjects import SERVICES
 from tests.server_support import stack_s3
-from tests.support import choreo, wait_for
+from tests.support import choreo, stack_env, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def data_dir() -> Iterator[Path]:
 def stack(data_dir: Path) -> dict[str, Any]:
     result = choreo("up", "--json", data_dir=data_dir)
     info: dict[str, Any] = json.loads(result.stdout)
-    return info
+    return {**info, "env": stack_env(data_dir)}
 
 
 def test_up_starts_every_part_ready(stack: dict[str, Any]) -> None:
@@ -266,6 +266,52 @@ def test_a_stopped_part_stays_stopped_until_started(stack: dict[str, Any], data_
     unknown = choreo("stop", "redis", data_dir=data_dir, check=False)
     assert unknown.returncode == 2
     assert "Unknown part 'redis'" in unknown.stderr
+
+
+def test_no_output_and_no_log_line_carries_a_secret(stack: dict[str, Any], data_dir: Path) -> None:
+    """Every password and key of the running stack, looked for in what each command prints
+    (successes and failures) and in every log: only `choreo env --show-secrets` shows them."""
+    creds = json.loads((data_dir / "credentials.json").read_text())
+    secrets = {*creds["nats"].values(), *creds["postgres"].values()}
+    secrets |= {value for key in creds["s3"].values() for value in key.values()}
+    commands = [
+        ["up", "--json"],
+        ["ps"],
+        ["ps", "--json", "--crashes"],
+        ["env"],
+        ["env", "--json"],
+        ["runs"],
+        ["runs", "--json"],
+        ["audit", "--json"],
+        ["ls"],
+        ["ls", "-r", "s3://curated/"],
+        ["status", "no-such-run"],
+        ["get", "s3://curated/no-such-object"],
+        ["fraud", "alerts", "--json"],
+        ["run", str(ROOT / "workflows/minio-store/workflow.json"), "--json"],
+    ]
+    printed = {
+        " ".join(args): (lambda r: r.stdout + r.stderr)(
+            choreo(*args, data_dir=data_dir, check=False)
+        )
+        for args in commands
+    }
+    logs = {str(p): p.read_text(errors="replace") for p in (data_dir / "logs").rglob("*.log")}
+    assert len(logs) >= len(stack["parts"])
+    leaks = [
+        (where, secret[:4] + "...")
+        for where, text in {
+            **printed,
+            **logs,
+            "stack.json": (data_dir / "stack.json").read_text(),
+        }.items()
+        for secret in secrets
+        if secret in text
+    ]
+    assert leaks == []
+    shown = choreo("env", "--show-secrets", data_dir=data_dir).stdout
+    assert creds["nats"]["admin"] in shown
+    assert creds["postgres"]["postgres"] in shown
 
 
 def test_down_leaves_no_process_and_no_port(stack: dict[str, Any], data_dir: Path) -> None:
