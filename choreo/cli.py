@@ -46,7 +46,8 @@ def main() -> None:
     import choreo.cli_deploy
     import choreo.cli_fraud
     import choreo.cli_objects
-    import choreo.cli_runs  # noqa: F401
+    import choreo.cli_runs
+    import choreo.cli_steps  # noqa: F401
 
     app()
 

@@ -6,16 +6,18 @@ one broken step does not hide the problems of the others.
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import ValidationError
 
 from shared.workflow import dag
 from shared.workflow.kinds import STEP_KINDS, StepKind
 from shared.workflow.spec import WorkflowSpec
-from shared.workflow.templates import TemplateError, parse, templates_in
+from shared.workflow.templates import TEMPLATE, TemplateError, parse, templates_in
 
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -81,7 +83,7 @@ def check_inputs(
 ) -> tuple[dict[str, Any], list[Problem]]:
     """The run's inputs (defaults filled in) and what is wrong with the given ones."""
     problems = [
-        Problem(f"inputs.{name}", f"unknown input {name!r}{_suggest(name, spec.inputs)}")
+        Problem(f"inputs.{name}", f"unknown input {name!r}{suggest(name, spec.inputs)}")
         for name in given
         if name not in spec.inputs
     ]
@@ -124,6 +126,7 @@ def _check_steps(
     problems: list[Problem] = []
     first_index: dict[str, int] = {}
     needs: dict[str, list[str]] = {}
+    uses_of: dict[str, str] = {}
     for index, step in steps:
         step_id = step.get("id")
         if not isinstance(step_id, str):
@@ -137,6 +140,8 @@ def _check_steps(
             )
             continue
         first_index[step_id] = index
+        if isinstance(step.get("uses"), str):
+            uses_of[step_id] = step["uses"]
         raw_needs = step.get("needs", [])
         needs[step_id] = (
             [n for n in raw_needs if isinstance(n, str)] if isinstance(raw_needs, list) else []
@@ -149,7 +154,11 @@ def _check_steps(
         if isinstance(uses, str):
             if uses not in kinds:
                 problems.append(
-                    Problem(f"{here}.uses", f"unknown step kind {uses!r}{_suggest(uses, kinds)}")
+                    Problem(
+                        f"{here}.uses",
+                        f"unknown step kind {uses!r}{suggest(uses, kinds)}; registered: "
+                        f"{', '.join(sorted(kinds))}",
+                    )
                 )
             elif isinstance(step.get("with", {}), dict):
                 problems += _check_with(kinds[uses], step.get("with", {}), f"{here}.with")
@@ -159,12 +168,17 @@ def _check_steps(
                     Problem(
                         f"{here}.needs[{k}]",
                         f"needs {need!r}, which is not a step of this workflow"
-                        f"{_suggest(need, needs)}",
+                        f"{suggest(need, needs)}",
                     )
                 )
         if isinstance(step_id, str) and step_id in needs:
             problems += _check_templates(
-                step_id, step.get("with", {}), f"{here}.with", needs, declared_inputs
+                step_id,
+                step.get("with", {}),
+                f"{here}.with",
+                needs,
+                declared_inputs,
+                {s: kinds[u] for s, u in uses_of.items() if u in kinds},
             )
 
     for cycle in dag.cycles(needs):
@@ -183,9 +197,8 @@ def looks_like_dsn(source: str) -> bool:
 
 
 def _check_with(kind: StepKind, with_: Mapping[str, Any], path: str) -> list[Problem]:
-    problems = [
-        Problem(path, f"{kind.uses} needs {key!r}") for key in kind.required if key not in with_
-    ]
+    schema = kind.with_schema
+    problems = [] if schema is None else schema_problems(schema, with_, path, kind.uses)
     source = with_.get("source")
     if kind.uses == "ingest.postgres_query" and isinstance(source, str) and looks_like_dsn(source):
         # The workflow travels in events and the audit trail: a DSN there leaks credentials.
@@ -195,12 +208,62 @@ def _check_with(kind: StepKind, with_: Mapping[str, Any], path: str) -> list[Pro
                 "name a configured source (CHOREO_INGEST_SOURCES), never a connection string",
             )
         )
-    for group in kind.one_of:
-        present = [key for key in group if key in with_]
-        if len(present) != 1:
-            names = " or ".join(repr(key) for key in group)
-            problems.append(Problem(path, f"{kind.uses} needs exactly one of {names}"))
     return problems
+
+
+def schema_problems(
+    schema: Mapping[str, Any], value: Any, path: str, name: str = "it"
+) -> list[Problem]:
+    """What is wrong with `value` (a step's `with`, a worker's output) against a kind's
+    JSON Schema, each with its path. A string holding a template stands for any value: it
+    is checked when rendered, not here."""
+    problems: list[Problem] = []
+    errors = Draft202012Validator(schema).iter_errors(value)
+    for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+        if isinstance(error.instance, str) and TEMPLATE.search(error.instance):
+            continue
+        problems += _explain(error, path + _suffix(error.absolute_path), name)
+    return problems
+
+
+def _explain(error: SchemaError, where: str, name: str) -> list[Problem]:
+    instance, schema, expected = error.instance, error.schema, error.validator_value
+    if not isinstance(schema, Mapping):
+        return [Problem(where, error.message)]
+    if error.validator == "additionalProperties" and isinstance(instance, Mapping):
+        known = schema.get("properties", {})
+        return [
+            Problem(f"{where}.{key}", f"unknown key {key!r}{suggest(key, known)}")
+            for key in instance
+            if key not in known
+        ]
+    if (
+        error.validator == "required"
+        and isinstance(instance, Mapping)
+        and isinstance(expected, list)
+    ):
+        return [Problem(where, f"{name} needs {key!r}") for key in expected if key not in instance]
+    if (
+        error.validator == "oneOf"
+        and isinstance(expected, list)
+        and all(set(s) == {"required"} for s in expected)
+    ):
+        keys = " or ".join(repr(key) for s in expected for key in s["required"])
+        return [Problem(where, f"{name} needs exactly one of {keys}")]
+    got = f", got {json.dumps(instance)}"
+    if "x-error" in schema:
+        return [Problem(where, f"{schema['x-error']}{got}")]
+    if error.validator == "enum" and isinstance(expected, list):
+        options = ", ".join(json.dumps(option) for option in expected)
+        return [Problem(where, f"must be one of {options}{got}")]
+    if error.validator == "type":
+        kinds = expected if isinstance(expected, list) else [expected]
+        return [Problem(where, f"must be of type {' or '.join(map(str, kinds))}{got}")]
+    return [Problem(where, error.message)]
+
+
+def _suffix(parts: Iterable[str | int]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts)
 
 
 def _check_templates(
@@ -209,6 +272,7 @@ def _check_templates(
     path: str,
     needs: Mapping[str, list[str]],
     declared_inputs: Mapping[str, Any],
+    kind_of: Mapping[str, StepKind],
 ) -> list[Problem]:
     problems: list[Problem] = []
     upstream = dag.ancestors(needs, step_id)
@@ -223,7 +287,7 @@ def _check_templates(
                 Problem(
                     where,
                     f"{{{{ {ref.text} }}}} names unknown input {ref.name!r}"
-                    f"{_suggest(ref.name, declared_inputs)}",
+                    f"{suggest(ref.name, declared_inputs)}",
                 )
             )
         elif ref.root == "steps" and ref.name not in needs:
@@ -240,7 +304,24 @@ def _check_templates(
                     f"{step_id!r}: add it to {step_id!r}'s needs",
                 )
             )
+        elif ref.root == "steps" and ref.path and ref.name in kind_of:
+            problems += _check_output_field(where, ref.text, ref.path[0], kind_of[ref.name])
     return problems
+
+
+def _check_output_field(where: str, text: str, field: str, kind: StepKind) -> list[Problem]:
+    """A template reading `steps.x.output.<field>`: the field must be one x's kind declares."""
+    fields = kind.output_fields()
+    if fields is None or field in fields:
+        return []
+    declared = dict.fromkeys(fields)
+    return [
+        Problem(
+            where,
+            f"{{{{ {text} }}}} reads output {field!r}, which {kind.uses} does not declare"
+            f"{suggest(field, declared)}; it declares {', '.join(fields)}",
+        )
+    ]
 
 
 def _check_defaults(declared: Mapping[str, Any]) -> list[Problem]:
@@ -268,10 +349,7 @@ def _is_type(value: Any, kind: str) -> bool:
 
 
 def _json_path(loc: tuple[int | str, ...]) -> str:
-    path = "$"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
+    return "$" + _suffix(loc)
 
 
 def _message(error: Any) -> str:
@@ -280,6 +358,6 @@ def _message(error: Any) -> str:
     return str(error["msg"])
 
 
-def _suggest(name: str, known: Mapping[str, Any]) -> str:
+def suggest(name: str, known: Mapping[str, Any]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
