@@ -47,6 +47,7 @@ def main() -> None:
     import choreo.cli_fraud
     import choreo.cli_objects
     import choreo.cli_runs
+    import choreo.cli_schedules
     import choreo.cli_steps  # noqa: F401
 
     app()

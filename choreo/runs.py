@@ -26,17 +26,7 @@ async def request_run(
     `version`: the deployed version of `workflow` it runs, recorded with the run."""
     runid = runid or uuid7()
     await _publish(
-        js,
-        Event(
-            id=f"{runid}:requested",
-            type=ev.RUN_REQUESTED,
-            source=CLI_SOURCE,
-            runid=runid,
-            correlationid=runid,
-            data=ev.RunRequested(workflow=workflow, inputs=inputs, version=version).model_dump(
-                mode="json"
-            ),
-        ),
+        js, ev.run_requested(workflow, inputs, runid, source=CLI_SOURCE, version=version)
     )
     return runid
 

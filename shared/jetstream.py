@@ -12,7 +12,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from shared.envelope import Event
 from shared.metrics import Metrics
 from shared.settings import Settings
-from shared.subjects import STREAMS, StreamSpec, stream_for
+from shared.subjects import SCHEDULE_FIRES_KEPT, STREAMS, StreamSpec, stream_for
 
 log = structlog.get_logger(__name__)
 
@@ -20,9 +20,13 @@ log = structlog.get_logger(__name__)
 STREAM_NAME_IN_USE = 10058
 
 
+class SchedulesUnsupported(RuntimeError):
+    """The nats-server does not fire scheduled messages (it is older than 2.14)."""
+
+
 def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
     """The config Choreo wants for `spec`: file storage, de-duplication, retention."""
-    return StreamConfig(
+    config = StreamConfig(
         name=spec.name,
         description=spec.description,
         subjects=list(spec.subjects),
@@ -31,10 +35,24 @@ def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
         max_age=settings.stream_max_age_s,
         duplicate_window=settings.duplicate_window_s,
     )
+    if spec.schedules:
+        config.allow_msg_schedules = True
+        config.max_age = 0  # a schedule must not expire
+        config.max_msgs_per_subject = SCHEDULE_FIRES_KEPT
+    return config
 
 
 def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
-    fields = ("subjects", "storage", "num_replicas", "max_age", "duplicate_window", "description")
+    fields = (
+        "subjects",
+        "storage",
+        "num_replicas",
+        "max_age",
+        "duplicate_window",
+        "description",
+        "allow_msg_schedules",
+        "max_msgs_per_subject",
+    )
     return any(getattr(current, f) != getattr(wanted, f) for f in fields)
 
 
@@ -45,17 +63,23 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         info = await js.stream_info(config.name)
     except NotFoundError:
         try:
-            await js.add_stream(config)
+            info = await js.add_stream(config)
             log.info("stream created", stream=config.name)
-            return
         except BadRequestError as exc:
             # Another service created it between our lookup and our create.
             if exc.err_code != STREAM_NAME_IN_USE:
                 raise
-        info = await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
     if _differs(info.config, config):
-        await js.update_stream(config)
+        info = await js.update_stream(config)
         log.info("stream updated", stream=config.name)
+    if config.allow_msg_schedules and not info.config.allow_msg_schedules:
+        # An older server ignores the field it does not know: say so, or no schedule fires.
+        raise SchedulesUnsupported(
+            f"nats-server does not support message schedules (stream {config.name} was "
+            "not given allow_msg_schedules): Choreo's schedules need nats-server 2.14 or "
+            "later; upgrade the server"
+        )
 
 
 async def ensure_streams(

@@ -19,6 +19,8 @@ AUDIT_EVENT_LOOKUP = "audit.events.get"
 FRAUD_SCORED = "fraud.scored"
 FRAUD_ALERT = "fraud.alert"
 FRAUD_STATE_BUCKET = "choreo_fraud"
+SCHEDULE_STATE_BUCKET = "choreo_schedules"
+"""JetStream KV of the schedules' state: latest fire and run, skipped fires."""
 """JetStream object store of the fraud scorer's state snapshots (services/fraud/snapshot.py)."""
 
 
@@ -41,6 +43,9 @@ class StreamSpec:
     name: str
     subjects: tuple[str, ...]
     description: str
+    schedules: bool = False
+    """Message schedules on (nats-server 2.14+): the server fires what it holds, so
+    nothing in it expires by age; each subject keeps its latest `SCHEDULE_FIRES_KEPT`."""
 
 
 DATA = StreamSpec("DATA", ("data.*",), "validated events, one subject per event type")
@@ -52,7 +57,15 @@ NOTIFY = StreamSpec(
     "NOTIFY", ("notify.>", "reports.>"), "notifications published by workflows (notify.publish)"
 )
 
-STREAMS: tuple[StreamSpec, ...] = (DATA, DATA_IN, WORKFLOW, FRAUD, DLQ, NOTIFY)
+SCHEDULES = StreamSpec(
+    "SCHEDULES",
+    ("schedule.>",),
+    "schedule definitions (schedule.def.<name>) and their fires (schedule.fire.<name>)",
+    schedules=True,
+)
+SCHEDULE_FIRES_KEPT = 1_000
+
+STREAMS: tuple[StreamSpec, ...] = (DATA, DATA_IN, WORKFLOW, FRAUD, DLQ, NOTIFY, SCHEDULES)
 
 
 def stream_for(subject: str) -> StreamSpec:
@@ -125,7 +138,10 @@ class Permissions:
 # Every service publishes workflow events: a step's completion may request a successor
 # owned by any service.
 SERVICE_PERMISSIONS: dict[str, Permissions] = {
-    "ingest": Permissions(publish=("data.*", "wf.>", dlq_subject("ingest"), AUDIT_EVENT_LOOKUP)),
+    "ingest": Permissions(
+        publish=("data.*", "wf.>", dlq_subject("ingest"), AUDIT_EVENT_LOOKUP),
+        buckets=(f"$KV.{SCHEDULE_STATE_BUCKET}.>",),
+    ),
     "transform": Permissions(publish=("wf.>", dlq_subject("transform"))),
     "store": Permissions(publish=("wf.>", dlq_subject("store"))),
     "audit": Permissions(

@@ -1,5 +1,6 @@
 """The ingest service: the entry point of events (HTTP and `data.in.<type>`), validated
-against the schema registry, of workflow runs, and of source extraction steps."""
+against the schema registry, of workflow runs (also those schedules fire), and of source
+extraction steps."""
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -8,6 +9,7 @@ from services.ingest.api import events_router, schemas_router
 from services.ingest.inbound import InboundEvents
 from services.ingest.lookup import lookup_router
 from services.ingest.registry import SchemaRegistry, load_registry
+from services.ingest.schedules import ScheduleFires
 from services.ingest.settings import IngestSettings
 from services.ingest.steps import ingest_steps
 from shared.metrics import Metrics
@@ -44,6 +46,8 @@ def create_app(
     ingest_steps(steps, client.get, settings)
     choreography = Choreography.create(NAME, settings, broker, metrics, steps)
     RunLifecycle(choreography, kinds).subscribe(broker, settings)
+    fires = ScheduleFires(choreography, metrics)
+    fires.subscribe(broker, settings)
     InboundEvents(registry, choreography.publisher, choreography.settler, metrics).subscribe(
         broker, settings
     )
@@ -60,6 +64,7 @@ def create_app(
             schemas_router(registry),
             lookup_router(broker, client.get, settings),
         ],
+        on_ready=[fires.open],
         choreography=choreography,
         title="Choreo ingest",
         description="Validates events against the schema registry and publishes them to "

@@ -6,8 +6,11 @@ event that caused it, so a run's events form one causation tree.
 """
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from shared.envelope import Event
 
 RUN_REQUESTED = "wf.run.requested"
 RUN_STARTED = "wf.run.started"
@@ -38,6 +41,31 @@ class RunRequested(_Data):
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
     version: int | None = None
     """The deployed version of the workflow (`choreo deploy`); None for a file's run."""
+    schedule: dict[str, JsonValue] | None = None
+    """The schedule fire that started the run: `{"name", "time"}`."""
+
+
+def run_requested(
+    workflow: dict[str, Any],
+    inputs: dict[str, Any],
+    runid: str,
+    *,
+    source: str,
+    version: int | None = None,
+    schedule: dict[str, JsonValue] | None = None,
+) -> Event:
+    """The `wf.run.requested` command of run `runid`; its id `<runid>:requested` makes a
+    repeated request a JetStream duplicate."""
+    return Event(
+        id=f"{runid}:requested",
+        type=RUN_REQUESTED,
+        source=source,
+        runid=runid,
+        correlationid=runid,
+        data=RunRequested(
+            workflow=workflow, inputs=inputs, version=version, schedule=schedule
+        ).model_dump(mode="json"),
+    )
 
 
 class RunStarted(_Data):

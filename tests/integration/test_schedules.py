@@ -1,0 +1,199 @@
+"""Schedules on a real nats-server: it fires, ingest starts one run per fire; pause,
+resume, list, overlap skip and backfills through the command line."""
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import pytest
+from nats.js import JetStreamContext
+from typer.testing import CliRunner
+
+# Importing the command modules registers their commands.
+import choreo.cli_runs
+import choreo.cli_schedules  # noqa: F401
+from choreo.cli_common import app
+from shared.ids import uuid7
+from shared.settings import Settings
+from shared.workflow.deployments import Deployments, open_bucket
+from tests.support import wait_for
+from tests.workflow_support import workflow_services
+
+pytestmark = pytest.mark.integration
+
+
+def printed_json(output: str) -> Any:
+    """The JSON document a command printed, among the log lines of the services this test
+    runs in-process (the runner captures the whole process's stdout)."""
+    start = re.search(r"(?m)^[\[{]$", output)
+    assert start is not None, output
+    return json.JSONDecoder().raw_decode(output, start.start())[0]
+
+
+class Cli:
+    def __init__(self, settings: Settings, data_dir: Path) -> None:
+        self.env = {
+            "CHOREO_DATA_DIR": str(data_dir),
+            "CHOREO_NATS_URL": settings.nats_url,
+            "COLUMNS": "250",
+        }
+        self.runner = CliRunner()
+
+    async def __call__(self, *args: str) -> Any:
+        """The command in a thread: it runs its own event loop."""
+        return await asyncio.to_thread(self.runner.invoke, app, list(args), env=self.env)
+
+
+@pytest.fixture
+async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(settings.nats_url)
+    yield client.jetstream()
+    await client.close()
+
+
+async def deploy(js: JetStreamContext, settings: Settings, **step: Any) -> str:
+    name = f"wf-{uuid7()[-12:]}"
+    document = {
+        "name": name,
+        "inputs": {"day": {"type": "string"}},
+        "steps": [
+            step or {"id": "say", "uses": "audit.log", "with": {"message": "day {{ inputs.day }}"}}
+        ],
+    }
+    await Deployments(await open_bucket(js, settings)).deploy(name, document)
+    return name
+
+
+async def runs_of(db: asyncpg.Connection, schedule: str) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT runid, status, started_at, ended_at FROM workflow_runs WHERE runid LIKE $1"
+        " ORDER BY runid",
+        f"{schedule}-%",
+    )
+    return [dict(r) for r in rows]
+
+
+async def requested(db: asyncpg.Connection, schedule: str) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT runid, data FROM events WHERE type = 'wf.run.requested' AND runid LIKE $1",
+        f"{schedule}-%",
+    )
+    return [{"runid": r["runid"], **json.loads(r["data"])} for r in rows]
+
+
+async def test_every_second_fires_once_per_second_pauses_and_resumes(
+    settings: Settings, js: JetStreamContext, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    cli = Cli(settings, tmp_path)
+    workflow = await deploy(js, settings)
+    name = f"s-{uuid7()[-10:]}"
+    async with workflow_services(settings, transform=False):
+        created = await cli(
+            "schedule", "create", name, "--workflow", workflow, "--every", "1s",
+            "--input", "day={{ schedule.date }}",
+        )  # fmt: skip
+        assert created.exit_code == 0, created.output
+        await asyncio.sleep(10)
+        paused = await cli("schedule", "pause", name)
+        assert paused.exit_code == 0, paused.output
+        ran = await wait_for(
+            lambda: runs_of(db, name),
+            lambda rows: bool(rows) and all(r["status"] == "completed" for r in rows),
+            within=60,
+        )
+        # Fires between create and pause: 10 s of @every 1s (one may straddle either end).
+        assert 9 <= len(ran) <= 11, [r["runid"] for r in ran]
+        asks = await requested(db, name)
+        fire_times = [a["schedule"]["time"] for a in asks]
+        assert len(fire_times) == len(set(fire_times)) == len(ran)
+        assert {a["version"] for a in asks} == {1}
+        assert {a["inputs"]["day"] for a in asks} <= {datetime.now().date().isoformat()} | {
+            a["schedule"]["time"][:10] for a in asks
+        }
+        listed = printed_json((await cli("schedule", "list", "--json")).output)
+        mine = next(s for s in listed if s["name"] == name)
+        assert mine["state"] == "paused"
+        assert mine["next_fire"] is None
+        assert mine["last_run"] == ran[-1]["runid"]
+
+        await asyncio.sleep(3)
+        assert len(await runs_of(db, name)) == len(ran), "fired while paused"
+
+        resumed = await cli("schedule", "resume", name)
+        assert resumed.exit_code == 0, resumed.output
+        await wait_for(lambda: runs_of(db, name), lambda rows: len(rows) >= len(ran) + 2, within=30)
+        listed = printed_json((await cli("schedule", "list", "--json")).output)
+        mine = next(s for s in listed if s["name"] == name)
+        assert mine["state"] == "active"
+        assert mine["next_fire"] is not None
+        deleted = await cli("schedule", "delete", name)
+        assert deleted.exit_code == 0, deleted.output
+        after_delete = len(await runs_of(db, name))
+        await asyncio.sleep(2.5)
+        assert len(await runs_of(db, name)) <= after_delete + 1  # one fire may be in flight
+        missing = await cli("schedule", "pause", name)
+        assert missing.exit_code == 1
+        assert "no schedule named" in missing.output
+
+
+async def test_backfill_of_30_days_starts_30_runs_and_again_none(
+    settings: Settings, js: JetStreamContext, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    cli = Cli(settings, tmp_path)
+    workflow = await deploy(js, settings)
+    name = f"s-{uuid7()[-10:]}"
+    async with workflow_services(settings, transform=False):
+        created = await cli(
+            "schedule", "create", name, "--workflow", workflow, "--cron", "0 0 6 * * *",
+            "--timezone", "Europe/Madrid", "--input", "day={{ schedule.date }}",
+        )  # fmt: skip
+        assert created.exit_code == 0, created.output
+        args = ["schedule", "backfill", name, "--from", "2026-11-01", "--to", "2026-11-30"]
+        first = await cli(*args, "--concurrency", "4", "--json")
+        again = await cli(*args, "--concurrency", "4", "--json")
+        await cli("schedule", "delete", name)
+    assert first.exit_code == 0, first.output
+    assert printed_json(first.output) == {
+        "schedule": name,
+        "fires": 30,
+        "started": 30,
+        "already_ran": 0,
+        "completed": 30,
+        "failed": 0,
+    }
+    assert printed_json(again.output)["started"] == 0
+    assert printed_json(again.output)["already_ran"] == 30
+    ran = await runs_of(db, name)
+    assert len(ran) == 30
+    asks = await requested(db, name)
+    assert sorted(a["inputs"]["day"] for a in asks) == [f"2026-11-{d:02d}" for d in range(1, 31)]
+    # 06:00 in Madrid is 05:00 UTC in November.
+    assert {a["runid"][-7:] for a in asks} == {"050000Z"}
+
+
+async def test_create_refuses_what_cannot_run(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    cli = Cli(settings, tmp_path)
+    workflow = await deploy(js, settings)
+    base = ["schedule", "create", f"s-{uuid7()[-10:]}", "--workflow"]
+    five_fields = await cli(*base, workflow, "--cron", "0 6 * * *")
+    both = await cli(*base, workflow, "--cron", "@daily", "--every", "1s")
+    zone = await cli(*base, workflow, "--cron", "@daily", "--timezone", "Mars/Olympus")
+    undeployed = await cli(*base, "not-deployed-anywhere", "--every", "1m")
+    missing_input = await cli(*base, workflow, "--every", "1m")
+    for result, message in (
+        (five_fields, "has 5 fields; use 6"),
+        (both, "exactly one of cron and every"),
+        (zone, "unknown time zone 'Mars/Olympus'"),
+        (undeployed, "no workflow named 'not-deployed-anywhere' is deployed"),
+        (missing_input, "day"),
+    ):
+        assert result.exit_code == 2, result.output
+        assert message in result.output
