@@ -3,15 +3,17 @@
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
+from typer.testing import CliRunner, Result
 
 from choreo.servers.process import ServerProcess
 from shared.service import Service
@@ -94,3 +96,25 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 def _json(value: object) -> str:
     return json.dumps(value)
+
+
+def printed_json(output: str) -> Any:
+    """The JSON document a command printed, among the log lines of services a test runs
+    in-process (the CLI runner captures the whole process's stdout)."""
+    start = re.search(r"(?m)^[\[{]$", output)
+    assert start is not None, output
+    return json.JSONDecoder().raw_decode(output, start.start())[0]
+
+
+class CliInThread:
+    """`choreo` commands run by Typer's runner in a thread (each runs its own event loop,
+    which cannot nest in the test's), with a data dir and settings of the test's."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.env = {"CHOREO_DATA_DIR": str(data_dir), "COLUMNS": "250", **env}
+        self.runner = CliRunner()
+
+    async def __call__(self, *args: str) -> Result:
+        from choreo.cli_common import app
+
+        return await asyncio.to_thread(self.runner.invoke, app, list(args), env=self.env)

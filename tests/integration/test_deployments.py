@@ -1,9 +1,7 @@
 """Deployed workflows on a real nats-server: versions in KV, `choreo deploy`, `workflows`,
 `run NAME[@VERSION]`, `undeploy`."""
 
-import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,15 +9,14 @@ from typing import Any
 import asyncpg
 import nats
 import pytest
-from typer.testing import CliRunner
 
 # Importing the command modules registers their commands.
 import choreo.cli_deploy
 import choreo.cli_runs  # noqa: F401
-from choreo.cli_common import app
 from shared.ids import uuid7
 from shared.settings import Settings
 from shared.workflow.deployments import DeploymentError, Deployments, open_bucket
+from tests.support import CliInThread, printed_json
 from tests.workflow_support import wait_run_ended, workflow_services
 
 pytestmark = pytest.mark.integration
@@ -31,14 +28,6 @@ def workflow(name: str, message: str) -> dict[str, Any]:
         "inputs": {"who": {"type": "string", "default": "world"}},
         "steps": [{"id": "say", "uses": "audit.log", "with": {"message": message}}],
     }
-
-
-def printed_json(output: str) -> Any:
-    """The JSON document a command printed, among the log lines of the services this test
-    runs in-process (the runner captures the whole process's stdout)."""
-    start = re.search(r"(?m)^\{$", output)
-    assert start is not None, output
-    return json.JSONDecoder().raw_decode(output, start.start())[0]
 
 
 @pytest.fixture
@@ -87,16 +76,7 @@ async def test_deploy_list_run_by_name_and_version_undeploy(
 ) -> None:
     name = f"wf-{uuid7()[-12:]}"
     path = tmp_path / "workflow.json"
-    env = {
-        "CHOREO_DATA_DIR": str(tmp_path),
-        "CHOREO_NATS_URL": settings.nats_url,
-        "COLUMNS": "250",
-    }
-    runner = CliRunner()
-
-    async def cli(*args: str) -> Any:
-        """The command in a thread: it runs its own event loop."""
-        return await asyncio.to_thread(runner.invoke, app, list(args), env=env)
+    cli = CliInThread(tmp_path, CHOREO_NATS_URL=settings.nats_url)
 
     path.write_text(json.dumps(workflow(name, "v1 says hello {{ inputs.who }}")))
     deployed1 = await cli("deploy", str(path), "--json")

@@ -3,9 +3,7 @@ resume, list, overlap skip and backfills through the command line."""
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,41 +11,17 @@ import asyncpg
 import nats
 import pytest
 from nats.js import JetStreamContext
-from typer.testing import CliRunner
 
 # Importing the command modules registers their commands.
 import choreo.cli_runs
 import choreo.cli_schedules  # noqa: F401
-from choreo.cli_common import app
 from shared.ids import uuid7
 from shared.settings import Settings
 from shared.workflow.deployments import Deployments, open_bucket
-from tests.support import wait_for
+from tests.support import CliInThread, printed_json, wait_for
 from tests.workflow_support import workflow_services
 
 pytestmark = pytest.mark.integration
-
-
-def printed_json(output: str) -> Any:
-    """The JSON document a command printed, among the log lines of the services this test
-    runs in-process (the runner captures the whole process's stdout)."""
-    start = re.search(r"(?m)^[\[{]$", output)
-    assert start is not None, output
-    return json.JSONDecoder().raw_decode(output, start.start())[0]
-
-
-class Cli:
-    def __init__(self, settings: Settings, data_dir: Path) -> None:
-        self.env = {
-            "CHOREO_DATA_DIR": str(data_dir),
-            "CHOREO_NATS_URL": settings.nats_url,
-            "COLUMNS": "250",
-        }
-        self.runner = CliRunner()
-
-    async def __call__(self, *args: str) -> Any:
-        """The command in a thread: it runs its own event loop."""
-        return await asyncio.to_thread(self.runner.invoke, app, list(args), env=self.env)
 
 
 @pytest.fixture
@@ -87,77 +61,90 @@ async def requested(db: asyncpg.Connection, schedule: str) -> list[dict[str, Any
     return [{"runid": r["runid"], **json.loads(r["data"])} for r in rows]
 
 
-async def test_every_second_fires_once_per_second_pauses_and_resumes(
-    settings: Settings, js: JetStreamContext, db: asyncpg.Connection, tmp_path: Path
-) -> None:
-    cli = Cli(settings, tmp_path)
-    workflow = await deploy(js, settings)
-    name = f"s-{uuid7()[-10:]}"
-    async with workflow_services(settings, transform=False):
-        created = await cli(
-            "schedule", "create", name, "--workflow", workflow, "--every", "1s",
+class Scheduled:
+    """A deployed workflow, the command line, and a schedule name to create."""
+
+    def __init__(self, cli: CliInThread, workflow: str) -> None:
+        self.cli = cli
+        self.workflow = workflow
+        self.name = f"s-{uuid7()[-10:]}"
+
+    async def create(self, *when: str) -> None:
+        created = await self.cli(
+            "schedule", "create", self.name, "--workflow", self.workflow, *when,
             "--input", "day={{ schedule.date }}",
         )  # fmt: skip
         assert created.exit_code == 0, created.output
-        await asyncio.sleep(10)
-        paused = await cli("schedule", "pause", name)
-        assert paused.exit_code == 0, paused.output
-        ran = await wait_for(
-            lambda: runs_of(db, name),
-            lambda rows: bool(rows) and all(r["status"] == "completed" for r in rows),
-            within=60,
-        )
-        # Fires between create and pause: 10 s of @every 1s (one may straddle either end).
-        assert 9 <= len(ran) <= 11, [r["runid"] for r in ran]
-        asks = await requested(db, name)
-        fire_times = [a["schedule"]["time"] for a in asks]
-        assert len(fire_times) == len(set(fire_times)) == len(ran)
-        assert {a["version"] for a in asks} == {1}
-        assert {a["inputs"]["day"] for a in asks} <= {datetime.now().date().isoformat()} | {
-            a["schedule"]["time"][:10] for a in asks
-        }
-        listed = printed_json((await cli("schedule", "list", "--json")).output)
-        mine = next(s for s in listed if s["name"] == name)
-        assert mine["state"] == "paused"
-        assert mine["next_fire"] is None
-        assert mine["last_run"] == ran[-1]["runid"]
 
-        await asyncio.sleep(3)
-        assert len(await runs_of(db, name)) == len(ran), "fired while paused"
 
-        resumed = await cli("schedule", "resume", name)
-        assert resumed.exit_code == 0, resumed.output
-        await wait_for(lambda: runs_of(db, name), lambda rows: len(rows) >= len(ran) + 2, within=30)
-        listed = printed_json((await cli("schedule", "list", "--json")).output)
-        mine = next(s for s in listed if s["name"] == name)
-        assert mine["state"] == "active"
-        assert mine["next_fire"] is not None
-        deleted = await cli("schedule", "delete", name)
-        assert deleted.exit_code == 0, deleted.output
-        after_delete = len(await runs_of(db, name))
-        await asyncio.sleep(2.5)
-        assert len(await runs_of(db, name)) <= after_delete + 1  # one fire may be in flight
-        missing = await cli("schedule", "pause", name)
-        assert missing.exit_code == 1
-        assert "no schedule named" in missing.output
+@pytest.fixture
+async def scheduled(
+    settings: Settings, js: JetStreamContext, tmp_path: Path
+) -> AsyncIterator[Scheduled]:
+    """ingest, store and audit running; a workflow deployed."""
+    cli = CliInThread(tmp_path, CHOREO_NATS_URL=settings.nats_url)
+    workflow = await deploy(js, settings)
+    async with workflow_services(settings, transform=False):
+        yield Scheduled(cli, workflow)
+
+
+async def test_every_second_fires_once_per_second_pauses_and_resumes(
+    scheduled: Scheduled, db: asyncpg.Connection
+) -> None:
+    cli, name = scheduled.cli, scheduled.name
+    await scheduled.create("--every", "1s")
+    await asyncio.sleep(10)
+    paused = await cli("schedule", "pause", name)
+    assert paused.exit_code == 0, paused.output
+    await asyncio.sleep(1.5)  # the last fire's run reaches the audit table
+    ran = await wait_for(
+        lambda: runs_of(db, name),
+        lambda rows: bool(rows) and all(r["status"] == "completed" for r in rows),
+        within=60,
+    )
+    # Fires between create and pause: 10 s of @every 1s (one may straddle either end).
+    assert 9 <= len(ran) <= 11, [r["runid"] for r in ran]
+    asks = await requested(db, name)
+    fire_times = [a["schedule"]["time"] for a in asks]
+    assert len(fire_times) == len(set(fire_times)) == len(ran)
+    assert {a["version"] for a in asks} == {1}
+    # The schedule is in UTC: {{ schedule.date }} is the fire time's date.
+    assert all(a["inputs"]["day"] == a["schedule"]["time"][:10] for a in asks)
+    listed = printed_json((await cli("schedule", "list", "--json")).output)
+    mine = next(s for s in listed if s["name"] == name)
+    assert mine["state"] == "paused"
+    assert mine["next_fire"] is None
+    assert mine["last_run"] == ran[-1]["runid"]
+
+    await asyncio.sleep(3)
+    assert len(await runs_of(db, name)) == len(ran), "fired while paused"
+
+    resumed = await cli("schedule", "resume", name)
+    assert resumed.exit_code == 0, resumed.output
+    await wait_for(lambda: runs_of(db, name), lambda rows: len(rows) >= len(ran) + 2, within=30)
+    listed = printed_json((await cli("schedule", "list", "--json")).output)
+    mine = next(s for s in listed if s["name"] == name)
+    assert mine["state"] == "active"
+    assert mine["next_fire"] is not None
+    deleted = await cli("schedule", "delete", name)
+    assert deleted.exit_code == 0, deleted.output
+    after_delete = len(await runs_of(db, name))
+    await asyncio.sleep(2.5)
+    assert len(await runs_of(db, name)) <= after_delete + 1  # one fire may be in flight
+    missing = await cli("schedule", "pause", name)
+    assert missing.exit_code == 1
+    assert "no schedule named" in missing.output
 
 
 async def test_backfill_of_30_days_starts_30_runs_and_again_none(
-    settings: Settings, js: JetStreamContext, db: asyncpg.Connection, tmp_path: Path
+    scheduled: Scheduled, db: asyncpg.Connection
 ) -> None:
-    cli = Cli(settings, tmp_path)
-    workflow = await deploy(js, settings)
-    name = f"s-{uuid7()[-10:]}"
-    async with workflow_services(settings, transform=False):
-        created = await cli(
-            "schedule", "create", name, "--workflow", workflow, "--cron", "0 0 6 * * *",
-            "--timezone", "Europe/Madrid", "--input", "day={{ schedule.date }}",
-        )  # fmt: skip
-        assert created.exit_code == 0, created.output
-        args = ["schedule", "backfill", name, "--from", "2026-11-01", "--to", "2026-11-30"]
-        first = await cli(*args, "--concurrency", "4", "--json")
-        again = await cli(*args, "--concurrency", "4", "--json")
-        await cli("schedule", "delete", name)
+    cli, name = scheduled.cli, scheduled.name
+    await scheduled.create("--cron", "0 0 6 * * *", "--timezone", "Europe/Madrid")
+    args = ["schedule", "backfill", name, "--from", "2026-11-01", "--to", "2026-11-30"]
+    first = await cli(*args, "--concurrency", "4", "--json")
+    again = await cli(*args, "--concurrency", "4", "--json")
+    await cli("schedule", "delete", name)
     assert first.exit_code == 0, first.output
     assert printed_json(first.output) == {
         "schedule": name,
@@ -180,7 +167,7 @@ async def test_backfill_of_30_days_starts_30_runs_and_again_none(
 async def test_create_refuses_what_cannot_run(
     settings: Settings, js: JetStreamContext, tmp_path: Path
 ) -> None:
-    cli = Cli(settings, tmp_path)
+    cli = CliInThread(tmp_path, CHOREO_NATS_URL=settings.nats_url)
     workflow = await deploy(js, settings)
     base = ["schedule", "create", f"s-{uuid7()[-10:]}", "--workflow"]
     five_fields = await cli(*base, workflow, "--cron", "0 6 * * *")
