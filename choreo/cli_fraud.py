@@ -1,7 +1,9 @@
 """`choreo fraud ...`: evaluate the fraud scorer on labelled transactions, train its model,
-list the alerts the fraud service raised."""
+send it confirmed fraud, list the alerts the fraud service raised."""
 
 import json
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,9 +12,11 @@ import typer
 from choreo.cli_common import DataDir, Json, app, audit_or_json, console, errors
 
 fraud = typer.Typer(
-    help="Fraud scoring: evaluate the scorer, train its model, list alerts.",
+    help="Fraud scoring: evaluate the scorer, train its model, send it labels, list alerts.",
     no_args_is_help=True,
 )
+# uuid5 namespace of the label events' ids: the same label sent twice is one event.
+LABEL_IDS = uuid.UUID("3b0f7a4e-8c55-5d7e-a1f2-6c9d2e4b7a10")
 app.add_typer(fraud, name="fraud")
 
 
@@ -34,11 +38,19 @@ def evaluate(
     labels: Annotated[
         Path,
         typer.Option(
-            help='NDJSON of {"transaction_id", "is_fraud", "scenario"}.',
+            help="Labels, NDJSON or CSV: transaction_id and is_fraud (or isFraud, label, "
+            "Class, TX_FRAUD) as true/false, 0/1 or fraud/legit; optional scenario.",
             exists=True,
             dir_okay=False,
         ),
     ],
+    feedback_delay: Annotated[
+        str | None,
+        typer.Option(
+            help="Also replay each label as feedback this long after its transaction "
+            "(1d, 7d, 12h), in stream order, and report figures with and without it.",
+        ),
+    ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(help="Where to write the precision/recall curve [default: FILE.pr.png]."),
@@ -55,13 +67,22 @@ def evaluate(
 
     Prints ROC AUC, precision and recall at the configured thresholds (flagged = review or
     block, and block alone), recall per scenario, and writes a PNG precision/recall curve.
-    Exits 2 on a malformed line, naming the file and line.
+    With --feedback-delay, the labels also reach the scorer as they would in production
+    (confirmed fraud, reported that long after the payment), and the figures are printed
+    without and with that feedback. Exits 2 on a malformed line, naming the file and line.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from choreo.fraud_eval import BadLine, evaluate, plot_pr, read_labels, read_transactions
     from services.fraud.domain import ScoringConfig
+    from shared.durations import FORMS, duration_seconds
 
+    delay = None if feedback_delay is None else duration_seconds(feedback_delay)
+    if feedback_delay is not None and delay is None:
+        errors.print(
+            f"[red]--feedback-delay: need a duration ({FORMS}), got {feedback_delay!r}[/red]"
+        )
+        raise typer.Exit(2)
     defaults = ScoringConfig()
     try:
         config = ScoringConfig(
@@ -83,26 +104,39 @@ def evaluate(
             console=errors,
             transient=True,
         )
+        runs = [None] if delay is None else [None, float(delay)]
+        reports = []
         with progress:
-            task = progress.add_task("scoring", total=len(rows))
-            report = evaluate(
-                rows,
-                truth,
-                config,
-                advance=lambda k: progress.advance(task, k),
-                source=str(file),
-            )
+            task = progress.add_task("scoring", total=len(rows) * len(runs))
+            for run_delay in runs:
+                reports.append(
+                    evaluate(
+                        rows,
+                        truth,
+                        config,
+                        advance=lambda k: progress.advance(task, k),
+                        source=str(file),
+                        feedback_delay=run_delay,
+                    )
+                )
     except BadLine as exc:
         errors.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    report.skipped = skipped
+    for report in reports:
+        report.skipped = skipped
     drawn: str | None = str(plot)
     try:
-        plot_pr(report, plot)
+        plot_pr(reports, plot, feedback_delay)
     except ModuleNotFoundError as exc:  # matplotlib is the optional `plot` extra
         errors.print(f"[yellow]No curve drawn ({exc}): pip install 'choreo[plot]'.[/yellow]")
         drawn = None
-    summary = {**report.summary(), "plot": drawn}
+    summary = {**reports[0].summary(), "plot": drawn}
+    if len(reports) > 1:
+        summary["feedback"] = {
+            "delay": feedback_delay,
+            "delay_s": delay,
+            **reports[1].summary(),
+        }
     if json_out:
         console.print_json(json.dumps(summary))
         return
@@ -119,29 +153,37 @@ def _print_evaluation(summary: dict[str, Any]) -> None:
         f"{counts['unlabelled']} without a label (excluded), "
         f"{counts['skipped_events']} other events skipped."
     )
+    runs = [summary]
+    columns = ["value"]
+    if "feedback" in summary:
+        runs.append(summary["feedback"])
+        columns = ["no feedback", f"feedback after {summary['feedback']['delay']}"]
     table = Table(title="Scorer figures", title_justify="left")
-    for column in ("measure", "value"):
-        table.add_column(column, justify="right" if column == "value" else "left")
-    table.add_row("ROC AUC", _figure(summary["roc_auc"]))
-    table.add_row(
-        f"precision, flagged (score >= {thresholds['review']:g})", _figure(summary["precision"])
-    )
-    table.add_row(
-        f"recall, flagged (score >= {thresholds['review']:g})", _figure(summary["recall"])
-    )
-    table.add_row(
-        f"precision, block (score >= {thresholds['block']:g})",
-        _figure(summary["block"]["precision"]),
-    )
-    table.add_row(
-        f"recall, block (score >= {thresholds['block']:g})", _figure(summary["block"]["recall"])
-    )
+    table.add_column("measure")
+    for column in columns:
+        table.add_column(column, justify="right")
+    review, block = thresholds["review"], thresholds["block"]
+    rows: list[tuple[str, Any]] = [
+        ("ROC AUC", lambda r: r["roc_auc"]),
+        (f"precision, flagged (score >= {review:g})", lambda r: r["precision"]),
+        (f"recall, flagged (score >= {review:g})", lambda r: r["recall"]),
+        (f"precision, block (score >= {block:g})", lambda r: r["block"]["precision"]),
+        (f"recall, block (score >= {block:g})", lambda r: r["block"]["recall"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, *(_figure(value(run)) for run in runs))
     console.print(table)
     scenarios = Table(title="Recall per fraud scenario (flagged)", title_justify="left")
-    for column in ("scenario", "frauds", "recall"):
-        scenarios.add_column(column, justify="left" if column == "scenario" else "right")
-    for name, recall in summary["per_scenario"].items():
-        scenarios.add_row(name, str(counts["per_scenario"][name]), _figure(recall))
+    scenarios.add_column("scenario")
+    scenarios.add_column("frauds", justify="right")
+    for column in columns:
+        scenarios.add_column(column if len(runs) > 1 else "recall", justify="right")
+    for name in summary["per_scenario"]:
+        scenarios.add_row(
+            name,
+            str(counts["per_scenario"][name]),
+            *(_figure(run["per_scenario"][name]) for run in runs),
+        )
     console.print(scenarios)
     if summary["plot"]:
         console.print(f"Precision/recall curve: {summary['plot']}")
@@ -187,6 +229,86 @@ def train(
         f"ROC AUC {_figure(holdout['roc_auc'])}, precision {_figure(holdout['precision'])}, "
         f"recall {_figure(holdout['recall'])}."
     )
+
+
+@fraud.command()
+def label(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Labels, NDJSON or CSV: transaction_id (or transactionId, TransactionID, "
+            "tx_id) and is_fraud (or isFraud, label, Class, TX_FRAUD) as true/false, 0/1 or "
+            "fraud/legit; optional reported_at (RFC 3339) and reason.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    data_dir: DataDir,
+    reported_at: Annotated[
+        str | None,
+        typer.Option(
+            help="When the labels without a reported_at became known, RFC 3339 "
+            "[default: now]. Scores of transactions before it never use them."
+        ),
+    ] = None,
+    json_out: Json = False,
+) -> None:
+    """Send confirmed fraud (and confirmed legitimate payments) to the fraud service.
+
+    Each line becomes a fraud_label event posted to ingest, in batches of 1,000. The fraud
+    service then counts the confirmed frauds per terminal and per card, and judges a card
+    confirmed compromised by stricter thresholds until a label with is_fraud false and
+    reason "reset" clears it. Sending the same file twice changes nothing.
+    """
+    from choreo.client import PUBLISH_BATCH, ClientError, ClientSettings, request
+    from choreo.fraud_labels import BadLine, read_label_rows
+    from services.fraud.feedback import parse_time
+
+    default = reported_at or datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    try:
+        parse_time("--reported-at", default)
+        rows = read_label_rows(file)
+        events = [
+            _label_event(row.transaction_id, row.is_fraud, row.reported_at or default, row.reason)
+            for row in rows
+        ]
+    except (BadLine, ValueError) as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    url = f"{ClientSettings.load(data_dir).ingest_url}/v1/events"
+    sent = 0
+    try:
+        for start in range(0, len(events), PUBLISH_BATCH):
+            body = "\n".join(events[start : start + PUBLISH_BATCH])
+            request("POST", url, content=body, headers={"content-type": "application/x-ndjson"})
+            sent += len(events[start : start + PUBLISH_BATCH])
+            if not json_out:
+                console.print(f"[dim]…[/dim] {sent} of {len(events)} labels accepted")
+    except ClientError as exc:
+        errors.print(f"[red]{exc}[/red]")
+        if sent:
+            errors.print(
+                f"{sent} labels were accepted before the failure; sending the file again is safe."
+            )
+        raise typer.Exit(1) from exc
+    frauds = sum(row.is_fraud for row in rows)
+    if json_out:
+        console.print_json(json.dumps({"accepted": sent, "fraud": frauds}))
+    else:
+        console.print(f"Accepted {sent} labels ({frauds} confirmed fraud).")
+
+
+def _label_event(tx_id: str, is_fraud: bool, reported_at: str, reason: str | None) -> str:
+    """A fraud_label event as one NDJSON line, its id derived from what it says."""
+    data: dict[str, Any] = {
+        "transaction_id": tx_id,
+        "is_fraud": is_fraud,
+        "reported_at": reported_at,
+    }
+    if reason is not None:
+        data["reason"] = reason
+    event_id = uuid.uuid5(LABEL_IDS, json.dumps(data, sort_keys=True))
+    return json.dumps({"type": "fraud_label", "id": str(event_id), "data": data})
 
 
 @fraud.command()

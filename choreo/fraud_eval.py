@@ -10,47 +10,29 @@ the state as in production, but excluded from the figures.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from choreo.fraud_labels import BadLine as BadLine  # re-exported: the errors of evaluate
+from choreo.fraud_labels import read_label_rows
 from services.fraud.domain import BadLine as DomainBadLine
 from services.fraud.domain import (
     Line,
     Model,
     Scorer,
     ScoringConfig,
+    Tx,
     chronological,
     parse_transactions,
 )
+from services.fraud.feedback import Label as FeedbackLabel
+from services.fraud.feedback import interleave
 
 NO_SCENARIO = "(no scenario)"  # a fraud label without a scenario
 PROGRESS_EVERY = 5_000
-
-
-class BadLine(ValueError):
-    """A line of an input file that cannot be used, and why."""
-
-    def __init__(self, source: str, line: int, message: str) -> None:
-        super().__init__(f"{source}:{line}: {message}")
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Each non-blank line as a JSON object, with its number."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadLine(str(path), number, f"not JSON ({exc.msg})") from exc
-            if not isinstance(value, dict):
-                raise BadLine(str(path), number, "not a JSON object")
-            yield number, value
 
 
 def read_transactions(path: Path) -> tuple[list[Line], int]:
@@ -70,19 +52,15 @@ class Label:
 
 
 def read_labels(path: Path) -> dict[str, Label]:
-    """transaction_id -> label; a duplicate id is an error (which one would be true?)."""
+    """transaction_id -> label (choreo/fraud_labels.py reads the file); a duplicate id is an
+    error (which one would be true?)."""
     labels: dict[str, Label] = {}
-    for number, doc in _json_lines(path):
-        tx_id, is_fraud, scenario = (doc.get(k) for k in ("transaction_id", "is_fraud", "scenario"))
-        if not isinstance(tx_id, str) or not tx_id:
-            raise BadLine(str(path), number, "transaction_id: missing or not a string")
-        if not isinstance(is_fraud, bool):
-            raise BadLine(str(path), number, f"is_fraud: need true or false, got {is_fraud!r}")
-        if scenario is not None and not isinstance(scenario, str):
-            raise BadLine(str(path), number, f"scenario: need a string or null, got {scenario!r}")
-        if tx_id in labels:
-            raise BadLine(str(path), number, f"transaction_id: {tx_id!r} labelled twice")
-        labels[tx_id] = Label(is_fraud, scenario)
+    for row in read_label_rows(path):
+        if row.transaction_id in labels:
+            raise BadLine(
+                str(path), row.line, f"transaction_id: {row.transaction_id!r} labelled twice"
+            )
+        labels[row.transaction_id] = Label(row.is_fraud, row.scenario)
     return labels
 
 
@@ -196,11 +174,14 @@ def evaluate(
     model: Model | None = None,
     advance: Callable[[int], None] = lambda _: None,
     source: str = "transactions",
+    feedback_delay: float | None = None,
 ) -> Report:
     """Replay `rows` in timestamp order through a fresh `Scorer`; collect labelled scores.
 
-    `advance(k)` is called after every `PROGRESS_EVERY` transactions (and at the end);
-    `source` names the rows' file in errors.
+    With `feedback_delay` (seconds), each label is also given to the scorer as feedback,
+    reported that long after its transaction, in stream order with the transactions (as the
+    fraud service would receive it). `advance(k)` is called after every `PROGRESS_EVERY`
+    transactions (and at the end); `source` names the rows' file in errors.
     """
     scorer = Scorer(config, model)
     report = Report(scorer.config, scorer.model.version)
@@ -209,8 +190,11 @@ def evaluate(
         ordered = chronological(rows)
     except DomainBadLine as exc:
         raise BadLine(source, exc.line, exc.message) from exc
-    for line in ordered:
-        data = line.data
+    for item in replay_order(ordered, labels, feedback_delay):
+        if isinstance(item, FeedbackLabel):
+            scorer.learn(item)
+            continue
+        data = item.data
         scored = scorer.score(data)
         label = labels.get(data["transaction_id"])
         if label is None:
@@ -226,27 +210,48 @@ def evaluate(
     return report
 
 
-def plot_pr(report: Report, path: Path) -> None:
-    """A PNG of the precision/recall curve with the review and block operating points."""
+def replay_order(
+    ordered: list[Line], labels: Mapping[str, Label], feedback_delay: float | None
+) -> Iterator[Line | FeedbackLabel]:
+    """The transactions in time order; with a delay, each label reported that long after
+    its transaction, before the first transaction at or after that time."""
+    if feedback_delay is None:
+        return iter(ordered)
+    truth = {tx_id: label.is_fraud for tx_id, label in labels.items()}
+    timed = ((Tx.parse(line.data).ts, str(line.data["transaction_id"]), line) for line in ordered)
+    return interleave(timed, truth, feedback_delay)
+
+
+def plot_pr(reports: list[Report], path: Path, feedback_delay: str | None = None) -> None:
+    """A PNG of the precision/recall curves (without feedback, then with it after
+    `feedback_delay` when there are two reports) with the review and block operating points."""
     # Imported here: matplotlib takes a while to load and only this command needs it.
     from matplotlib.figure import Figure
 
-    precisions, recalls = pr_curve(report.scores, report.truth)
     figure = Figure(figsize=(6, 4.5), dpi=100)
     axes = figure.subplots()
-    axes.plot(recalls, precisions, drawstyle="steps-post", label="model")
-    for name, threshold, marker in (
-        ("review", report.config.review, "o"),
-        ("block", report.config.block, "s"),
-    ):
-        precision, recall = report.at(threshold)
-        if precision is not None and recall is not None:
-            axes.plot([recall], [precision], marker, label=f"{name} >= {threshold:g}")
+    names = ["model", f"with feedback after {feedback_delay}"]
+    for name, report in zip(names, reports, strict=False):
+        precisions, recalls = pr_curve(report.scores, report.truth)
+        (line,) = axes.plot(recalls, precisions, drawstyle="steps-post", label=name)
+        for point, threshold, marker in (
+            ("review", report.config.review, "o"),
+            ("block", report.config.block, "s"),
+        ):
+            precision, recall = report.at(threshold)
+            if precision is not None and recall is not None:
+                axes.plot(
+                    [recall],
+                    [precision],
+                    marker,
+                    color=line.get_color(),
+                    label=f"{point} >= {threshold:g}",
+                )
     axes.set_xlabel("recall")
     axes.set_ylabel("precision")
     axes.set_xlim(0, 1.01)
     axes.set_ylim(0, 1.01)
     axes.grid(alpha=0.3)
-    axes.set_title(f"Fraud scorer {report.model}: precision/recall")
+    axes.set_title(f"Fraud scorer {reports[0].model}: precision/recall")
     axes.legend(loc="lower left")
     figure.savefig(path, format="png")

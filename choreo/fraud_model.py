@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy.typing as npt
 import choreo.generate
 from choreo.fraud_eval import Label, evaluate
 from services.fraud.domain import (
+    DAY,
     INPUTS,
     Line,
     Model,
@@ -32,7 +33,10 @@ from services.fraud.domain import (
     chronological,
     record,
 )
+from services.fraud.feedback import Label as FeedbackLabel
+from services.fraud.feedback import interleave
 
+FEEDBACK_DELAY = DAY  # labels arrive a day after their transaction (cardholder reports)
 TRAIN_SEEDS = (101, 102, 103)  # never used for evaluation
 HOLDOUT_SEED = 42
 N = 100_000
@@ -54,12 +58,22 @@ def as_lines(transactions: list[dict[str, Any]]) -> list[Line]:
     return [Line(i, None, tx, in_event=False) for i, tx in enumerate(transactions, 1)]
 
 
-def replay(transactions: Sequence[dict[str, Any]], cfg: ScoringConfig) -> Matrix:
-    """The model inputs of each transaction, in the order given, as the scorer sees them."""
+def replay(
+    transactions: Sequence[dict[str, Any]],
+    cfg: ScoringConfig,
+    truth: Mapping[str, bool] | None = None,
+    feedback_delay: float = FEEDBACK_DELAY,
+) -> Matrix:
+    """The model inputs of each transaction, in the order given, as the scorer sees them;
+    with `truth`, each label is fed back `feedback_delay` seconds after its transaction."""
     state = State()
     rows = []
-    for tx in transactions:
-        parsed = Tx.parse(tx)
+    timed = ((Tx.parse(tx).ts, tx["transaction_id"], tx) for tx in transactions)
+    for item in interleave(timed, truth or {}, feedback_delay):
+        if isinstance(item, FeedbackLabel):
+            state.feedback.learn(item)
+            continue
+        parsed = Tx.parse(item)
         f, _ = assess(parsed, state, cfg)
         rows.append([f["inputs"][name] for name in INPUTS])
         record(parsed, state)
@@ -67,7 +81,8 @@ def replay(transactions: Sequence[dict[str, Any]], cfg: ScoringConfig) -> Matrix
 
 
 def labelled_inputs(n: int, seed: int, cfg: ScoringConfig) -> tuple[Matrix, Matrix]:
-    """Inputs and 0/1 labels of one generated data set, in the order the scorer replays it."""
+    """Inputs and 0/1 labels of one generated data set, in the order the scorer replays it,
+    its labels fed back after FEEDBACK_DELAY."""
     transactions, labels = choreo.generate.generate(n, seed)
     fraud = {lb["transaction_id"]: lb["is_fraud"] for lb in labels}
     ordered = [
@@ -77,7 +92,7 @@ def labelled_inputs(n: int, seed: int, cfg: ScoringConfig) -> tuple[Matrix, Matr
         )
     ]
     y = np.array([float(fraud[tx["transaction_id"]]) for tx in ordered])
-    return replay(ordered, cfg), y
+    return replay(ordered, cfg, fraud), y
 
 
 def fit(x: Matrix, y: Matrix, l2: float = L2) -> tuple[Matrix, Matrix, Matrix, float]:
@@ -134,7 +149,13 @@ def train(
         version=f"fraud-lr-{digest[:10]}",
         about={
             "kind": "logistic regression (L2, Newton/IRLS) on standardized inputs",
-            "training": {"n": n, "seeds": list(seeds), "l2": L2, "transactions": len(y)},
+            "training": {
+                "n": n,
+                "seeds": list(seeds),
+                "l2": L2,
+                "transactions": len(y),
+                "feedback_delay_s": FEEDBACK_DELAY,
+            },
             "data_version": data_version(),
         },
     )
@@ -145,8 +166,14 @@ def train(
         {lb["transaction_id"]: Label(lb["is_fraud"], lb["scenario"]) for lb in labels},
         cfg,
         model,
+        feedback_delay=FEEDBACK_DELAY,
     )
-    metrics = {"n": n, "seed": holdout_seed, **report.summary()}
+    metrics = {
+        "n": n,
+        "seed": holdout_seed,
+        "feedback_delay_s": FEEDBACK_DELAY,
+        **report.summary(),
+    }
     return replace(model, about={**model.about, "holdout": metrics})
 
 

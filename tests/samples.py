@@ -19,6 +19,11 @@ TRANSACTION: dict[str, Any] = {
     "currency": "EUR",
     "timestamp": "2024-01-15T10:01:00Z",
 }
+FRAUD_LABEL: dict[str, Any] = {
+    "transaction_id": "tx-1",
+    "is_fraud": True,
+    "reported_at": "2024-01-16T09:00:00Z",
+}
 BUSINESS_EVENT: dict[str, Any] = {
     "company_id": "acme",
     "event_type": "invoice.created",

@@ -1,6 +1,5 @@
 """The audit read API the CLI uses (`choreo audit`, `choreo fraud alerts`)."""
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -10,6 +9,7 @@ from pydantic import BaseModel, JsonValue
 
 from services.audit.ports import EventStore
 from services.audit.projections import causation_order
+from shared.durations import FORMS, duration_seconds
 from shared.fraud import FraudVerdict
 
 
@@ -43,16 +43,12 @@ class FraudScore(FraudVerdict):
     scored_at: datetime
 
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_since(value: str, now: datetime) -> datetime:
     """`since` as a time: RFC 3339 with an offset (`2026-11-23T00:00:00Z`), or a duration
     before `now` (`90s`, `15m`, `1h`, `2d`, `1w`, or combined: `1h30m`); ValueError saying
     which forms are accepted."""
-    if _DURATION.sub("", value) == "" and value:
-        seconds = sum(int(n) * _UNIT_S[unit] for n, unit in _DURATION.findall(value))
+    seconds = duration_seconds(value)
+    if seconds is not None:
         try:
             return now - timedelta(seconds=seconds)
         except OverflowError as exc:
@@ -63,7 +59,7 @@ def parse_since(value: str, now: datetime) -> datetime:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise ValueError(
-            f"since {value!r}: give a duration (90s, 15m, 1h, 2d, 1w, 1h30m) or an RFC 3339 "
+            f"since {value!r}: give a duration ({FORMS}) or an RFC 3339 "
             "time with an offset (2026-11-23T00:00:00Z)"
         )
     return moment

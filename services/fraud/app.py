@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from faststream.nats import NatsBroker, PullSub
 
-from services.fraud.scoring import INPUT, FraudScoring
+from services.fraud.scoring import INPUT, SUBJECTS, FraudScoring
 from services.fraud.settings import FraudSettings
 from services.fraud.steps import fraud_steps
 from shared.consumer import BatchMessage, message_subscription
@@ -81,6 +81,7 @@ def _subscribe(broker: NatsBroker, config: FraudSettings, scoring: FraudScoring)
     # The stream holds every `data.*` type, so this is the message subscription of one
     # subject with batches, not shared.consumer.batch_subscription (one-subject streams).
     subscription = message_subscription(INPUT, DATA, scoring.durable, config)
+    subscription["config"].filter_subjects = SUBJECTS  # transactions and labels, in order
     subscription["pull_sub"] = PullSub(
         batch_size=config.fraud_fetch_batch, timeout=config.fraud_fetch_wait_s, batch=True
     )
@@ -89,7 +90,8 @@ def _subscribe(broker: NatsBroker, config: FraudSettings, scoring: FraudScoring)
         **subscription,
         title="fraud/transactions",
         description="Scores the transactions of this replica's partition of the cards, in "
-        "stream order: fraud.scored always, fraud.alert unless the decision is allow.",
+        "stream order: fraud.scored always, fraud.alert unless the decision is allow; "
+        "learns from the labels (data.fraud_label) of those transactions.",
     )(on_transactions)
 
 

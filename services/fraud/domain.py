@@ -32,9 +32,10 @@ import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from services.fraud.feedback import Applied, Feedback, Label, parse_time
 
 Decision = Literal["allow", "review", "block"]
 
@@ -63,11 +64,20 @@ class ScoringConfig:
     terminal_distinct_cards: int = 5  # distinct cards at a terminal within 1 h, this one included
     terminal_volume_factor: float = 10.0  # 1 h count vs the terminal's mean hourly count
     terminal_volume_min: int = 10  # never flag volume below this 1 h count
+    terminal_frauds_min: int = 3  # confirmed frauds at a terminal within 7 days (labels)
+    # A card confirmed compromised (feedback.py) is judged by stricter thresholds.
+    compromised_review: float = 0.1
+    compromised_block: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 < self.review <= self.block <= 1:
             raise ValueError(
                 f"thresholds: need 0 < review ({self.review}) <= block ({self.block}) <= 1"
+            )
+        if not 0 < self.compromised_review <= self.compromised_block <= 1:
+            raise ValueError(
+                f"thresholds for a compromised card: need 0 < review "
+                f"({self.compromised_review}) <= block ({self.compromised_block}) <= 1"
             )
 
 
@@ -131,6 +141,7 @@ class State:
 
     cards: dict[str, CardState] = field(default_factory=dict)
     terminals: dict[str, EntityState] = field(default_factory=dict)
+    feedback: Feedback = field(default_factory=Feedback)  # what the labels taught
 
 
 REQUIRED = ("card_id", "terminal_id", "amount", "timestamp")
@@ -146,32 +157,29 @@ class Tx:
     ts: float
     country: str | None
     channel: str | None
+    transaction_id: str | None = None  # what a label names; None: it cannot be labelled
 
     @classmethod
     def parse(cls, tx: Mapping[str, Any]) -> Tx:
         missing = [name for name in REQUIRED if tx.get(name) is None]
         if missing:
             raise ValueError(f"{', '.join(missing)}: missing")
-        try:
-            when = datetime.fromisoformat(str(tx["timestamp"]))
-        except ValueError as exc:
-            raise ValueError(f"timestamp: not RFC 3339 ({tx['timestamp']!r})") from exc
-        if when.tzinfo is None:
-            raise ValueError(f"timestamp: needs an offset ({tx['timestamp']!r})")
+        ts = parse_time("timestamp", tx["timestamp"])
         try:
             amount = float(tx["amount"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"amount: not a number ({tx['amount']!r})") from exc
         if not 0 < amount < math.inf:
             raise ValueError(f"amount: must be > 0 and finite, got {amount}")
-        country, channel = tx.get("country"), tx.get("channel")
+        country, channel, tx_id = tx.get("country"), tx.get("channel"), tx.get("transaction_id")
         return cls(
             card_id=str(tx["card_id"]),
             terminal_id=str(tx["terminal_id"]),
             amount=amount,
-            ts=when.timestamp(),
+            ts=ts,
             country=None if country is None else str(country),
             channel=None if channel is None else str(channel),
+            transaction_id=None if tx_id is None else str(tx_id),
         )
 
 
@@ -231,6 +239,8 @@ def features(tx: Tx, state: State) -> dict[str, Any]:
     older_d = out["terminal_count_7d"] - out["terminal_count_1d"]
     lived_d = (lived - DAY) / DAY
     out["terminal_daily_mean_7d"] = older_d / lived_d if lived_d >= 1 else None
+    # Confirmed fraud reported by this transaction's time, never later (no leakage).
+    out.update(state.feedback.features(tx.card_id, tx.terminal_id, tx.ts))
     return out
 
 
@@ -281,20 +291,49 @@ def terminal_risk(f: Mapping[str, Any], cfg: ScoringConfig) -> Hit | None:
     return Hit("terminal_risk", c, "terminal_risk: " + "; ".join(why))
 
 
+def confirmed_terminal(f: Mapping[str, Any], cfg: ScoringConfig) -> Hit | None:
+    frauds = f["terminal_frauds_7d"]
+    if frauds < cfg.terminal_frauds_min:
+        return None
+    c = min(0.9, 0.5 + 0.05 * (frauds - cfg.terminal_frauds_min))
+    return Hit(
+        "confirmed_terminal",
+        c,
+        f"confirmed_terminal: {frauds} confirmed frauds at the terminal within 7 days",
+    )
+
+
+def compromised_card(f: Mapping[str, Any]) -> Hit | None:
+    if not f["card_compromised"]:
+        return None
+    return Hit("compromised_card", 0.6, "compromised_card: fraud confirmed on the card")
+
+
 def combine(contributions: list[float]) -> float:
     """Noisy-OR: 1 - prod(1 - c_i); the rules' own verdict, one of the model's inputs."""
     return 1.0 - math.prod(1.0 - c for c in contributions)
 
 
-def decide(score: float, cfg: ScoringConfig) -> Decision:
-    if score >= cfg.block:
+def decide(score: float, cfg: ScoringConfig, compromised: bool = False) -> Decision:
+    """The decision for a score; a card confirmed compromised gets the stricter thresholds."""
+    review, block = (
+        (cfg.compromised_review, cfg.compromised_block) if compromised else (cfg.review, cfg.block)
+    )
+    if score >= block:
         return "block"
-    if score >= cfg.review:
+    if score >= review:
         return "review"
     return "allow"
 
 
-RULES = ("velocity_1m", "amount_vs_habit", "new_country", "terminal_risk")
+RULES = (
+    "velocity_1m",
+    "amount_vs_habit",
+    "new_country",
+    "terminal_risk",
+    "confirmed_terminal",
+    "compromised_card",
+)
 # Every input the model may use, in this order. Counts and amounts are log-scaled
 # (log1p) so that a burst of 10 weighs like one of 100 weighs against one of 1000.
 INPUTS: tuple[str, ...] = (
@@ -316,6 +355,9 @@ INPUTS: tuple[str, ...] = (
     "log_terminal_day_ratio",
     "log_terminal_burst_1d",
     "new_terminal",
+    "log_terminal_frauds_7d",
+    "log_terminal_frauds_28d",
+    "card_compromised",
     "rules_combined",
     *(f"rule_{name}" for name in RULES),
 )
@@ -351,6 +393,9 @@ def inputs(tx: Tx, f: Mapping[str, Any], cfg: ScoringConfig) -> dict[str, float]
         ),
         "log_terminal_burst_1d": math.log1p(f["terminal_burst_1d"]),
         "new_terminal": float(not f["card_seen_at_terminal_7d"]),
+        "log_terminal_frauds_7d": math.log1p(f["terminal_frauds_7d"]),
+        "log_terminal_frauds_28d": math.log1p(f["terminal_frauds_28d"]),
+        "card_compromised": float(f["card_compromised"]),
         "rules_combined": combine(list(rules.values())),
         **{f"rule_{name}": rules.get(name, 0.0) for name in RULES},
     }
@@ -466,6 +511,8 @@ def assess(tx: Tx, state: State, cfg: ScoringConfig) -> tuple[dict[str, Any], li
             amount_vs_habit(f, cfg),
             new_country(f, cfg, tx.country),
             terminal_risk(f, cfg),
+            confirmed_terminal(f, cfg),
+            compromised_card(f),
         )
         if h is not None
     ]
@@ -479,7 +526,7 @@ def judge(f: dict[str, Any], hits: list[Hit], cfg: ScoringConfig, model: Model) 
     pushes = model.pushes(f["inputs"])
     f["pushes"] = pushes
     total = model.probability(pushes)
-    decision = decide(total, cfg)
+    decision = decide(total, cfg, f["card_compromised"])
     reasons = [h.reason for h in hits]
     # Pushes are relative to the training mean and partly cancel out: on an allowed payment
     # the largest ones explain nothing worth reading, so only a flagged one names them.
@@ -509,6 +556,8 @@ def record(tx: Tx, state: State) -> None:
         card.countries.add(tx.country)
     terminal = state.terminals.setdefault(tx.terminal_id, EntityState())
     terminal.add(tx.ts, tx.amount, tx.card_id)
+    if tx.transaction_id is not None:
+        state.feedback.saw(tx.transaction_id, tx.ts, tx.card_id, tx.terminal_id)
 
 
 class Scorer:
@@ -524,6 +573,11 @@ class Scorer:
         scored = judge(*assess(parsed, self.state, self.config), self.config, self.model)
         record(parsed, self.state)
         return scored
+
+    def learn(self, label: Mapping[str, Any] | Label) -> Applied:
+        """Apply a label (a `fraud_label` event's data); ValueError if it is malformed."""
+        parsed = label if isinstance(label, Label) else Label.parse(label)
+        return self.state.feedback.learn(parsed)
 
 
 # -- transactions one JSON object a line (evaluation files, lake objects) -----------------

@@ -1,4 +1,5 @@
-"""The fraud consumer: score each `data.transaction` in stream order, publish the verdict.
+"""The fraud consumer: score each `data.transaction` in stream order, publish the verdict;
+learn from each `data.fraud_label` (confirmed fraud, services/fraud/feedback.py).
 
 Every transaction gets `fraud.scored`; those not allowed also get `fraud.alert`. Both are
 children of the transaction event, with ids derived from its id, so a re-publish is a
@@ -14,6 +15,12 @@ subjects per partition (`data.transaction.<p>`) would avoid it but break the `da
 layout that stream DATA and ingest share. Terminal features then see only the transactions
 of the replica's own cards.
 
+Labels. A label names only its transaction, so every replica reads every label and applies
+it if the transaction is one of its own cards' (the others find it unknown and ack it): the
+labels are partitioned like the transactions. One durable consumer reads both subjects, so
+labels and transactions are applied in stream order, snapshotted together and replayed
+together after a restart.
+
 Redeliveries and restarts. `applied_seq` is the last stream sequence applied to the state,
 so nothing is applied twice. The outcome of every delivery not yet acknowledged stays in
 `pending`: a nak'd transaction comes back after later ones were scored, and gets the verdict
@@ -28,15 +35,18 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
 from services.fraud.domain import Scorer
+from services.fraud.feedback import Applied
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import (
     Outcome,
@@ -58,6 +68,8 @@ from shared.subjects import DATA, FRAUD_ALERT, FRAUD_SCORED, data_subject
 log = structlog.get_logger(__name__)
 
 INPUT = data_subject("transaction")
+LABELS = data_subject("fraud_label")
+SUBJECTS = [INPUT, LABELS]  # the consumer's filter: both, in stream order
 SOURCE = "choreo/fraud"
 HANDLER = "on_transactions"
 # uuid5 namespace of the fraud events' ids: uuid5(EVENT_IDS, "<transaction event id>:scored").
@@ -112,6 +124,18 @@ def fraud_events(transaction: Event, verdict: Verdict) -> list[tuple[str, Event]
     ]
 
 
+async def _read_labels_too(js: JetStreamContext, config: ConsumerConfig) -> None:
+    """A durable created before labels existed filters `data.transaction` only: widen it to
+    the labels (an update keeps its position; the labels published before it are read
+    from there on, the earlier ones were never seen and are not replayed)."""
+    if sorted(config.filter_subjects or [config.filter_subject or ""]) == sorted(SUBJECTS):
+        return
+    log.info("consumer widened to the labels", durable=config.durable_name, subjects=SUBJECTS)
+    await js.add_consumer(
+        DATA.name, config=replace(config, filter_subject=None, filter_subjects=SUBJECTS)
+    )
+
+
 def _card_of(event: Event | None) -> str | None:
     data = event.data if event is not None else None
     card = data.get("card_id") if isinstance(data, dict) else None
@@ -146,20 +170,36 @@ class FraudScoring:
             ["service", "decision"],
             registry=metrics.registry,
         )
+        self.labels = Counter(
+            "choreo_fraud_labels",
+            "Labels received, by what became of them (applied; reset: a card cleared; "
+            "duplicate; conflict: contradicts an earlier label; unknown: not a transaction "
+            "of this partition within the last 28 days).",
+            ["service", "outcome"],
+            registry=metrics.registry,
+        )
+        for outcome in ("applied", "reset", "duplicate", "conflict", "unknown"):
+            self.labels.labels(metrics.service, outcome)
 
     # -- consuming ----------------------------------------------------------------------------
 
     def owns(self, event: Event | None) -> bool:
         """Whether this partition scores `event`; one without a card (it cannot be scored,
-        only dead-lettered) belongs to partition 0."""
+        only dead-lettered) belongs to partition 0. Every partition learns from a label."""
+        if event is not None and event.type == "fraud_label":
+            return True
         card = _card_of(event)
         if card is None:
             return self.partition == 0
         return partition_of(card, self.partitions) == self.partition
 
-    def apply(self, seq: int, event: Event) -> Outcome:
+    def apply(self, seq: int, event: Event) -> Outcome | None:
         """Score the transaction at stream sequence `seq` (after every earlier one) and keep
-        the outcome until its delivery is settled."""
+        the outcome until its delivery is settled; for a label, learn from it (None: nothing
+        to publish)."""
+        if event.type == "fraud_label":
+            self.applied_seq = seq
+            return self.learn(seq, event)
         try:
             if not isinstance(event.data, dict):
                 raise ValueError("data: not an object")
@@ -175,6 +215,21 @@ class FraudScoring:
         self.pending[seq] = outcome
         self.applied_seq = seq
         return outcome
+
+    def learn(self, seq: int, event: Event) -> Outcome | None:
+        """Apply a label; a malformed one is dead-lettered by partition 0 only."""
+        try:
+            if not isinstance(event.data, dict):
+                raise ValueError("data: not an object")
+            applied: Applied = self.scorer.learn(event.data)
+        except ValueError as exc:
+            if self.partition != 0:
+                return None
+            outcome = Outcome(None, f"label cannot be used: {exc}")
+            self.pending[seq] = outcome
+            return outcome
+        self.labels.labels(self._metrics.service, applied).inc()
+        return None
 
     async def receive(self, messages: Sequence[Msg]) -> None:
         """Handle one fetched chunk of deliveries, in stream order."""
@@ -199,7 +254,7 @@ class FraudScoring:
             outcome: Outcome | None
             if seq > self.applied_seq:
                 outcome = self.apply(seq, event)
-                if outcome.verdict is not None:
+                if outcome is not None and outcome.verdict is not None:
                     self.decisions.labels(self._metrics.service, outcome.verdict.decision).inc()
             else:  # a redelivery: its outcome if still pending, else it was settled before
                 outcome = self.pending.get(seq)
@@ -303,8 +358,9 @@ class FraudScoring:
         else:
             delivered = info.delivered.stream_seq or 0
             acked = info.ack_floor.stream_seq or 0
+            await _read_labels_too(js, info.config)
         replayed = 0
-        async for msg in read_range(js, DATA.name, INPUT, self.applied_seq + 1, delivered):
+        async for msg in read_range(js, DATA.name, SUBJECTS, self.applied_seq + 1, delivered):
             try:
                 event = Event.from_bytes(msg.data)
             except ValidationError:

@@ -1,11 +1,11 @@
 """The scorer's state on disk: snapshots in a JetStream object store, and the stream replay
 that brings a snapshot up to date.
 
-A snapshot holds the scorer's `State`, `applied_seq` (the last stream sequence of
-`data.transaction` applied to it) and the outcomes of the transactions scored but not yet
-acknowledged, for one partition (`state-p<i>-of-<P>` in bucket `choreo_fraud`). An object
-store rather than a KV value because the state outgrows NATS' max_payload (1 MiB): objects
-are chunked.
+A snapshot holds the scorer's `State` (with what the labels taught), `applied_seq` (the last
+stream sequence of `data.transaction` or `data.fraud_label` applied to it) and the outcomes
+of the transactions scored but not yet acknowledged, for one partition (`state-p<i>-of-<P>`
+in bucket `choreo_fraud`). An object store rather than a KV value because the state
+outgrows NATS' max_payload (1 MiB): objects are chunked.
 
 The format is JSON, versioned, and exact: floats are written with `repr`, which
 round-trips every float, and the non-finite ones JSON lacks as the strings "inf"/"-inf".
@@ -251,15 +251,15 @@ class SnapshotStore:
 
 
 async def read_range(
-    js: JetStreamContext, stream: str, subject: str, first: int, last: int
+    js: JetStreamContext, stream: str, subjects: list[str], first: int, last: int
 ) -> AsyncIterator[Msg]:
-    """The messages of `subject` with stream sequence in [first, last], in order, from an
+    """The messages of `subjects` with stream sequence in [first, last], in order, from an
     ephemeral consumer without acks (it never moves the durable consumer)."""
     if last < first:
         return
     config = ConsumerConfig(
         name=f"fraud-replay-{uuid7()}",
-        filter_subject=subject,
+        filter_subjects=subjects,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=first,
         ack_policy=AckPolicy.NONE,

@@ -119,6 +119,7 @@ async def test_the_schemas_are_served(
     listed = (await client.get("/v1/schemas")).json()["schemas"]
     assert {s["type"]: s["current"] for s in listed} == {
         "business_event": 1,
+        "fraud_label": 1,
         "sale": 1,
         "transaction": 1,
     }

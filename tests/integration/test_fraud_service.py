@@ -7,6 +7,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import ObjectNotFoundError
 
 from choreo.generate import generate
@@ -21,7 +23,8 @@ from choreo.servers.nats import NatsServer
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
 from services.fraud.app import create_app
-from services.fraud.domain import Scorer
+from services.fraud.domain import DAY, Scorer
+from services.fraud.feedback import Label, interleave
 from services.fraud.scoring import partition_of
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import SnapshotStore, object_name, read_range
@@ -81,12 +84,39 @@ def as_events(transactions: Sequence[Tx], **extensions: Any) -> list[Event]:
 
 
 async def publish(js: JetStreamContext, events: Sequence[Event]) -> None:
-    """Publish in order (pipelined on one connection), in chunks."""
+    """Publish in order (pipelined on one connection), in chunks, each to `data.<type>`."""
     for start in range(0, len(events), 1000):
         chunk = events[start : start + 1000]
         await asyncio.gather(
-            *(js.publish("data.transaction", e.to_bytes(), headers=e.headers()) for e in chunk)
+            *(js.publish(f"data.{e.type}", e.to_bytes(), headers=e.headers()) for e in chunk)
         )
+
+
+def with_labels(transactions: Sequence[Tx], labels: Sequence[dict[str, Any]]) -> list[Tx | Label]:
+    """The transactions in order, each fraud's label reported a day after it, as the
+    service would receive them."""
+    fraud = {lb["transaction_id"]: True for lb in labels if lb["is_fraud"]}
+    timed = ((tx_time(tx), tx["transaction_id"], tx) for tx in transactions)
+    return list(interleave(timed, fraud, DAY))
+
+
+def tx_time(tx: Tx) -> float:
+    return datetime.fromisoformat(tx["timestamp"]).timestamp()
+
+
+def as_stream(items: Sequence[Tx | Label]) -> list[Event]:
+    """Transaction and label events, in the order given."""
+    return [
+        Event(
+            type="fraud_label",
+            source="tests",
+            data=item.to_data(),
+            id=f"label-{item.transaction_id}",
+        )
+        if isinstance(item, Label)
+        else as_events([item])[0]
+        for item in items
+    ]
 
 
 async def count(js: JetStreamContext, subject: str) -> int:
@@ -96,14 +126,18 @@ async def count(js: JetStreamContext, subject: str) -> int:
 
 async def read(js: JetStreamContext, stream: str, subject: str) -> list[Event]:
     last = (await js.stream_info(stream)).state.last_seq
-    return [Event.from_bytes(m.data) async for m in read_range(js, stream, subject, 1, last)]
+    return [Event.from_bytes(m.data) async for m in read_range(js, stream, [subject], 1, last)]
 
 
-def reference(transactions: Sequence[Tx]) -> dict[str, dict[str, Any]]:
-    """What an uninterrupted in-process scorer says, by transaction id."""
+def reference(transactions: Sequence[Tx | Label]) -> dict[str, dict[str, Any]]:
+    """What an uninterrupted in-process scorer says, by transaction id (learning from the
+    labels among them)."""
     scorer = Scorer()
     out = {}
     for tx in transactions:
+        if isinstance(tx, Label):
+            scorer.learn(tx)
+            continue
         s = scorer.score(tx)
         out[tx["transaction_id"]] = {
             "score": s.score,
@@ -190,6 +224,37 @@ async def test_every_transaction_is_scored_and_the_risky_ones_alerted(
     for decision, n in decisions.items():
         line = f'choreo_fraud_decisions_total{{decision="{decision}",service="fraud"}} {n}.0'
         assert line in metrics
+
+
+async def test_labels_over_nats_reach_a_consumer_created_before_labels_existed(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    """An upgrade: the durable filters data.transaction only. The service widens it to the
+    labels, keeps its position, and every transaction gets the verdict of a scorer that
+    learnt from the labels reported before it."""
+    transactions, labels = generate(3_000, seed=8)
+    stream = with_labels(transactions, labels)
+    js = admin.jetstream()
+    await js.add_consumer(
+        DATA.name,
+        ConsumerConfig(
+            durable_name="fraud-p0-of-1",
+            filter_subject="data.transaction",
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    async with serve(create_app(fraud_settings(nats_server, s3_endpoint, tmp_path))) as http:
+        await publish(js, as_stream(stream))
+        await wait_for(lambda: count(js, "fraud.scored"), lambda n: n == len(transactions))
+        metrics = (await http.get("/metrics")).text
+    info = await js.consumer_info(DATA.name, "fraud-p0-of-1")
+    assert sorted(info.config.filter_subjects or []) == ["data.fraud_label", "data.transaction"]
+    expected = reference(stream)
+    assert verdicts(await read(js, FRAUD.name, "fraud.scored")) == expected
+    frauds = sum(isinstance(item, Label) for item in stream)
+    assert frauds > 10
+    assert f'choreo_fraud_labels_total{{outcome="applied",service="fraud"}} {frauds}.0' in metrics
+    assert expected != reference(transactions), "the labels should change some verdicts"
 
 
 async def test_a_steps_only_replica_scores_nothing_live(
@@ -323,11 +388,13 @@ async def test_a_killed_service_restarts_with_the_same_scores(
 ) -> None:
     """SIGKILL the service mid-stream and start it again: every transaction has exactly one
     fraud.scored, with the score an uninterrupted scorer gives. The restart rebuilds the
-    state from the stream alone (no snapshot yet), or from a snapshot plus the rest."""
-    transactions, _ = generate(12_000, seed=5)
+    state from the stream alone (no snapshot yet), or from a snapshot plus the rest.
+    Confirmed frauds arrive as labels among the transactions: they survive the kill too."""
+    transactions, labels = generate(12_000, seed=5)
+    stream = with_labels(transactions, labels)
     js = admin.jetstream()
-    await publish(js, as_events(transactions))
-    expected = reference(transactions)
+    await publish(js, as_stream(stream))
+    expected = reference(stream)
     settings = fraud_settings(
         nats_server,
         s3_endpoint,
@@ -371,6 +438,12 @@ async def test_a_killed_service_restarts_with_the_same_scores(
     assert [t for t, n in ids.items() if n > 1] == []
     assert len(scored) == len(transactions)
     assert verdicts(scored) == expected
+    # The labels made a difference after the kill, so losing them would have shown.
+    blind = reference(transactions)
+    order = [str(tx["transaction_id"]) for tx in transactions]
+    changed = [i for i, tx_id in enumerate(order) if blind[tx_id] != expected[tx_id]]
+    assert changed
+    assert changed[-1] > at_kill
     logs = [json.loads(line) for line in restarted.splitlines() if line.startswith("{")]
     rebuilt = next(entry for entry in logs if entry.get("event") == "state rebuilt")
     restored = [entry for entry in logs if entry.get("event") == "state restored from snapshot"]

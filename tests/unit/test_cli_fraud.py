@@ -8,8 +8,10 @@ from typer.testing import CliRunner
 
 import choreo.cli_fraud  # noqa: F401  (registers `choreo fraud` on the app)
 from choreo.cli_common import app
+from choreo.cli_fraud import _label_event
 from choreo.generate import generate
 from services.fraud.domain import Scorer, load_model
+from services.ingest.registry import load_registry
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -102,6 +104,53 @@ def test_evaluate_takes_thresholds(files: tuple[Path, Path], tmp_path: Path) -> 
     bad = CliRunner().invoke(app, [*args, "--review", "0.9", "--block", "0.5"])
     assert bad.exit_code == 2
     assert "review (0.9) <= block (0.5)" in bad.stderr
+
+
+def test_evaluate_with_feedback_prints_both_runs(files: tuple[Path, Path], tmp_path: Path) -> None:
+    events, truth = files
+    csv = tmp_path / "labels.csv"  # the same labels as 0/1 in a CSV file
+    rows = [json.loads(line) for line in truth.read_text().splitlines()]
+    csv.write_text(
+        "transaction_id,isFraud,scenario\n"
+        + "".join(
+            f"{r['transaction_id']},{int(r['is_fraud'])},{r['scenario'] or ''}\n" for r in rows
+        )
+    )
+    args = ["fraud", "evaluate", str(events), "--plot", str(tmp_path / "pr.png")]
+    result = CliRunner().invoke(
+        app, [*args, "--labels", str(csv), "--feedback-delay", "1d", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    plain = json.loads(CliRunner().invoke(app, [*args, "--labels", str(truth), "--json"]).stdout)
+    assert {k: v for k, v in figures.items() if k != "feedback"} == plain
+    assert figures["feedback"]["delay_s"] == 86400
+    assert figures["feedback"]["counts"] == plain["counts"]
+    table = CliRunner().invoke(app, [*args, "--labels", str(csv), "--feedback-delay", "7d"])
+    assert "feedback after 7d" in table.stdout
+    bad = CliRunner().invoke(app, [*args, "--labels", str(csv), "--feedback-delay", "soon"])
+    assert bad.exit_code == 2
+    assert "--feedback-delay: need a duration" in bad.stderr
+
+
+def test_label_refuses_a_bad_file_before_sending(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("transaction_id,is_fraud\na,1\nb,perhaps\n")
+    result = CliRunner().invoke(app, ["fraud", "label", str(path), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "labels.csv:3: is_fraud: need true/false, 0/1 or fraud/legit" in result.stderr
+
+
+def test_label_events_are_valid_and_their_ids_derive_from_the_label() -> None:
+    registry = load_registry()
+    lines = [
+        _label_event("tx-1", True, "2024-01-02T00:00:00Z", "chargeback"),
+        _label_event("tx-1", True, "2024-01-02T00:00:00Z", "chargeback"),
+        _label_event("tx-1", False, "2024-01-02T00:00:00Z", "reset"),
+    ]
+    events = [json.loads(line) for line in lines]
+    assert [registry.check(e["type"], e["data"]) for e in events] == [[], [], []]
+    assert events[0]["id"] == events[1]["id"] != events[2]["id"]
 
 
 def test_evaluate_refuses_a_missing_file(tmp_path: Path) -> None:

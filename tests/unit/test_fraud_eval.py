@@ -2,6 +2,7 @@
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -139,8 +140,9 @@ def test_labels_are_checked(tmp_path: Path) -> None:
     )
     assert read_labels(path) == {"a": Label(True, "spike"), "b": Label(False, None)}
     for bad, message in [
-        ({**good, "is_fraud": "yes"}, "is_fraud: need true or false"),
-        ({**good, "scenario": 3}, "scenario: need a string or null"),
+        ({**good, "is_fraud": "maybe"}, "is_fraud: need true/false, 0/1 or fraud/legit"),
+        ({**good, "is_fraud": 2}, "is_fraud: need true/false, 0/1 or fraud/legit, got 2"),
+        ({**good, "scenario": 3}, "scenario: need a string, got 3"),
         ({"is_fraud": True}, "transaction_id: missing"),
         (good, "transaction_id: 'a' labelled twice"),
     ]:
@@ -172,3 +174,23 @@ def test_evaluate_replays_in_time_order_and_excludes_unlabelled() -> None:
     assert report.unlabelled == 1
     assert sum(progress) == 3
     assert all(0 <= s <= 1 for s in report.scores)
+
+
+def paid(tx_id: str, card: str, at: timedelta) -> dict[str, object]:
+    when = datetime(2024, 1, 1, tzinfo=UTC) + at
+    return {**transaction(tx_id, 0, card), "timestamp": when.isoformat()}
+
+
+def test_evaluate_with_feedback_learns_only_from_labels_already_reported() -> None:
+    """Six cards at one terminal on day 0, four confirmed fraud; a payment there on day 2.
+    With a 1-day delay the labels are known by then; with an 8-day delay they are not."""
+    rows = [Line(i + 1, None, paid(f"v{i}", f"c{i}", timedelta(minutes=10 * i))) for i in range(6)]
+    rows.append(Line(7, None, paid("later", "new", timedelta(days=2))))
+    labels = {f"v{i}": Label(i < 4, "compromised_terminal" if i < 4 else None) for i in range(6)}
+    labels["later"] = Label(False, None)
+    blind = evaluate(rows, labels)
+    late = evaluate(rows, labels, feedback_delay=8 * 86400.0)
+    informed = evaluate(rows, labels, feedback_delay=86400.0)
+    assert late.scores == blind.scores
+    assert informed.scores[:6] == blind.scores[:6]  # nothing was reported before them
+    assert informed.scores[6] > blind.scores[6]

@@ -135,7 +135,7 @@ def test_an_unknown_type_names_the_known_ones() -> None:
     _, errors = validate_items([{"type": "order", "data": {}}], REGISTRY)
     assert [(e.index, e.field) for e in errors] == [(0, "type")]
     assert "unknown event type 'order'" in errors[0].message
-    assert "business_event, sale, transaction" in errors[0].message
+    assert "business_event, fraud_label, sale, transaction" in errors[0].message
 
 
 def test_a_schema_version_may_be_named() -> None:

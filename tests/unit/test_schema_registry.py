@@ -9,7 +9,7 @@ import pytest
 
 from services.ingest.registry import SchemaRegistry, UnknownSchema, load_registry
 from tests import samples
-from tests.samples import BUSINESS_EVENT, changed
+from tests.samples import BUSINESS_EVENT, FRAUD_LABEL, changed
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = load_registry()
@@ -26,6 +26,7 @@ def fields(event_type: str, data: dict[str, Any]) -> set[str]:
 def test_the_shipped_types_and_their_versions() -> None:
     assert REGISTRY.describe() == [
         {"type": "business_event", "versions": [1], "current": 1},
+        {"type": "fraud_label", "versions": [1], "current": 1},
         {"type": "sale", "versions": [1], "current": 1},
         {"type": "transaction", "versions": [1], "current": 1},
     ]
@@ -51,6 +52,8 @@ def test_the_sample_data_is_valid(event_type: str, sample: str) -> None:
         ("transaction", changed(TRANSACTION, amount=0.01, channel="atm")),
         ("sale", SALE),
         ("sale", changed(SALE, quantity=3, unit_price=9.99)),
+        ("fraud_label", FRAUD_LABEL),
+        ("fraud_label", changed(FRAUD_LABEL, is_fraud=False, reason="reset")),
         ("business_event", BUSINESS_EVENT),
         (
             "business_event",
@@ -82,6 +85,11 @@ def test_valid_data(event_type: str, data: dict[str, Any]) -> None:
         ("transaction", changed(TRANSACTION, country="ESP"), "country"),
         ("transaction", changed(TRANSACTION, channel="web"), "channel"),
         ("transaction", changed(TRANSACTION, contry="ES"), "contry"),
+        ("fraud_label", changed(FRAUD_LABEL, is_fraud=0), "is_fraud"),
+        ("fraud_label", changed(FRAUD_LABEL, reported_at=None), "reported_at"),
+        ("fraud_label", changed(FRAUD_LABEL, reported_at="2024-01-16"), "reported_at"),
+        ("fraud_label", changed(FRAUD_LABEL, transaction_id=""), "transaction_id"),
+        ("fraud_label", changed(FRAUD_LABEL, scenario="x"), "scenario"),
         ("sale", changed(SALE, day="2024-1-5"), "day"),
         ("sale", changed(SALE, day="2024-02-30"), "day"),
         ("sale", changed(SALE, quantity=1.5), "quantity"),
@@ -123,7 +131,7 @@ def test_the_folder_adds_types_and_newer_versions(tmp_path: Path) -> None:
     write(tmp_path, "sale.v2.json", {"type": "object", "required": ["order_id"]})
     (tmp_path / "README.md").write_text("not a schema: ignored")
     registry = load_registry(tmp_path)
-    assert registry.types == ["business_event", "order", "sale", "transaction"]
+    assert registry.types == ["business_event", "fraud_label", "order", "sale", "transaction"]
     assert registry.versions("sale") == [1, 2]
     # The newest version is current; an event may still name the older one.
     assert registry.check("sale", {"order_id": "o-1"}) == []

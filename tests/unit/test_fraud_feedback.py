@@ -1,0 +1,158 @@
+"""Label feedback: confirmed fraud per terminal and per card, counted only once reported
+(no leakage), stricter thresholds for a compromised card until reset, labels applied once."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.fraud.domain import DAY, HOUR, Scorer, ScoringConfig, decide
+from services.fraud.feedback import LABEL_HORIZON, Label, interleave
+from tests.unit.test_fraud_domain import T0, fired, tx
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def label(tx_id: str, reported: float, *, is_fraud: bool = True, **extra: Any) -> dict[str, Any]:
+    return {"transaction_id": tx_id, "is_fraud": is_fraud, "reported_at": at(reported), **extra}
+
+
+def busy_terminal(scorer: Scorer, cards: int = 6) -> None:
+    """A terminal where `cards` cards each paid once on the first morning."""
+    for i in range(cards):
+        scorer.score(tx(i * 600, card=f"victim-{i}", terminal="shop", tx_id=f"v{i}"))
+
+
+def test_a_terminal_with_confirmed_frauds_is_flagged_for_its_next_transactions() -> None:
+    scorer = Scorer()
+    busy_terminal(scorer)
+    later = tx(2 * DAY, card="next", terminal="shop", tx_id="after")
+    before = Scorer()
+    busy_terminal(before)
+    unflagged = before.score(later)
+    for i in range(4):
+        assert scorer.learn(label(f"v{i}", DAY)) == "applied"
+    flagged = scorer.score(later)
+    assert flagged.features["terminal_frauds_7d"] == 4
+    assert flagged.features["terminal_frauds_28d"] == 4
+    assert "confirmed_terminal: 4 confirmed frauds at the terminal within 7 days" in fired(flagged)
+    assert "confirmed_terminal" not in unflagged.features["rules"]
+    assert flagged.score > unflagged.score
+    assert flagged.features["inputs"]["log_terminal_frauds_7d"] > 0
+
+
+def test_a_label_reported_after_a_transaction_never_changes_its_score() -> None:
+    """Learning a label early (the replay's order) must not leak into earlier transactions."""
+    informed, blind = Scorer(), Scorer()
+    busy_terminal(informed)
+    busy_terminal(blind)
+    for i in range(4):
+        informed.learn(label(f"v{i}", 3 * DAY))  # reported on day 3
+    payment = tx(2 * DAY, card="next", terminal="shop", tx_id="day-2")
+    assert informed.score(payment) == blind.score(payment)
+    # ... and from its report on, it counts: reported_at <= the transaction's time.
+    on_time = informed.score(tx(3 * DAY, card="third", terminal="shop", tx_id="day-3"))
+    assert on_time.features["terminal_frauds_7d"] == 4
+
+
+def test_confirmed_frauds_leave_the_windows() -> None:
+    scorer = Scorer()
+    busy_terminal(scorer)
+    for i in range(4):
+        scorer.learn(label(f"v{i}", HOUR * 2))
+    eight_days = scorer.score(tx(8 * DAY, card="n1", terminal="shop", tx_id="d8")).features
+    assert (eight_days["terminal_frauds_7d"], eight_days["terminal_frauds_28d"]) == (0, 4)
+    gone = scorer.score(tx(LABEL_HORIZON + DAY, card="n2", terminal="shop", tx_id="d29"))
+    assert gone.features["terminal_frauds_28d"] == 0
+
+
+def test_a_compromised_card_gets_stricter_thresholds_until_reset() -> None:
+    cfg = ScoringConfig()
+    scorer = Scorer(cfg)
+    for i in range(6):
+        scorer.score(tx(i * HOUR, card="c1", terminal=f"home-{i}", tx_id=f"c1-{i}"))
+    assert scorer.learn(label("c1-5", DAY)) == "applied"
+    before_report = scorer.score(tx(DAY - 60, card="c1", terminal="home-1", tx_id="c1-a"))
+    assert not before_report.features["card_compromised"]
+    after = scorer.score(tx(DAY + 60, card="c1", terminal="home-1", tx_id="c1-b"))
+    assert after.features["card_compromised"]
+    assert "compromised_card: fraud confirmed on the card" in fired(after)
+    assert after.decision == decide(after.score, cfg, compromised=True)
+    # A legitimate payment confirmed as such does not clear the card...
+    assert scorer.learn(label("c1-b", DAY + HOUR, is_fraud=False)) == "applied"
+    assert scorer.score(tx(2 * DAY, card="c1", terminal="home-1", tx_id="c1-c")).features[
+        "card_compromised"
+    ]
+    # ... a reset does, from its report on.
+    reset = label("c1-c", 3 * DAY, is_fraud=False, reason="reset")
+    assert scorer.learn(reset) == "reset"
+    cleared = scorer.score(tx(3 * DAY + 1, card="c1", terminal="home-1", tx_id="c1-d"))
+    assert not cleared.features["card_compromised"]
+    assert "compromised_card" not in cleared.features["rules"]
+
+
+@pytest.mark.parametrize(
+    ("score", "compromised", "decision"),
+    [(0.2, False, "allow"), (0.2, True, "review"), (0.6, False, "review"), (0.6, True, "block")],
+)
+def test_stricter_thresholds(score: float, compromised: bool, decision: str) -> None:
+    assert decide(score, ScoringConfig(), compromised) == decision
+
+
+def test_out_of_order_compromised_thresholds_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"compromised card: need 0 < review \(0.6\)"):
+        ScoringConfig(compromised_review=0.6, compromised_block=0.5)
+
+
+def test_a_label_counts_once_and_one_for_an_unknown_transaction_is_ignored() -> None:
+    scorer = Scorer()
+    busy_terminal(scorer)
+    assert scorer.learn(label("v0", DAY)) == "applied"
+    assert scorer.learn(label("v0", DAY + 5)) == "duplicate"
+    assert scorer.learn(label("v0", DAY + 9, is_fraud=False)) == "conflict"
+    assert scorer.learn(label("nobody", DAY)) == "unknown"
+    assert scorer.score(tx(2 * DAY, card="n", terminal="shop")).features["terminal_frauds_7d"] == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"is_fraud": True, "reported_at": "2024-01-01T00:00:00Z"}, "transaction_id: missing"),
+        (
+            {"transaction_id": "t", "is_fraud": 1, "reported_at": "2024-01-01T00:00:00Z"},
+            "is_fraud: need true or false, got 1",
+        ),
+        ({"transaction_id": "t", "is_fraud": True}, "reported_at: missing"),
+        (
+            {"transaction_id": "t", "is_fraud": True, "reported_at": "2024-01-01T00:00:00"},
+            "reported_at: needs an offset",
+        ),
+        (
+            {"transaction_id": "t", "is_fraud": True, "reported_at": "yesterday"},
+            "reported_at: not RFC 3339",
+        ),
+    ],
+)
+def test_a_malformed_label_is_refused_naming_the_field(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Scorer().learn(data)
+
+
+def test_a_label_round_trips_as_event_data() -> None:
+    parsed = Label.parse(label("t1", DAY, reason="chargeback"))
+    assert parsed.reported_at == (T0 + timedelta(days=1)).timestamp()
+    assert Label.parse(parsed.to_data()) == parsed
+    assert parsed.to_data()["reported_at"] == "2024-03-02T12:00:00Z"
+
+
+def test_interleave_reports_each_label_after_the_delay_in_time_order() -> None:
+    timed = [(0.0, "a", "A"), (10.0, "b", "B"), (25.0, "c", "C"), (30.0, "d", "D")]
+    order = list(interleave(timed, {"a": True, "b": False}, delay=20.0))
+    assert order == ["A", "B", Label("a", True, 20.0), "C", Label("b", False, 30.0), "D"]
+
+
+def test_a_reported_at_is_read_as_utc_seconds() -> None:
+    parsed = Label.parse(label("t", 0))
+    assert datetime.fromtimestamp(parsed.reported_at, UTC) == T0
