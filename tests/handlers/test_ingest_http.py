@@ -106,7 +106,7 @@ async def test_422_names_each_bad_item(
         (3, "data.quantity"),
         (4, "type"),
     ]
-    assert "known types: business_event, sale, transaction" in detail[-1]["message"]
+    assert "known types: business_event, fraud_label, sale, transaction" in detail[-1]["message"]
     assert response.json()["published"] == 0
     assert response.json()["message"] == "4 of 5 items invalid; nothing was published"
     assert published == []
