@@ -2,8 +2,10 @@
 resume, list, overlap skip and backfills through the command line."""
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import choreo.cli_schedules  # noqa: F401
 from shared.ids import uuid7
 from shared.settings import Settings
 from shared.workflow.deployments import Deployments, open_bucket
+from shared.workflow.schedules import Schedules, ScheduleSpec, open_state
 from tests.support import CliInThread, printed_json, wait_for
 from tests.workflow_support import workflow_services
 
@@ -184,3 +187,35 @@ async def test_create_refuses_what_cannot_run(
     ):
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+async def test_overlap_skip_never_runs_two_at_once_and_counts_the_skipped_fires(
+    settings: Settings, js: JetStreamContext, db: asyncpg.Connection
+) -> None:
+    slow = {"id": "nap", "uses": "transform.sleep", "with": {"seconds": 2.5}}
+    workflow = await deploy(js, settings, **slow)
+    name = f"s-{uuid7()[-10:]}"
+    # Through the library: the command line validates against the shipped step kinds,
+    # and transform.sleep is a test kind.
+    store = Schedules(js, await open_state(js, settings))
+    spec = ScheduleSpec(
+        name=name, workflow=workflow, every="1s", overlap="skip", inputs={"day": "today"}
+    )
+    async with workflow_services(settings):
+        await store.put(spec)
+        await asyncio.sleep(8)
+        await store.set_paused(name, True)
+        await asyncio.sleep(1.5)
+        ran = await wait_for(
+            lambda: runs_of(db, name),
+            lambda rows: bool(rows) and all(r["status"] == "completed" for r in rows),
+            within=60,
+        )
+        listed = {item.spec.name: item for item in await store.listed(datetime.now(UTC))}
+        await store.delete(name)
+    for before, after in itertools.pairwise(ran):
+        assert after["started_at"] >= before["ended_at"], (before, after)
+    # 8 fires, each run takes 2.5 s: at most one run in three fires.
+    assert 2 <= len(ran) <= 4, ran
+    assert listed[name].skipped >= 8 - 1 - 2 * len(ran), listed[name]
+    assert listed[name].skipped >= 3
