@@ -41,7 +41,7 @@ class _Global:
     data_dir: Path | None = None
 
 
-def _data_dir() -> Path:
+def current_data_dir() -> Path:
     """The command's own --data-dir wins, then the one before the subcommand, then the
     environment (CHOREO_DATA_DIR), then .choreo."""
     return _Global.data_dir or data_dir_from_env()
@@ -77,7 +77,7 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         help="Where the stack keeps its state, logs and env file (env: CHOREO_DATA_DIR).",
-        default_factory=_data_dir,
+        default_factory=current_data_dir,
         show_default=".choreo",
     ),
 ]

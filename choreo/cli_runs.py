@@ -27,6 +27,7 @@ from choreo.cli_common import (
     plural,
     read_audit,
 )
+from choreo.cli_steps import kinds_for
 from choreo.client import ClientSettings
 from choreo.follow import RunView, StepView, connect, follow
 from choreo.runs import request_cancel, request_retry, request_run
@@ -41,6 +42,7 @@ EXIT_INVALID = 2
 STATE_STYLE = {
     "waiting": "dim",
     "requested": "cyan",
+    "no worker": "magenta",
     "running": "yellow",
     "retrying": "magenta",
     "completed": "green",
@@ -79,7 +81,9 @@ def _check(document: Any, raw_inputs: list[str] | None, *, for_run: bool = True)
         spec = declared.get(name) if isinstance(declared, dict) else None
         kind = spec.get("type", "string") if isinstance(spec, dict) else "string"
         given[name] = coerce_input(value, str(kind))
-    return validate_workflow(document, given if for_run or raw_inputs else None)
+    return validate_workflow(
+        document, given if for_run or raw_inputs else None, kinds_for(document)
+    )
 
 
 def _print_problems(file: Path, checked: Validated, json_out: bool) -> None:

@@ -107,6 +107,8 @@ class RunView:
             step.error = data.get("error")
         elif event.type == ev.STEP_SKIPPED:
             step.state = "skipped"
+        elif event.type == ev.STEP_WAITING and step.state == "requested":
+            step.state, step.error = "no worker", data.get("message")
 
 
 async def follow(

@@ -40,13 +40,24 @@ async def get_entry(kv: KeyValue, key: str) -> tuple[bytes, int] | None:
 async def keys_matching(kv: KeyValue, pattern: str) -> list[str]:
     """Keys matching a subject pattern, filtered by the server. (nats-py's
     `KeyValue.keys(filters=...)` reads every key of the bucket and matches substrings.)"""
-    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
-    keys = []
+    return list(await _current(kv, pattern, meta_only=True))
+
+
+async def values_matching(kv: KeyValue, pattern: str) -> dict[str, bytes]:
+    """The current value of every key matching a subject pattern, filtered by the server."""
+    return {key: value or b"" for key, value in (await _current(kv, pattern)).items()}
+
+
+async def _current(
+    kv: KeyValue, pattern: str, *, meta_only: bool = False
+) -> dict[str, bytes | None]:
+    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=meta_only)
+    found: dict[str, bytes | None] = {}
     try:
         async for entry in watcher:
             if entry is None:  # the end of the current values
                 break
-            keys.append(entry.key)
+            found[entry.key] = entry.value
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-    return keys
+    return found

@@ -204,7 +204,11 @@ def run(factory: Callable[[], Service]) -> None:
     """Serve one service until SIGTERM/SIGINT (`python -m services.<name>`)."""
     settings = Settings.load()
     configure_logging(settings.log_level, settings.log_format)
-    service = factory()
+    serve_forever(factory())
+
+
+def serve_forever(service: Service) -> None:
+    """Serve a built service with uvicorn until SIGTERM/SIGINT (graceful in < 10 s)."""
     configure_logging(service.settings.log_level, service.settings.log_format, service=service.name)
     if configure_tracing(service.name):
         log.info("exporting spans over OTLP", service=service.name)

@@ -23,6 +23,7 @@ STEP_STARTED = "wf.step.started"
 STEP_COMPLETED = "wf.step.completed"
 STEP_FAILED = "wf.step.failed"
 STEP_SKIPPED = "wf.step.skipped"
+STEP_WAITING = "wf.step.waiting"
 
 RUN_ENDED = (RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED)
 
@@ -125,3 +126,16 @@ class StepEnded(_Data):
     duration_s: float | None = None
     will_retry: bool = False
     next_attempt_at: datetime | None = None
+
+
+class StepWaiting(_Data):
+    """Data of `wf.step.waiting`: the step's kind is run by a worker, and none is running.
+    The step is taken as soon as one starts; after `timeout_s` the attempt fails."""
+
+    step: str
+    generation: int = 1
+    attempt: int = 1
+    uses: str
+    owner: str
+    timeout_s: float
+    message: str

@@ -88,8 +88,21 @@ class StepKind:
             return None
         return sorted(schema.get("properties", {}))
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "StepKind":
+        return cls(
+            data["uses"],
+            data["owner"],
+            data.get("description", ""),
+            data.get("with"),
+            data.get("output"),
+            data.get("example") or {},
+            data.get("origin", "worker"),
+        )
+
     def describe(self) -> dict[str, Any]:
-        """The contract as JSON (what `choreo steps KIND --json` prints)."""
+        """The contract as JSON (what `choreo steps KIND --json` prints and the registry
+        stores; `from_json` reads it back)."""
         return {
             "uses": self.uses,
             "owner": self.service,
@@ -97,7 +110,7 @@ class StepKind:
             "description": self.description,
             "with": self.with_schema,
             "output": self.output_schema,
-            "example": self.example,
+            "example": dict(self.example),
         }
 
 

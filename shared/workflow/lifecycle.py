@@ -35,6 +35,7 @@ class RunLifecycle:
             ev.RUN_REQUESTED: ("ingest-runs", self.on_run_requested),
             ev.RUN_CANCEL_REQUESTED: ("ingest-cancels", self.on_cancel_requested),
             ev.RUN_RETRY_REQUESTED: ("ingest-retries", self.on_retry_requested),
+            ev.STEP_WAITING: ("ingest-waiting", self.on_step_waiting),
         }
         for subject, (durable, handler) in handlers.items():
             broker.subscriber(
@@ -51,11 +52,15 @@ class RunLifecycle:
     async def on_retry_requested(self, msg: NatsMessage) -> None:
         await self.choreo.settler.handle_one(msg.raw_message, self.retry_run)
 
+    async def on_step_waiting(self, msg: NatsMessage) -> None:
+        await self.choreo.settler.handle_one(msg.raw_message, self.choreo.watch_waiting)
+
     async def start_run(self, event: Event) -> None:
         request = parse_data(ev.RunRequested, event)
         runid = event.runid or event.id
         cause = event.model_copy(update={"runid": runid})
-        checked = validate_workflow(request.workflow, request.inputs, self.kinds)
+        kinds = {**await self.choreo.registry.registered(), **self.kinds}
+        checked = validate_workflow(request.workflow, request.inputs, kinds)
         if not checked.ok or checked.spec is None:
             name = request.workflow.get("name")
             await self.choreo.publisher.publish(

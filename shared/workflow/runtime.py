@@ -35,13 +35,17 @@ from shared.settings import Settings
 from shared.subjects import WORKFLOW
 from shared.workflow import dag
 from shared.workflow import events as ev
-from shared.workflow.kinds import owner
+from shared.workflow.kinds import STEP_KINDS
+from shared.workflow.registry import KindRegistry, open_registry
 from shared.workflow.spec import StepSpec, WorkflowSpec
 from shared.workflow.state import AttemptKey, Claim, RunRecord, RunStore, ensure_bucket
 from shared.workflow.steps import StepContext, StepFailed, StepFunction, StepOutput, StepRegistry
 from shared.workflow.templates import TemplateError, referenced_steps, render
 
 log = structlog.get_logger(__name__)
+
+GIVEN_UP = "given-up"
+"""The holder of a claim whose attempt timed out waiting for a worker: nobody runs it."""
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -65,8 +69,10 @@ class Choreography:
         settler: Settler,
         settings: Settings,
         steps: StepRegistry | None = None,
+        concurrency: int = 16,
     ) -> None:
         self.service = service
+        self.concurrency = concurrency
         self.source = f"choreo/{service}"
         self.publisher = publisher
         self.settler = settler
@@ -75,6 +81,7 @@ class Choreography:
         self.instance = f"{service}-{uuid.uuid4().hex[:12]}"
         self.lease_s = max(settings.ack_wait_s, 1.0)
         self._store: RunStore | None = None
+        self._registry: KindRegistry | None = None
         self._broker = broker
 
     @classmethod
@@ -85,11 +92,13 @@ class Choreography:
         broker: NatsBroker,
         metrics: Metrics,
         steps: StepRegistry | None = None,
+        *,
+        concurrency: int = 16,
     ) -> "Choreography":
         """The runtime with its own publisher and settler (exposed for the service's use)."""
         publisher = EventPublisher(broker, metrics)
         settler = Settler(service, publisher, metrics, settings)
-        return cls(service, broker, publisher, settler, settings, steps)
+        return cls(service, broker, publisher, settler, settings, steps, concurrency)
 
     @property
     def store(self) -> RunStore:
@@ -97,10 +106,17 @@ class Choreography:
             raise RuntimeError("the run-state bucket is not open yet")
         return self._store
 
+    @property
+    def registry(self) -> KindRegistry:
+        if self._registry is None:
+            raise RuntimeError("the step registry bucket is not open yet")
+        return self._registry
+
     async def open(self, js: JetStreamContext) -> None:
-        """Open the run-state bucket (an `on_ready` hook of the service); the settler starts
-        reporting the service's DLQ depth."""
+        """Open the run-state and step registry buckets (an `on_ready` hook of the service);
+        the settler starts reporting the service's DLQ depth."""
         self._store = RunStore(await ensure_bucket(js, self.settings))
+        self._registry = await open_registry(js, self.settings)
         await self.settler.open(js)
 
     def subscribe(self) -> None:
@@ -109,7 +125,13 @@ class Choreography:
             return
         subject = ev.step_requested(self.service)
         self._broker.subscriber(
-            **message_subscription(subject, WORKFLOW, f"{self.service}-steps", self.settings),
+            **message_subscription(
+                subject,
+                WORKFLOW,
+                f"{self.service}-steps",
+                self.settings,
+                concurrency=self.concurrency,
+            ),
             title=f"{self.service}/steps",
             description=f"Runs the workflow steps the {self.service} service owns.",
         )(self.on_step_requested)
@@ -141,10 +163,13 @@ class Choreography:
             return max((request.not_before - datetime.now(UTC)).total_seconds(), 0.05)
         else:
             claimed = await self.store.claim(key, self.instance, self.lease_s)
-            if not claimed.won:
+            if not claimed.won and claimed.claim.owner == GIVEN_UP:
+                log.info("step not started: it timed out waiting for a worker", step=step.id)
+            elif not claimed.won:
                 # Another replica runs it; look again once its lease would have expired.
                 return max(claimed.claim.lease_until - time.time(), 0.2)
-            await self._execute(raw, event, record, spec, step, key, claimed.claim)
+            else:
+                await self._execute(raw, event, record, spec, step, key, claimed.claim)
         return None
 
     async def _execute(
@@ -316,24 +341,69 @@ class Choreography:
         attempt: int = 1,
         not_before: datetime | None = None,
     ) -> None:
+        """Request an attempt from the kind's owner; when the owner is a worker and none is
+        running, say so (`wf.step.waiting`): the run waits for one until the step's timeout."""
         step = spec.step(step_id)
         key = AttemptKey(record.runid, step_id, record.generation, attempt)
-        await self._publish(
-            cause.child(
-                type=ev.step_requested(owner(step.uses)),
-                source=self.source,
-                id=key.message_id,
-                stepid=step_id,
+        kind = await self.registry.kind(step.uses)
+        owner = kind.service if kind else step.uses.split(".", 1)[0]
+        requested = cause.child(
+            type=ev.step_requested(owner),
+            source=self.source,
+            id=key.message_id,
+            stepid=step_id,
+            attempt=attempt,
+            data=ev.StepRequested(
+                step=step_id,
+                uses=step.uses,
                 attempt=attempt,
-                data=ev.StepRequested(
+                generation=record.generation,
+                not_before=not_before,
+            ).model_dump(mode="json"),
+        )
+        await self._publish(requested)
+        if step.uses in STEP_KINDS or (kind is not None and kind.origin != "worker"):
+            return
+        if await self.registry.live_workers(owner):
+            return
+        await self._publish(
+            requested.child(
+                type=ev.STEP_WAITING,
+                source=self.source,
+                id=f"{key.message_id}:waiting",
+                data=ev.StepWaiting(
                     step=step_id,
-                    uses=step.uses,
-                    attempt=attempt,
                     generation=record.generation,
-                    not_before=not_before,
+                    attempt=attempt,
+                    uses=step.uses,
+                    owner=owner,
+                    timeout_s=spec.timeout_of(step),
+                    message=f"waiting for a worker of {owner}.*",
                 ).model_dump(mode="json"),
             )
         )
+
+    async def watch_waiting(self, event: Event) -> float | None:
+        """A `wf.step.waiting` attempt: done once a worker claimed it; failed (retried by
+        the step's policy) when nobody did within its timeout. Seconds to look again."""
+        waiting = parse_data(ev.StepWaiting, event)
+        record = await self.store.run(event.runid or "")
+        if record is None or record.status != "running" or record.generation != waiting.generation:
+            return None
+        key = AttemptKey(record.runid, waiting.step, waiting.generation, waiting.attempt)
+        if await self.store.output(record.runid, waiting.step) is not None:
+            return None
+        left = event.time.timestamp() + waiting.timeout_s - time.time()
+        if left > 0:
+            return min(left, 5.0) if not await self.store.claim_of(key) else None
+        # Nobody will run it any more: a worker starting later finds the claim given up.
+        forever = self.settings.stream_max_age_s or 365 * 24 * 3600.0
+        if not (await self.store.claim(key, GIVEN_UP, forever)).won:
+            return None  # a worker took it after all
+        spec = WorkflowSpec.model_validate(record.workflow)
+        error = f"no worker of {waiting.owner}.* took the step within {waiting.timeout_s:g} s"
+        await self._failed(event, record, spec, key, error)
+        return None
 
     async def complete_if_done(self, cause: Event, record: RunRecord, spec: WorkflowSpec) -> None:
         """Complete the run when every step has an output (idempotent). Checking the sinks

@@ -169,6 +169,11 @@ class RunStore:
         renewed = replace(claim, lease_until=time.time() + lease_s)
         await self.kv.put(attempt.claim_key, dump(asdict(renewed)))
 
+    async def claim_of(self, attempt: AttemptKey) -> Claim | None:
+        """Who holds the attempt, if anyone ever claimed it."""
+        entry = await self._get(attempt.claim_key)
+        return None if entry is None else Claim(**json.loads(entry[0]))
+
     async def claimed_steps(self, runid: str, generation: int) -> set[str]:
         """Steps with an attempt claimed (started) in `generation`."""
         keys = await self._keys(f"claim.{runid}.*.{generation}.*")

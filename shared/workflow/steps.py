@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from pydantic import JsonValue
 
 from shared.workflow.kinds import owner
@@ -30,6 +31,17 @@ class StepContext:
     def idempotency_key(self) -> str:
         """The same for every attempt of the step: use it to make effects happen once."""
         return f"{self.runid}:{self.step}"
+
+    @property
+    def log(self) -> Any:
+        """A logger bound to the run, the step and the attempt."""
+        return structlog.get_logger("choreo.step").bind(
+            runid=self.runid, step=self.step, uses=self.uses, attempt=self.attempt
+        )
+
+    def progress(self, message: str, fraction: float | None = None) -> None:
+        """Say how far the step got (logged with the step's run and attempt)."""
+        self.log.info(message, progress=fraction)
 
 
 StepFunction = Callable[[StepContext], Awaitable[StepOutput]]
