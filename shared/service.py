@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js import JetStreamContext
 
@@ -136,7 +136,12 @@ def build_service(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": name}
 
-    @app.get("/readyz", tags=["ops"], summary="Connected to NATS and to its own backing stores")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Connected to NATS and to its own backing stores",
+        responses={503: {"description": "not ready: `checks` names what failed"}},
+    )
     async def readyz() -> JSONResponse:
         results = await _run_checks(all_checks)
         ready = all(v == "ok" for v in results.values())
@@ -145,7 +150,12 @@ def build_service(
             status_code=200 if ready else 503,
         )
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics (text exposition format)",
+        response_class=PlainTextResponse,
+    )
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
 

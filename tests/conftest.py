@@ -13,6 +13,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -117,17 +118,30 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         remove_cluster(directory)
 
 
-@pytest.fixture
-def settings(nats_url: str, s3_endpoint: S3Endpoint, database_url: str, tmp_path: Path) -> Settings:
+def server_settings(
+    nats_url: str, s3_endpoint: S3Endpoint, database_url: str, data_dir: Path, **changes: Any
+) -> Settings:
     """Settings pointing every service at the session's servers."""
     return Settings(
         environment="test",
-        data_dir=tmp_path,
+        data_dir=data_dir,
         nats_url=nats_url,
         s3_endpoint_url=s3_endpoint.url,
         s3_access_key=s3_endpoint.access_key,
         s3_secret_key=s3_endpoint.secret_key,
         database_url=database_url,
+        **changes,
+    )
+
+
+@pytest.fixture
+def settings(nats_url: str, s3_endpoint: S3Endpoint, database_url: str, tmp_path: Path) -> Settings:
+    """Settings pointing every service at the session's servers."""
+    return server_settings(
+        nats_url,
+        s3_endpoint,
+        database_url,
+        tmp_path,
         # Short, so that a test of a crash sees the redelivery quickly.
         ack_wait_s=2.0,
         retry_backoff_s=(0.1, 0.2),

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, JsonValue
 
 from services.audit.ports import EventStore
@@ -66,11 +67,13 @@ def parse_since(value: str, now: datetime) -> datetime:
 
 
 def _since(value: str | None) -> datetime | None:
-    """A `since` query parameter as a time; 422 naming the problem when it is not one."""
+    """A `since` query parameter as a time; 422 naming the problem when it is not one (in
+    the shape of every other 422 of the API, as documented)."""
     try:
         return None if value is None else parse_since(value, datetime.now(UTC))
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
+        problem = {"type": "value_error", "loc": ("query", "since"), "msg": str(exc)}
+        raise RequestValidationError([{**problem, "input": value}]) from exc
 
 
 def audit_router(store: Callable[[], EventStore]) -> APIRouter:
@@ -98,14 +101,22 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
     ) -> list[dict[str, Any]]:
         return await store().runs(status, limit, workflow=workflow, since=_since(since))
 
-    @router.get("/runs/{runid}", summary="One run and its steps")
+    @router.get(
+        "/runs/{runid}",
+        summary="One run and its steps",
+        responses={404: {"description": "no such run in the audit trail"}},
+    )
     async def run(runid: str) -> dict[str, Any]:
         found = await store().run(runid)
         if found is None:
             raise HTTPException(404, f"no run {runid!r} in the audit trail")
         return found
 
-    @router.get("/runs/{runid}/events", summary="A run's events in causation order")
+    @router.get(
+        "/runs/{runid}/events",
+        summary="A run's events in causation order",
+        responses={404: {"description": "no events of such a run in the audit trail"}},
+    )
     async def run_events(runid: str) -> list[dict[str, Any]]:
         events = await store().run_events(runid)
         if not events:

@@ -30,11 +30,37 @@ class Accepted(BaseModel):
 _ERRORS = {
     "description": "What is wrong; for 422 one entry per bad item: index, field, message",
 }
+
+
+def inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with each `#/$defs/...` reference replaced by its definition. Placed inside
+    an OpenAPI document, `#/$defs/X` would point at the document's root, where nothing is;
+    the model's definitions are not recursive, so they can be written in place."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any, seen: tuple[str, ...] = ()) -> Any:
+        if isinstance(node, list):
+            return [resolve(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in seen:
+                raise ValueError(f"recursive definition {name!r} cannot be inlined")
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return resolve({**defs[name], **rest}, (*seen, name))
+        return {k: resolve(v, seen) for k, v in node.items() if k != "$defs"}
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": EventIn.model_json_schema()},
+            "application/json": {"schema": inline_defs(EventIn.model_json_schema())},
             NDJSON_TYPES[0]: {
                 "schema": {"type": "string", "description": "one event object per line"}
             },
