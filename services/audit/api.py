@@ -4,7 +4,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, JsonValue
 
@@ -12,6 +12,11 @@ from services.audit.ports import EventStore
 from services.audit.projections import causation_order
 from shared.durations import FORMS, duration_seconds
 from shared.fraud import FraudVerdict
+
+# PostgreSQL text cannot hold a NUL character: a value with one could never match, and
+# would fail the query; it is refused as invalid (422) instead.
+TEXT = r"^[^\x00]*$"
+Text = Annotated[str, Path(pattern=TEXT)]
 
 
 class AuditedEvent(BaseModel):
@@ -81,15 +86,21 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
 
     @router.get("/events", response_model=list[AuditedEvent], summary="The newest audited events")
     async def recent_events(
-        type: Annotated[str | None, Query(description="only events of this type")] = None,
+        type: Annotated[
+            str | None, Query(description="only events of this type", pattern=TEXT)
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> list[dict[str, Any]]:
         return await store().recent_events(type, limit)
 
     @router.get("/runs", summary="The newest workflow runs")
     async def runs(
-        status: Annotated[str | None, Query(description="only runs in this state")] = None,
-        workflow: Annotated[str | None, Query(description="only runs of this workflow")] = None,
+        status: Annotated[
+            str | None, Query(description="only runs in this state", pattern=TEXT)
+        ] = None,
+        workflow: Annotated[
+            str | None, Query(description="only runs of this workflow", pattern=TEXT)
+        ] = None,
         since: Annotated[
             str | None,
             Query(
@@ -106,7 +117,7 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
         summary="One run and its steps",
         responses={404: {"description": "no such run in the audit trail"}},
     )
-    async def run(runid: str) -> dict[str, Any]:
+    async def run(runid: Text) -> dict[str, Any]:
         found = await store().run(runid)
         if found is None:
             raise HTTPException(404, f"no run {runid!r} in the audit trail")
@@ -117,7 +128,7 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
         summary="A run's events in causation order",
         responses={404: {"description": "no events of such a run in the audit trail"}},
     )
-    async def run_events(runid: str) -> list[dict[str, Any]]:
+    async def run_events(runid: Text) -> list[dict[str, Any]]:
         events = await store().run_events(runid)
         if not events:
             raise HTTPException(404, f"no events of run {runid!r} in the audit trail")
@@ -146,7 +157,7 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
         summary="The fraud score of one transaction",
         responses={404: {"description": "not scored (yet)"}},
     )
-    async def fraud_score(transaction_id: str) -> dict[str, Any]:
+    async def fraud_score(transaction_id: Text) -> dict[str, Any]:
         found = await store().fraud_score(transaction_id)
         if found is None:
             raise HTTPException(404, f"no fraud score for transaction {transaction_id!r} (yet)")
