@@ -7,7 +7,9 @@ so a slow system sees the queue grow instead of the load shrinking (no coordinat
 omission). It writes one JSON document: for each request its first event number, its size,
 and the wall-clock times (`time.time()`, the clock PostgreSQL and the bench also read) at
 which it was due and at which ingest acknowledged it with 202, i.e. once JetStream stored
-every event of it.
+every event of it. A request refused with 429 (ingest at capacity, nothing published) is
+posted again after its `Retry-After`; its ack keeps the time it was first due, and
+`refusals` lists each 429.
 
 SPEC: {"url", "rate", "seconds", "prefix", "out"}; event n has id and transaction_id
 `<prefix><n>`.
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 
 from bench.transactions import transactions
+from choreo.client import retry_after_s
 
 TICK_S = 0.01
 
@@ -34,6 +37,8 @@ async def generate(url: str, rate: float, seconds: float, prefix: str) -> dict[s
         for tx in transactions(total, prefix)
     ]
     acks: list[tuple[int, int, float, float]] = []
+    accepted_s: list[float] = []  # each acknowledged request: from its (last) post to 202
+    refusals: list[tuple[int, int, float, float, float]] = []
     errors: list[str] = []
     in_flight: set[asyncio.Task[None]] = set()
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -41,17 +46,26 @@ async def generate(url: str, rate: float, seconds: float, prefix: str) -> dict[s
 
         async def post(first: int, count: int, due_at: float) -> None:
             body = "\n".join(lines[first : first + count])
-            try:
-                response = await http.post(
-                    "/v1/events", content=body, headers={"content-type": "application/x-ndjson"}
-                )
-            except httpx.HTTPError as exc:
-                errors.append(repr(exc))
-                return
+            while True:
+                posted_at = time.time()
+                try:
+                    response = await http.post(
+                        "/v1/events", content=body, headers={"content-type": "application/x-ndjson"}
+                    )
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                    return
+                delay = retry_after_s(response.headers) if response.status_code == 429 else None
+                if delay is None:
+                    break
+                # Refused whole, nothing published: the same body again after Retry-After.
+                refusals.append((first, count, posted_at, time.time(), delay))
+                await asyncio.sleep(delay)
             if response.status_code != 202:
                 errors.append(f"{response.status_code}: {response.text[:200]}")
                 return
             acks.append((first, count, due_at, time.time()))
+            accepted_s.append(time.time() - posted_at)
 
         started, cpu = time.perf_counter(), time.process_time()
         sent = max_in_flight = 0
@@ -77,6 +91,9 @@ async def generate(url: str, rate: float, seconds: float, prefix: str) -> dict[s
         "errors": errors[:20],
         "error_count": len(errors),
         "acks": acks,
+        "accepted_s": accepted_s,
+        # 429s: first event, size, posted and answered (time.time()), Retry-After (s).
+        "refusals": refusals,
     }
 
 

@@ -330,7 +330,11 @@ def publish(
     ] = None,
     json_out: Json = False,
 ) -> None:
-    """Publish events through ingest (validated, then stored by JetStream)."""
+    """Publish events through ingest (validated, then stored by JetStream).
+
+    When ingest is at capacity it refuses a batch whole (429, nothing published) and says
+    when to come back (Retry-After): the batch is sent again after that delay, for up to
+    5 minutes."""
     from choreo.client import ClientError, ClientSettings, ndjson_batches, request
 
     batches: Iterable[list[str]]
@@ -347,7 +351,13 @@ def publish(
         for batch in batches:
             body = "\n".join(_as_event(event_type, line) for line in batch)
             response = request(
-                "POST", url, content=body, headers={"content-type": "application/x-ndjson"}
+                "POST",
+                url,
+                content=body,
+                headers={"content-type": "application/x-ndjson"},
+                on_busy=lambda delay: errors.print(
+                    f"[yellow]ingest is at capacity (429): sending again in {delay:g} s[/yellow]"
+                ),
             )
             ids.extend(response.json()["ids"])
             if not json_out and file is not None:

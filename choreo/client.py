@@ -1,6 +1,9 @@
 """How the CLI reaches the services: their URLs from settings, errors a person can act on."""
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,8 @@ from pydantic import Field
 from shared.settings import Settings
 
 PUBLISH_BATCH = 1_000
+# How long a command keeps re-sending a request that a busy service refused with 429.
+BUSY_PATIENCE_S = 300.0
 
 
 class ClientSettings(Settings):
@@ -28,17 +33,54 @@ class ClientError(Exception):
     """A request the user made could not be done; the message says why and what to do."""
 
 
-def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+def request(
+    method: str,
+    url: str,
+    *,
+    on_busy: Callable[[float], None] = lambda _: None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send the request; a 429 (nothing was done: the service is at capacity) is sent
+    again after its `Retry-After`, for up to `BUSY_PATIENCE_S`, calling `on_busy(delay)`
+    before each wait."""
+    deadline = time.monotonic() + BUSY_PATIENCE_S
+    while True:
+        response = _send(method, url, **kwargs)
+        delay = retry_after_s(response.headers) if response.status_code == 429 else None
+        if delay is None or time.monotonic() + delay > deadline:
+            break
+        on_busy(delay)
+        time.sleep(delay)
+    if response.status_code >= 400:
+        raise ClientError(f"{method} {url} answered {response.status_code}: {response.text}")
+    return response
+
+
+def _send(method: str, url: str, **kwargs: Any) -> httpx.Response:
     try:
-        response = httpx.request(method, url, timeout=30.0, **kwargs)
+        return httpx.request(method, url, timeout=30.0, **kwargs)
     except httpx.TransportError as exc:
         raise ClientError(
             f"cannot reach {url} ({exc.__class__.__name__}): is the stack running? "
             "`choreo up` starts it; `--data-dir` or CHOREO_DATA_DIR picks another one."
         ) from exc
-    if response.status_code >= 400:
-        raise ClientError(f"{method} {url} answered {response.status_code}: {response.text}")
-    return response
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds a `Retry-After` header asks to wait (delay-seconds or an HTTP date), or None
+    when there is none or it cannot be read."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def ndjson_batches(path: Path, size: int = PUBLISH_BATCH) -> Iterator[list[str]]:

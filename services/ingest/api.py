@@ -2,6 +2,7 @@
 
 import asyncio
 import hmac
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from services.ingest.admission import Admission, Overloaded
 from services.ingest.domain import (
     NDJSON_TYPES,
     BadBody,
@@ -70,7 +72,10 @@ REQUEST_BODY: dict[str, Any] = {
 
 
 def events_router(
-    settings: IngestSettings, publisher: EventPublisher, registry: SchemaRegistry
+    settings: IngestSettings,
+    publisher: EventPublisher,
+    registry: SchemaRegistry,
+    admission: Admission,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["events"])
     api_keys = [key.get_secret_value().encode() for key in settings.ingest_api_keys]
@@ -85,7 +90,10 @@ def events_router(
             "`GET /v1/schemas`), then publishes each to `data.<type>` and answers 202 only "
             "after JetStream stored all of them. A batch is all or nothing: if any item is "
             "invalid, nothing is published and the 422 lists every problem of every item. "
-            "Send your own `id`s to make re-sends idempotent."
+            "Send your own `id`s to make re-sends idempotent. When ingest has as much work "
+            "in flight as it can answer in time, it refuses the request with 429 and a "
+            "`Retry-After` (seconds) before publishing anything of it: send the same body "
+            "again after that delay."
         ),
         responses={
             400: _ERRORS,
@@ -93,6 +101,10 @@ def events_router(
             413: _ERRORS,
             415: _ERRORS,
             422: _ERRORS,
+            429: {
+                "description": "At capacity: nothing was published; retry after the "
+                "`Retry-After` header's seconds (also `retry_after_s` in the body)"
+            },
             503: {"description": "JetStream did not acknowledge; retry with the same ids"},
         },
         openapi_extra=REQUEST_BODY,
@@ -100,6 +112,8 @@ def events_router(
     async def post_events(request: Request) -> JSONResponse:
         if api_keys and not _authorised(request, api_keys):
             return _problem(401, "missing or invalid API key (header X-API-Key)")
+        if admission.full():  # refused before its body is even read: the cheapest answer
+            return _overloaded(admission.refuse("http"))
         declared = int(request.headers.get("content-length") or 0)
         if declared > settings.ingest_max_body_bytes:
             return _problem(413, _too_large(declared, settings.ingest_max_body_bytes))
@@ -112,31 +126,46 @@ def events_router(
             )
         except BadBody as exc:
             return _problem(exc.status, exc.message)
-        # JSON Schema validation costs 0.1-0.3 ms an event: a big batch is checked in a
-        # worker thread so that the event loop keeps serving meanwhile.
-        events, errors = await asyncio.to_thread(validate_items, items, registry)
-        if errors:
-            return JSONResponse(
-                {
-                    "detail": [e.as_dict() for e in errors],
-                    "published": 0,
-                    "message": f"{len({e.index for e in errors})} of {len(items)} items invalid;"
-                    " nothing was published",
-                },
-                status_code=422,
-            )
-        now = datetime.now(UTC)
-        envelopes = [to_envelope(e, now) for e in events]
         try:
-            await publisher.publish_many(envelopes)
-        except Exception as exc:
-            return _problem(503, f"JetStream did not acknowledge every event: {exc!r}")
-        return JSONResponse(
-            Accepted(accepted=len(envelopes), ids=[e.id for _, e in envelopes]).model_dump(),
-            status_code=202,
-        )
+            with admission.admit(len(items), "http") as stored:
+                return await _validate_and_publish(items, registry, publisher, stored)
+        except Overloaded as exc:
+            return _overloaded(exc)
 
     return router
+
+
+async def _validate_and_publish(
+    items: list[Any],
+    registry: SchemaRegistry,
+    publisher: EventPublisher,
+    stored: Callable[[], None],
+) -> JSONResponse:
+    """422 if any item is invalid; else publish every event, 202 once all are stored."""
+    # JSON Schema validation costs 0.1-0.3 ms an event: a big batch is checked in a
+    # worker thread so that the event loop keeps serving meanwhile.
+    events, errors = await asyncio.to_thread(validate_items, items, registry)
+    if errors:
+        return JSONResponse(
+            {
+                "detail": [e.as_dict() for e in errors],
+                "published": 0,
+                "message": f"{len({e.index for e in errors})} of {len(items)} items invalid;"
+                " nothing was published",
+            },
+            status_code=422,
+        )
+    now = datetime.now(UTC)
+    envelopes = [to_envelope(e, now) for e in events]
+    try:
+        await publisher.publish_many(envelopes)
+    except Exception as exc:
+        return _problem(503, f"JetStream did not acknowledge every event: {exc!r}")
+    stored()
+    return JSONResponse(
+        Accepted(accepted=len(envelopes), ids=[e.id for _, e in envelopes]).model_dump(),
+        status_code=202,
+    )
 
 
 def schemas_router(registry: SchemaRegistry) -> APIRouter:
@@ -169,6 +198,14 @@ def _authorised(request: Request, keys: list[bytes]) -> bool:
 
 def _too_large(size: int, limit: int) -> str:
     return f"body is {size} bytes; the limit is {limit} (CHOREO_INGEST_MAX_BODY_BYTES)"
+
+
+def _overloaded(refusal: Overloaded) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(refusal), "published": 0, "retry_after_s": refusal.retry_after_s},
+        status_code=429,
+        headers={"Retry-After": str(refusal.retry_after_s)},
+    )
 
 
 def _problem(status: int, message: str) -> JSONResponse:

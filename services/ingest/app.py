@@ -5,6 +5,7 @@ extraction steps."""
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from services.ingest.admission import Admission
 from services.ingest.api import events_router, schemas_router
 from services.ingest.inbound import InboundEvents
 from services.ingest.lookup import lookup_router
@@ -48,9 +49,15 @@ def create_app(
     RunLifecycle(choreography, kinds).subscribe(broker, settings)
     fires = ScheduleFires(choreography, metrics)
     fires.subscribe(broker, settings)
-    InboundEvents(registry, choreography.publisher, choreography.settler, metrics).subscribe(
-        broker, settings
+    admission = Admission(
+        metrics,
+        min_in_flight=settings.ingest_min_in_flight,
+        max_in_flight=settings.ingest_max_in_flight,
+        target_latency_s=settings.ingest_target_latency_s,
     )
+    InboundEvents(
+        registry, choreography.publisher, choreography.settler, metrics, admission
+    ).subscribe(broker, settings)
     # No S3 readiness check on purpose: events (the main job) need only NATS, and a step
     # that finds S3 down fails and is retried; ingest's key may not list buckets anyway.
     return build_service(
@@ -60,7 +67,7 @@ def create_app(
         metrics,
         resources=[lambda: open_s3(settings, client)],
         routers=[
-            events_router(settings, choreography.publisher, registry),
+            events_router(settings, choreography.publisher, registry, admission),
             schemas_router(registry),
             lookup_router(broker, client.get, settings),
         ],

@@ -5,6 +5,11 @@ subject names it): `{"data": {...}, "id"?, "source"?, "subject"?, "time"?,
 "schema_version"?}`. It is validated exactly like an HTTP event; a valid one is published
 to `data.<type>`, an invalid one goes to `dlq.ingest` with every problem as the reason.
 
+Admission control (services/ingest/admission.py) covers this entry too: a batch that would
+take ingest past its bound of events in flight is handed back whole (`nak` with the delay an
+HTTP client would get as `Retry-After`) before anything of it is validated or published,
+and the next batch is pulled only after that.
+
 A batch is acknowledged only after JetStream stored every valid event of it. If a publish
 fails, the batch is redelivered after the backoff and published again under the same ids
 (`domain.inbound_event` makes them deterministic), so JetStream drops what it already has.
@@ -12,11 +17,13 @@ fails, the batch is redelivered after the backoff and published again under the 
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import structlog
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
+from services.ingest.admission import Admission, Overloaded
 from services.ingest.domain import ItemError, describe, inbound_event
 from services.ingest.registry import SchemaRegistry
 from shared.consumer import BatchMessage, Settler, batch_subscription
@@ -25,6 +32,8 @@ from shared.jetstream import EventPublisher
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.subjects import DATA_IN
+
+log = structlog.get_logger(__name__)
 
 Checked = tuple[tuple[str, Event] | None, list[ItemError]]
 DURABLE = "ingest-in"
@@ -40,7 +49,9 @@ class InboundEvents:
         publisher: EventPublisher,
         settler: Settler,
         metrics: Metrics,
+        admission: Admission,
     ) -> None:
+        self.admission = admission
         self.registry = registry
         self.publisher = publisher
         self.settler = settler
@@ -74,6 +85,24 @@ class InboundEvents:
         self.metrics.batch_size.labels(self.metrics.service, HANDLER).observe(len(messages))
         if messages:
             self.metrics.observe_pending(messages[-1])
+        try:
+            with self.admission.admit(len(messages), "data.in") as stored:
+                await self._forward(messages, stored)
+        except Overloaded as exc:
+            log.warning(
+                "at capacity: data.in batch handed back",
+                size=len(messages),
+                delay_s=exc.retry_after_s,
+            )
+            for msg in messages:
+                await msg.nak(delay=exc.retry_after_s)
+                self.metrics.count_consumed(msg.subject, "nack")
+        self.metrics.handler_seconds.labels(self.metrics.service, HANDLER).observe(
+            time.perf_counter() - started
+        )
+
+    async def _forward(self, messages: Sequence[Msg], stored: Callable[[], None]) -> None:
+        """Validate, dead-letter the invalid, publish the valid, then settle each."""
         # Validation is CPU work (0.1-0.3 ms an event): off the event loop.
         checked = await asyncio.to_thread(self._check_all, messages)
         valid: list[tuple[Msg, tuple[str, Event]]] = []
@@ -88,9 +117,7 @@ class InboundEvents:
             for msg, _ in valid:
                 await self.settler.retry(msg, exc)
         else:
+            stored()
             for msg, _ in valid:
                 await msg.ack()
                 self.metrics.count_consumed(msg.subject, "ack")
-        self.metrics.handler_seconds.labels(self.metrics.service, HANDLER).observe(
-            time.perf_counter() - started
-        )

@@ -2,9 +2,9 @@
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from shared.settings import Settings
@@ -13,6 +13,13 @@ from shared.settings import Settings
 class IngestSettings(Settings):
     ingest_max_body_bytes: int = 5 * 1024 * 1024
     ingest_max_batch: int = 10_000
+    # Admission control (services/ingest/admission.py, docs/reliability.md): events in
+    # flight (validating or awaiting JetStream's ack) are bounded by the measured throughput
+    # x the target latency, never below the minimum nor above the maximum; past the bound a
+    # request gets 429 with Retry-After and a data.in batch is handed back with that delay.
+    ingest_target_latency_s: float = Field(default=0.5, gt=0)
+    ingest_min_in_flight: int = Field(default=500, ge=1)
+    ingest_max_in_flight: int = Field(default=5_000, ge=1)
     # When set, `POST /v1/events` needs one of these in `X-API-Key`:
     # CHOREO_INGEST_API_KEYS=key1,key2 (empty: no key needed).
     ingest_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
@@ -27,6 +34,15 @@ class IngestSettings(Settings):
     ingest_file_root: Path = Path()
     # `ingest.http_fetch`: seconds to connect and between bytes received.
     ingest_fetch_timeout_s: float = 30.0
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Self:
+        if self.ingest_min_in_flight > self.ingest_max_in_flight:
+            raise ValueError(
+                f"CHOREO_INGEST_MIN_IN_FLIGHT ({self.ingest_min_in_flight}) is above "
+                f"CHOREO_INGEST_MAX_IN_FLIGHT ({self.ingest_max_in_flight})"
+            )
+        return self
 
     @field_validator("ingest_api_keys", mode="before")
     @classmethod

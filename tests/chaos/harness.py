@@ -5,7 +5,8 @@ of where every acknowledged event ended up.
 user has: SIGKILL of a part's pid (the supervisor restarts it) and `choreo stop` /
 `choreo start` (the part stays down until started). `Producer` posts `transaction` events
 to ingest at a fixed rate, like a real client: a batch that is not acknowledged (ingest
-down, 5xx, timeout) is posted again with the same ids until it is, so acknowledged ids are
+down, 5xx, timeout) is posted again with the same ids until it is (after `Retry-After`
+for a 429), so acknowledged ids are
 what Choreo promised to keep. `tally()` then counts, per acknowledged id: audit rows, lines
 in the raw lake, `fraud.scored` events and dead letters.
 """
@@ -30,6 +31,7 @@ import nats
 import psutil
 from nats.js import JetStreamContext
 
+from choreo.client import retry_after_s
 from choreo.generate import generate
 from shared.subjects import DATA, DLQ, FRAUD
 from tests.server_support import stack_s3
@@ -102,6 +104,7 @@ class Producer:
     acked: set[str] = field(default_factory=set)
     sent: int = 0
     reposts: int = 0
+    refused: int = 0  # 429s (each followed by a re-post after Retry-After)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, tag: str) -> None:
@@ -153,6 +156,13 @@ class Producer:
                 if answer is not None and answer.status_code == 202:
                     self.acked.update(answer.json()["ids"])
                     return
+                if answer is not None and answer.status_code == 429:
+                    # At capacity, nothing published: the same batch after Retry-After.
+                    delay = retry_after_s(answer.headers)
+                    assert delay is not None, f"a 429 without Retry-After: {answer.headers}"
+                    self.refused += 1
+                    await asyncio.sleep(delay)
+                    continue
                 if answer is not None and answer.status_code < 500:
                     raise AssertionError(f"ingest refused a valid batch: {answer.text}")
                 self.reposts += 1

@@ -1,0 +1,239 @@
+"""Ingest under 10x its sustainable load, as a process on a real nats-server: it refuses
+what it cannot answer in time (429 with Retry-After) before publishing anything of it, and
+everything it accepted is stored exactly once; `data.in` work offered meanwhile is all
+forwarded once.
+
+The figures (how fast a 429 comes, the accepted requests' latency) are printed and saved to
+bench/results/overload.json, not asserted: they are judged on a quiet machine
+(docs/reliability.md), while the assertions here hold on a loaded one.
+"""
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from choreo.client import retry_after_s
+from choreo.servers.ports import free_port
+from choreo.stack import ServiceProcess
+from shared.ids import uuid7
+from shared.jetstream import ensure_streams
+from shared.settings import Settings
+from tests.support import settings_env, start_process, stop_process, wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results" / "overload.json"
+BATCH = 200
+MEASURE_S = 3.0  # closed loop, to find the sustainable rate
+OVERLOAD_S = 4.0
+OVERLOAD_FACTOR = 10
+INBOUND = 2_000  # events offered on data.in.<type> during the overload
+NDJSON = {"content-type": "application/x-ndjson"}
+
+
+@pytest.fixture
+def probe() -> str:
+    """An event type of this test only, so its `data.<type>` subject holds only its events."""
+    return f"probe_{uuid7().replace('-', '')[-12:]}"
+
+
+@pytest.fixture
+async def ingest(settings: Settings, tmp_path: Path, probe: str) -> AsyncIterator[str]:
+    """Ingest as its own process (uvicorn, as deployed) on the session's servers."""
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
+    (schemas / f"{probe}.v1.json").write_text(json.dumps(schema))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")}
+    env.update(settings_env(settings))
+    env.update(
+        {
+            "CHOREO_INGEST_SCHEMA_DIR": str(schemas),
+            "CHOREO_HTTP_PORT": str(port),
+            "CHOREO_LOG_LEVEL": "WARNING",
+        }
+    )
+    process = ServiceProcess("ingest", port, env, tmp_path / "ingest.log")
+    await start_process(process)
+    yield process.url
+    await stop_process(process)
+
+
+@pytest.fixture
+async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(settings.nats_url)
+    js = client.jetstream()
+    await ensure_streams(js, settings)
+    yield js
+    await client.close()
+
+
+@dataclass
+class Outcomes:
+    accepted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # a 5xx or no answer: maybe stored
+    accepted_s: list[float] = field(default_factory=list)
+    refused_s: list[float] = field(default_factory=list)
+    retry_after: Counter[float] = field(default_factory=Counter)
+    bad_refusals: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+async def post(http: httpx.AsyncClient, batch: tuple[list[str], str], out: Outcomes) -> None:
+    ids, content = batch
+    started = time.perf_counter()
+    try:
+        answer = await http.post("/v1/events", content=content, headers=NDJSON)
+    except httpx.HTTPError:
+        out.unknown.extend(ids)
+        return
+    took = time.perf_counter() - started
+    if answer.status_code == 202:
+        out.accepted.extend(ids)
+        out.accepted_s.append(took)
+    elif answer.status_code == 429:
+        out.refused.extend(ids)
+        out.refused_s.append(took)
+        delay = retry_after_s(answer.headers)
+        out.retry_after[delay or 0.0] += 1
+        if delay is None or delay < 1 or answer.json().get("published") != 0:
+            out.bad_refusals.append(f"{answer.headers} {answer.text}")
+    else:
+        out.unknown.extend(ids)
+        out.errors.append(f"{answer.status_code}: {answer.text[:200]}")
+
+
+def batch(probe: str, name: str) -> tuple[list[str], str]:
+    """A batch's ids and its NDJSON body (built ahead: the client must keep its rate)."""
+    ids = [f"{name}-{i}" for i in range(BATCH)]
+    return ids, "\n".join(json.dumps({"type": probe, "id": i, "data": {"n": 1}}) for i in ids)
+
+
+async def sustainable_rate(http: httpx.AsyncClient, probe: str, out: Outcomes) -> float:
+    """Events/s ingest stores with 4 clients each posting a batch after the last answer."""
+    deadline = time.monotonic() + MEASURE_S
+    counter = 0
+
+    async def client(k: int) -> None:
+        nonlocal counter
+        while time.monotonic() < deadline:
+            counter += 1
+            await post(http, batch(probe, f"warm-{k}-{counter}"), out)
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(k) for k in range(4)))
+    return len(out.accepted) / (time.monotonic() - started)
+
+
+async def overload(http: httpx.AsyncClient, probe: str, rate: float, out: Outcomes) -> int:
+    """Open loop: a batch every BATCH/rate seconds whatever the answers; returns batches."""
+    interval = BATCH / rate
+    batches = [batch(probe, f"over-{n}") for n in range(int(OVERLOAD_S / interval))]
+    tasks = []
+    started = time.monotonic()
+    for n, each in enumerate(batches):
+        await asyncio.sleep(max(0.0, started + n * interval - time.monotonic()))
+        tasks.append(asyncio.create_task(post(http, each, out)))
+    await asyncio.gather(*tasks)
+    return len(batches)
+
+
+async def stored_ids(js: JetStreamContext, subject: str) -> Counter[str]:
+    """How many times each event id is in stream DATA under `subject`."""
+    # No acks: a pull consumer stops at 1,000 messages awaiting their ack.
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE)
+    sub = await js.pull_subscribe(subject, stream="DATA", config=config)
+    found: Counter[str] = Counter()
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(1000, timeout=0.5)
+            except TimeoutError:
+                return found
+            found.update(json.loads(m.data)["id"] for m in batch)
+    finally:
+        await sub.unsubscribe()
+
+
+def quantiles_ms(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    pick = [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99)]
+    return {
+        "p50": round(pick[0] * 1000, 1),
+        "p99": round(pick[1] * 1000, 1),
+        "max": round(ordered[-1] * 1000, 1),
+        "mean": round(statistics.fmean(ordered) * 1000, 1),
+    }
+
+
+async def test_ten_times_the_sustainable_load_is_shed_with_retry_after(
+    ingest: str, js: JetStreamContext, probe: str
+) -> None:
+    limits = httpx.Limits(max_connections=1_000, max_keepalive_connections=1_000)
+    async with httpx.AsyncClient(base_url=ingest, timeout=60, limits=limits) as http:
+        warm = Outcomes()
+        rate = await sustainable_rate(http, probe, warm)
+        assert warm.accepted, "nothing accepted at the sustainable rate"
+        inbound = [f"in-{uuid7()}" for _ in range(INBOUND)]
+
+        async def offer_inbound() -> None:
+            for event_id in inbound:
+                event = {"id": event_id, "data": {"n": 2}}
+                await js.publish(f"data.in.{probe}", json.dumps(event).encode())
+
+        out = Outcomes()
+        offered = asyncio.create_task(offer_inbound())
+        batches = await overload(http, probe, rate * OVERLOAD_FACTOR, out)
+        await offered
+        metrics = (await http.get("/metrics")).text
+
+    figures = {
+        "sustainable_events_per_s": round(rate),
+        "offered_events_per_s": round(rate * OVERLOAD_FACTOR),
+        "batch": BATCH,
+        "batches": batches,
+        "accepted_batches": len(out.accepted_s),
+        "refused_batches": len(out.refused_s),
+        "unanswered_batches": len(out.unknown) // BATCH,
+        "errors": out.errors[:5],
+        "refusal_ms": quantiles_ms(out.refused_s),
+        "accepted_ms": quantiles_ms(out.accepted_s),
+        "retry_after_s": dict(out.retry_after),
+    }
+    print(json.dumps(figures))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+
+    expected = set(warm.accepted) | set(out.accepted) | set(inbound)
+
+    async def missing() -> int:
+        return len(expected - set(await stored_ids(js, f"data.{probe}")))
+
+    await wait_for(missing, lambda n: n == 0, within=60, interval=1)
+    found = await stored_ids(js, f"data.{probe}")
+
+    assert out.refused, f"10x the sustainable rate was never refused: {figures}"
+    assert out.accepted, f"nothing was accepted under overload: {figures}"
+    assert out.bad_refusals == [], "every 429 says when to retry and that nothing was stored"
+    refused_stored = [i for i in out.refused if i in found]
+    assert refused_stored == [], "a refused batch is all-or-nothing: none of it is stored"
+    assert {i: found[i] for i in expected if found[i] != 1} == {}, "accepted: exactly once"
+    shed = len(warm.refused_s) + len(out.refused_s)
+    assert f'choreo_ingest_shed_total{{service="ingest",source="http"}} {shed}.0' in metrics
