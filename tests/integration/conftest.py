@@ -7,10 +7,12 @@ import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 
 from choreo.servers.nats import NatsServer
 from services.audit.adapters import PgEventStore, migrate
 from services.store.buckets import ensure_buckets
+from shared.ids import uuid7
 from shared.jetstream import ensure_streams
 from shared.lake import layer_buckets
 from shared.s3 import s3_client
@@ -46,3 +48,19 @@ async def admin(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
     await ensure_streams(client.jetstream(), Settings(environment="test"))
     yield client
     await client.drain()
+
+
+@pytest.fixture
+async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
+    """JetStream on the session's nats-server; the streams exist."""
+    client = await nats.connect(settings.nats_url)
+    js = client.jetstream()
+    await ensure_streams(js, settings)
+    yield js
+    await client.close()
+
+
+@pytest.fixture
+def probe() -> str:
+    """An event type of this test only, so its `data.<type>` subject holds only its events."""
+    return f"probe_{uuid7().replace('-', '')[-12:]}"

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import duckdb
 import httpx
-import nats
 import pytest
 from botocore.exceptions import ClientError
 from nats.aio.msg import Msg
@@ -26,7 +25,7 @@ from services.ingest.steps import ingest_steps
 from services.store.app import create_app as store_app
 from shared.envelope import MSG_ID_HEADER
 from shared.ids import uuid7
-from shared.jetstream import EventPublisher, ensure_streams
+from shared.jetstream import EventPublisher
 from shared.s3 import parse_s3_uri, s3_client
 from shared.settings import Settings
 from shared.workflow.steps import StepContext, StepFailed, StepOutput, StepRegistry
@@ -40,12 +39,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 RunStep = Callable[[str, dict[str, Any]], Awaitable[StepOutput]]
-
-
-@pytest.fixture
-def probe() -> str:
-    """An event type of this test only, so its `data.<type>` subject holds only its events."""
-    return f"probe_{uuid7().replace('-', '')[-12:]}"
 
 
 @pytest.fixture
@@ -66,15 +59,6 @@ def ingest_settings(settings: Settings, tmp_path: Path, probe: str) -> IngestSet
             "ingest_file_root": tmp_path / "files",
         }
     )
-
-
-@pytest.fixture
-async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(settings.nats_url)
-    js = client.jetstream()
-    await ensure_streams(js, settings)
-    yield js
-    await client.close()
 
 
 async def stored(js: JetStreamContext, stream: str, subject: str) -> list[Msg]:

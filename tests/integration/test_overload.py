@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -28,7 +27,6 @@ from choreo.client import retry_after_s
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
 from shared.ids import uuid7
-from shared.jetstream import ensure_streams
 from shared.settings import Settings
 from tests.support import settings_env, start_process, stop_process, wait_for
 
@@ -42,12 +40,6 @@ OVERLOAD_S = 4.0
 OVERLOAD_FACTOR = 10
 INBOUND = 2_000  # events offered on data.in.<type> during the overload
 NDJSON = {"content-type": "application/x-ndjson"}
-
-
-@pytest.fixture
-def probe() -> str:
-    """An event type of this test only, so its `data.<type>` subject holds only its events."""
-    return f"probe_{uuid7().replace('-', '')[-12:]}"
 
 
 @pytest.fixture
@@ -73,15 +65,6 @@ async def ingest(settings: Settings, tmp_path: Path, probe: str) -> AsyncIterato
     await stop_process(process)
 
 
-@pytest.fixture
-async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(settings.nats_url)
-    js = client.jetstream()
-    await ensure_streams(js, settings)
-    yield js
-    await client.close()
-
-
 @dataclass
 class Outcomes:
     accepted: list[str] = field(default_factory=list)
@@ -99,8 +82,9 @@ async def post(http: httpx.AsyncClient, batch: tuple[list[str], str], out: Outco
     started = time.perf_counter()
     try:
         answer = await http.post("/v1/events", content=content, headers=NDJSON)
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
         out.unknown.extend(ids)
+        out.errors.append(repr(exc))
         return
     took = time.perf_counter() - started
     if answer.status_code == 202:
