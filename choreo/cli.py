@@ -159,8 +159,9 @@ def _crash_reports(state: StackState, data_dir: Path, every: bool) -> list[dict[
 def _print_crashes(reports: list[dict[str, Any]], older: int) -> None:
     for r in reports:
         when = time.strftime("%H:%M:%S", time.localtime(r["at"]))
+        what = r["reason"] or "crashed"
         errors.print(
-            f"[yellow]{r['part']} crashed at {when} (exit code {r['returncode']}); "
+            f"[yellow]{r['part']} {what} at {when} (exit code {r['returncode']}); "
             f"restarts so far: {r['restarts']}. Last lines of {r['log']}:[/yellow]\n"
             f"{r['log_tail']}"
         )
@@ -490,7 +491,13 @@ def print_stack(state: StackState, data_dir: Path) -> None:
     table = Table(title=f"Choreo stack in {data_dir.absolute()}", title_justify="left")
     for column in ("part", "status", "pid", "url", "log"):
         table.add_column(column)
-    colour = {"ready": "green", "not ready": "yellow", "down": "red", "stopped": "blue"}
+    colour = {
+        "ready": "green",
+        "not ready": "yellow",
+        "down": "red",
+        "unresponsive": "red",
+        "stopped": "blue",
+    }
     for h in stackctl.health(state):
         table.add_row(
             h.part.name,

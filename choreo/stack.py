@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,16 @@ log = structlog.get_logger("choreo.stack")
 SERVICE_START_TIMEOUT_S = 60.0
 MAX_RESTART_DELAY_S = 30.0
 MONITOR_INTERVAL_S = 0.5
+# CHOREO_* variables of the supervisor's environment that reach the services.
+SERVICE_TUNABLES = frozenset(
+    {
+        "CHOREO_INGEST_TARGET_LATENCY_S",
+        "CHOREO_INGEST_MIN_IN_FLIGHT",
+        "CHOREO_INGEST_MAX_IN_FLIGHT",
+        "CHOREO_LOOP_STALL_S",
+        "CHOREO_TEST_HOOKS",
+    }
+)
 
 
 class ServiceProcess(ServerProcess):
@@ -79,6 +89,12 @@ class ServiceProcess(ServerProcess):
 
     def is_ready(self) -> bool:
         answer = http_get(f"{self.url}/readyz", timeout=2.0)
+        return answer is not None and answer[0] == 200
+
+    def is_alive(self, timeout: float) -> bool:
+        # Liveness, not readiness: a service waiting for NATS is alive; one whose event
+        # loop is blocked answers 503 (its watchdog) or not at all.
+        answer = http_get(f"{self.url}/healthz", timeout=timeout)
         return answer is not None and answer[0] == 200
 
 
@@ -151,6 +167,9 @@ class Part:
     restarts: int = 0
     next_restart_at: float | None = None
     held: bool = False  # stopped by `choreo stop` until `choreo start`
+    probe: "Future[bool] | None" = None  # the liveness probe under way
+    next_probe_at: float = 0.0
+    failures: int = 0  # liveness probes failed in a row
 
 
 class Stack:
@@ -196,6 +215,7 @@ class Stack:
         self.state = StackState(supervisor_pid=os.getpid(), data_dir=str(self.root))
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
+        self._probes = ThreadPoolExecutor(len(self.parts), thread_name_prefix="liveness")
 
     def _dsn(self, role: str, database: str = DATABASE) -> str:
         return self.postgres.dsn(role, self.creds.postgres[role], database)
@@ -220,6 +240,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # Tunables a user may set for the services when starting the stack.
+        env.update({k: v for k, v in os.environ.items() if k in SERVICE_TUNABLES})
         for key in ("BUCKET_RAW", "BUCKET_STAGING", "BUCKET_CURATED"):
             env[f"CHOREO_{key}"] = getattr(self.settings, key.lower())
         if name in {i.name for i in s3_identities(self.creds, self.settings)}:
@@ -293,16 +315,21 @@ class Stack:
         self._save()
 
     def supervise(self) -> None:
-        """Watch every part until `request_stop()`; restart what crashed, with backoff."""
-        while not self._stop.wait(MONITOR_INTERVAL_S):
-            for name, part in self.parts.items():
-                if self._stop.is_set():
-                    break
-                self._check(name, part)
+        """Watch every part until `request_stop()`; restart what crashed, with backoff,
+        and what hangs (liveness probes failed in a row) after killing it."""
+        try:
+            while not self._stop.wait(MONITOR_INTERVAL_S):
+                for name, part in self.parts.items():
+                    if self._stop.is_set():
+                        break
+                    self._check(name, part)
+        finally:
+            self._probes.shutdown(wait=False, cancel_futures=True)
 
     def _check(self, name: str, part: Part) -> None:
         process = part.process
         if process.is_running():
+            self._probe(name, part)
             return
         if hold_file(self.root, name).exists():  # stopped on purpose (`choreo stop`)
             part.held = True
@@ -314,19 +341,7 @@ class Stack:
             return
         now = time.time()
         if part.next_restart_at is None:
-            tail = process.log_tail()
-            code = process.returncode
-            self.state.parts[name].crashes.append(Crash(now, code, tail))
-            delay = min(2.0**part.restarts, MAX_RESTART_DELAY_S)
-            part.next_restart_at = now + delay
-            log.error(
-                f"{name} exited unexpectedly (code {code}); restarting in {delay:.0f} s",
-                part=name,
-                returncode=code,
-                log=str(process.log_path),
-                log_tail=tail,
-            )
-            self._save()
+            self._schedule_restart(name, part, now)
             return
         if now < part.next_restart_at:
             return
@@ -334,7 +349,64 @@ class Stack:
         part.next_restart_at = None
         self._restart(name, part, "restarted")
 
+    def _schedule_restart(self, name: str, part: Part, now: float, reason: str = "") -> None:
+        """Record the crash (with the end of the log) and restart after the backoff;
+        `reason` says why the supervisor killed it, "" for a process that exited."""
+        process = part.process
+        tail = process.log_tail()
+        code = process.returncode
+        self.state.parts[name].crashes.append(Crash(now, code, tail, reason))
+        delay = min(2.0**part.restarts, MAX_RESTART_DELAY_S)
+        part.next_restart_at = now + delay
+        log.error(
+            f"{name} {reason or f'exited unexpectedly (code {code})'}; restarting in {delay:.0f} s",
+            part=name,
+            returncode=code,
+            log=str(process.log_path),
+            log_tail=tail,
+        )
+        self._save()
+
+    def _probe(self, name: str, part: Part) -> None:
+        """Liveness: one probe at a time per part, every CHOREO_LIVENESS_INTERVAL_S; after
+        CHOREO_LIVENESS_FAILURES failures in a row the part is killed and restarted."""
+        settings = self.settings
+        now = time.time()
+        if part.probe is None:
+            if now >= part.next_probe_at:
+                part.probe = self._probes.submit(part.process.is_alive, settings.liveness_timeout_s)
+                part.next_probe_at = now + settings.liveness_interval_s
+            return
+        if not part.probe.done():
+            return
+        alive = not part.probe.exception() and part.probe.result()
+        part.probe = None
+        if alive:
+            if part.failures:
+                log.info(f"{name} answers again", part=name, failed_probes=part.failures)
+                part.failures = 0
+                self._save()
+            return
+        part.failures += 1
+        limit = settings.liveness_failures
+        log.warning(
+            f"{name} did not answer its liveness probe ({part.failures} of {limit} in a row)",
+            part=name,
+            timeout_s=settings.liveness_timeout_s,
+        )
+        if part.failures < limit:
+            self._save()
+            return
+        part.process.kill()
+        part.failures = 0
+        self._schedule_restart(
+            name, part, now, f"was unresponsive ({limit} liveness probes failed in a row), killed"
+        )
+
     def _restart(self, name: str, part: Part, what: str) -> None:
+        part.failures = 0
+        part.probe = None  # a probe of the previous process says nothing of the new one
+        part.next_probe_at = time.time() + self.settings.liveness_interval_s
         try:
             part.process.start()
             log.info(f"{name} {what}", part=name, restarts=part.restarts)
@@ -371,6 +443,7 @@ class Stack:
                 log=str(part.process.log_path),
                 stop_signal=int(part.process.stop_signal),
                 ready=part.process.is_running(),
+                unresponsive=part.failures > 0,
                 restarts=part.restarts,
                 crashes=previous.crashes if previous else [],
             )

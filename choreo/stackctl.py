@@ -33,17 +33,23 @@ def alive(pid: int | None) -> bool:
 @dataclass
 class Health:
     part: PartState
-    status: str  # "ready", "not ready", "down", "stopped" (held by `choreo stop`)
+    # "ready", "not ready", "down", "stopped" (held by `choreo stop`), "unresponsive" (alive
+    # but failing the supervisor's liveness probes: it is killed and restarted after
+    # CHOREO_LIVENESS_FAILURES in a row)
+    status: str
 
 
 def health(state: StackState) -> list[Health]:
-    """Each part's status now: its pid alive and, for services, /readyz answering 200."""
+    """Each part's status now: its pid alive, not failing the supervisor's liveness probes,
+    and, for services, /readyz answering 200."""
     out = []
     for part in state.parts.values():
         if hold_file(Path(state.data_dir), part.name).exists() and not alive(part.pid):
             status = "stopped"
         elif not alive(part.pid):
             status = "down"
+        elif part.unresponsive:
+            status = "unresponsive"
         elif part.kind == "service":
             answer = http_get(f"{part.url}/readyz", timeout=2.0)
             status = "ready" if answer is not None and answer[0] == 200 else "not ready"

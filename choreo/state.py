@@ -22,6 +22,7 @@ class Crash:
     at: float
     returncode: int | None
     log_tail: str
+    reason: str = ""  # why the supervisor killed it ("was unresponsive ..."); "" if it exited
 
 
 @dataclass
@@ -35,6 +36,9 @@ class PartState:
     log: str
     stop_signal: int
     ready: bool = False
+    # It failed its last liveness probe(s): killed and restarted after
+    # CHOREO_LIVENESS_FAILURES in a row.
+    unresponsive: bool = False
     restarts: int = 0
     crashes: list[Crash] = field(default_factory=list)
 

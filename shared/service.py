@@ -11,14 +11,15 @@ an OpenAPI document.
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 import uvicorn
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js import JetStreamContext
@@ -31,6 +32,7 @@ from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.subjects import SERVICE_PERMISSIONS
 from shared.tracing import configure as configure_tracing
+from shared.watchdog import LoopWatchdog
 from shared.workflow.runtime import Choreography
 
 log = structlog.get_logger(__name__)
@@ -104,6 +106,7 @@ def build_service(
         choreography.subscribe()
     all_checks: dict[str, ReadinessCheck] = {"nats": lambda: _nats_ready(broker)}
     all_checks.update(checks or {})
+    watchdog = LoopWatchdog(settings.loop_stall_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +116,8 @@ def build_service(
         async with AsyncExitStack() as stack:
             await broker.connect()
             stack.push_async_callback(broker.stop)
+            ticking = asyncio.create_task(watchdog.run())
+            stack.callback(ticking.cancel)
             js = jetstream(broker)
             await ensure_streams(js, settings)
             for resource in resources:
@@ -132,9 +137,18 @@ def build_service(
         lifespan=lifespan,
     )
 
-    @app.get("/healthz", tags=["ops"], summary="The process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "service": name}
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        summary="The process is alive: 200, or 503 while its event loop is or just was blocked",
+    )
+    async def healthz() -> JSONResponse:
+        problem = watchdog.problem()
+        if problem is None:
+            return JSONResponse({"status": "ok", "service": name})
+        return JSONResponse(
+            {"status": "stalled", "service": name, "detail": problem}, status_code=503
+        )
 
     @app.get(
         "/readyz",
@@ -161,12 +175,27 @@ def build_service(
 
     for router in routers:
         app.include_router(router)
+    if settings.test_hooks:
+        app.include_router(_test_hooks())
     permissions = SERVICE_PERMISSIONS.get(name)
     metrics.declare(
         consumed=[_subject(s) for s in broker.subscribers],
         published=permissions.publish if permissions else (),
     )
     return Service(name, settings, broker, metrics, app, all_checks)
+
+
+def _test_hooks() -> APIRouter:
+    """Fault-injection routes, only with CHOREO_TEST_HOOKS (never in prod)."""
+    router = APIRouter(prefix="/testing", tags=["testing"])
+
+    @router.post("/block-loop", status_code=202, summary="Block the event loop (a hung process)")
+    async def block_loop(seconds: Annotated[float, Query(gt=0, le=3600)]) -> dict[str, float]:
+        # Blocking on purpose, right after this answer has gone out: nothing else runs.
+        asyncio.get_running_loop().call_later(0.05, time.sleep, seconds)
+        return {"blocking_s": seconds}
+
+    return router
 
 
 def _subject(subscriber: object) -> str:

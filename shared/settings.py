@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".choreo")
@@ -96,6 +96,19 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
 
+    # /healthz fails while the event loop is (or just was) blocked longer than this
+    # (shared/watchdog.py): the supervisor, or Kubernetes, then restarts the process.
+    loop_stall_s: float = Field(default=5.0, gt=0)
+    # Routes for fault tests (`POST /testing/block-loop`); refused in prod.
+    test_hooks: bool = False
+
+    # The embedded stack's supervisor probes every part (a service's /healthz, nats-server's
+    # and the S3 server's health endpoints, PostgreSQL's postmaster) this often, each probe
+    # given this long; after this many failures in a row it kills and restarts the part.
+    liveness_interval_s: float = Field(default=5.0, gt=0)
+    liveness_timeout_s: float = Field(default=2.0, gt=0)
+    liveness_failures: int = Field(default=3, ge=1)
+
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -127,6 +140,8 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Self:
         if self.environment != "prod":
             return self
+        if self.test_hooks:
+            raise ValueError("CHOREO_TEST_HOOKS is refused in prod: it lets anyone block a service")
         weak = placeholders(
             (name, None if value is None else value.get_secret_value())
             for name, value in self.secrets()

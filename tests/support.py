@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,15 +63,18 @@ async def stop_process(process: ServerProcess, within: float = 10.0) -> None:
     await asyncio.to_thread(process.stop, within)
 
 
-def choreo(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would, on `data_dir`, with none of this process's CHOREO_*."""
+def choreo(
+    *args: str, data_dir: Path, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, on `data_dir`, with none of this process's CHOREO_*
+    (only those of `env`)."""
     return subprocess.run(
         [sys.executable, "-m", "choreo", *args, "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=240,
         check=check,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")},
+        env={k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")} | dict(env or {}),
     )
 
 
@@ -118,3 +121,24 @@ class CliInThread:
         from choreo.cli_common import app
 
         return await asyncio.to_thread(self.runner.invoke, app, list(args), env=self.env)
+
+
+@asynccontextmanager
+async def service_process(
+    name: str, settings: Settings, directory: Path, **env: str
+) -> AsyncIterator[str]:
+    """Run `python -m services.<name>` (uvicorn, as deployed) with `settings` and the extra
+    CHOREO_* variables of `env`, logging to `directory/<name>.log`; give its base URL."""
+    from choreo.servers.ports import free_port
+    from choreo.stack import ServiceProcess
+
+    port = free_port()
+    variables = {k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")}
+    variables.update(settings_env(settings))
+    variables.update({"CHOREO_HTTP_PORT": str(port), "CHOREO_LOG_LEVEL": "WARNING", **env})
+    process = ServiceProcess(name, port, variables, directory / f"{name}.log")
+    await start_process(process)
+    try:
+        yield process.url
+    finally:
+        await stop_process(process)

@@ -58,7 +58,10 @@ class NatsServer(ServerProcess):
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def is_ready(self) -> bool:
-        answer = http_get(f"{self.monitor_url}/healthz?js-enabled-only=true")
+        return self.is_alive(0.5)
+
+    def is_alive(self, timeout: float) -> bool:
+        answer = http_get(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout)
         return answer is not None and answer[0] == 200
 
     def _prepare(self) -> None:

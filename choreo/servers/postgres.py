@@ -14,6 +14,7 @@ import glob
 import grp
 import hashlib
 import importlib.util
+import math
 import os
 import pwd
 import re
@@ -113,8 +114,12 @@ class PostgresServer(ServerProcess):
         return self.dsn()
 
     def is_ready(self) -> bool:
-        # pg_isready asks the postmaster itself, so "starting up" and "recovering" count as
-        # not ready, and it needs no password.
+        return self.is_alive(1.0)
+
+    def is_alive(self, timeout: float) -> bool:
+        # pg_isready opens a connection to the postmaster itself, so "starting up" and
+        # "recovering" count as not ready (a hung postmaster as no answer), and it needs no
+        # password.
         result = subprocess.run(
             [
                 str(self.bindir / "pg_isready"),
@@ -124,7 +129,7 @@ class PostgresServer(ServerProcess):
                 "-p",
                 str(self.port),
                 "-t",
-                "1",
+                str(max(1, math.ceil(timeout))),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -68,6 +68,11 @@ class ServerProcess(abc.ABC):
     def is_ready(self) -> bool:
         """True once the server accepts the requests its users will make."""
 
+    def is_alive(self, timeout: float) -> bool:
+        """True while the server answers its health check within `timeout` seconds (the
+        supervisor's liveness probe); by default its readiness check."""
+        return self.is_ready()
+
     def _prepare(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Run before spawning (write config files, initialise data); default: nothing."""
 
@@ -156,6 +161,17 @@ class ServerProcess(abc.ABC):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        self._cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group (it hangs: nothing else would work,
+        not even on a stopped process) and reap it."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         self._cleanup()
 
     def log_tail(self, lines: int = 30) -> str:

@@ -106,6 +106,10 @@ class S3Server(ServerProcess):
         except (ValueError, KeyError, TypeError):
             return False
 
+    def is_alive(self, timeout: float) -> bool:
+        # Any HTTP answer of the gateway (403 without keys): the process serves requests.
+        return http_get(f"{self.endpoint_url}/", timeout) is not None
+
     def _prepare(self) -> None:
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         if self.identities:

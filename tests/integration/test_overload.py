@@ -10,7 +10,6 @@ bench/results/overload.json, not asserted: they are judged on a quiet machine
 
 import asyncio
 import json
-import os
 import statistics
 import time
 from collections import Counter
@@ -24,11 +23,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from choreo.client import retry_after_s
-from choreo.servers.ports import free_port
-from choreo.stack import ServiceProcess
 from shared.ids import uuid7
 from shared.settings import Settings
-from tests.support import settings_env, start_process, stop_process, wait_for
+from tests.support import service_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,20 +46,10 @@ async def ingest(settings: Settings, tmp_path: Path, probe: str) -> AsyncIterato
     schemas.mkdir()
     schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
     (schemas / f"{probe}.v1.json").write_text(json.dumps(schema))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")}
-    env.update(settings_env(settings))
-    env.update(
-        {
-            "CHOREO_INGEST_SCHEMA_DIR": str(schemas),
-            "CHOREO_HTTP_PORT": str(port),
-            "CHOREO_LOG_LEVEL": "WARNING",
-        }
-    )
-    process = ServiceProcess("ingest", port, env, tmp_path / "ingest.log")
-    await start_process(process)
-    yield process.url
-    await stop_process(process)
+    async with service_process(
+        "ingest", settings, tmp_path, CHOREO_INGEST_SCHEMA_DIR=str(schemas)
+    ) as url:
+        yield url
 
 
 @dataclass
