@@ -264,27 +264,38 @@ def remove_cluster(path: Path) -> None:
 
 def reachable_bindir(bindir: Path, owner: pwd.struct_passwd) -> Path:
     """`bindir`, or when `owner` cannot run its `postgres` (pgserver's binaries in a venv
-    under a 0700 directory), a copy of its whole installation under /var/tmp, made once."""
+    under a 0700 directory), a copy of its whole installation under /var/tmp, made once.
+
+    The copy keeps the installation's place beside its package's bundled libraries
+    (`<package>/<install>` and `<package>.libs`, as a repaired wheel ships them): the
+    binaries find those through a path relative to themselves."""
     if _blocking_dir(bindir / "postgres", owner) is None:
         return bindir
     install = bindir.parent
-    digest = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:16]
+    package = install.parent
+    libs = package.with_name(f"{package.name}.libs")
+    # The layout is part of the name, so that a copy made in an earlier layout is not reused.
+    digest = hashlib.sha256(f"{install.resolve()}:package+libs".encode()).hexdigest()[:16]
     parent = _relocation_parent(owner, bindir)
     copy = parent / f"{BINARIES_PREFIX}{digest}"
     if not copy.exists():
         # Copied aside, then renamed into place: the name never holds half a copy.
         staging = Path(tempfile.mkdtemp(prefix=BINARIES_PREFIX, dir=parent))
-        shutil.copytree(install, staging / "install", symlinks=True)
-        (staging / "install").chmod(0o755)
+        tree = staging / "copy"
+        shutil.copytree(install, tree / package.name / install.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, tree / libs.name, symlinks=True)
+        for path in (tree, tree / package.name):
+            path.chmod(0o755)
         with contextlib.suppress(OSError):  # another process renamed its copy first
-            (staging / "install").rename(copy)
+            tree.rename(copy)
         shutil.rmtree(staging, ignore_errors=True)
     info = copy.lstat()
     # We run these binaries (as the server's user): they must be ours, in a world-writable
     # parent where anyone could have made that name first.
     if stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
         raise PermissionError(f"{copy} was not made by Choreo as this user: remove it")
-    return copy / bindir.name
+    return copy / package.name / install.name / bindir.name
 
 
 def _relocation_parent(owner: pwd.struct_passwd, path: Path) -> Path:

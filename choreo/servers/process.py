@@ -203,17 +203,30 @@ def stop_pid(pid: int, timeout: float = 10.0, sig: signal.Signals = signal.SIGTE
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.05)
+    if _exited(pid, timeout):
+        return True
     with contextlib.suppress(ProcessLookupError):
         # Our servers lead their own session, so the group holds exactly their children.
         if os.getpgid(pid) == pid:
             os.killpg(pid, signal.SIGKILL)
         else:
             os.kill(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: return once the process is gone, not before.
+    _exited(pid, _KILL_GRACE_S)
+    return True
+
+
+# How long a SIGKILLed process may take to be gone (longer only on a machine in trouble).
+_KILL_GRACE_S = 10.0
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for `pid` to exit; whether it did."""
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
     return True
 
 

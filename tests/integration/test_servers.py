@@ -363,18 +363,23 @@ def test_postgres_explains_an_existing_data_dir_its_user_cannot_reach() -> None:
 def test_postgres_binaries_out_of_reach_are_copied_where_its_user_can_run_them(
     tmp_path: Path,
 ) -> None:
-    """pgserver's binaries in a venv under a 0700 directory: copied once to /var/tmp."""
+    """pgserver's binaries in a venv under a 0700 directory: copied once to /var/tmp, beside
+    the libraries the wheel bundles (the binaries' RPATH is `$ORIGIN/../../../pgserver.libs`)."""
     if os.geteuid() != 0:
         pytest.skip("only root runs PostgreSQL as another user")
-    install = tmp_path / "pginstall"
+    install = tmp_path / "pgserver" / "pginstall"
     (install / "bin").mkdir(parents=True)
     (install / "bin" / "postgres").write_text("#!/bin/sh\n")
+    (tmp_path / "pgserver.libs").mkdir()
+    (tmp_path / "pgserver.libs" / "libpq-0.so.5").write_text("lib")
     owner = pwd.getpwnam("postgres")
     copied = reachable_bindir(install / "bin", owner)
+    copy = copied.parents[2]
     try:
-        assert copied.parent.name.startswith(BINARIES_PREFIX)
+        assert copy.name.startswith(BINARIES_PREFIX)
         assert (copied / "postgres").read_text() == "#!/bin/sh\n"
+        assert (copied / "../../../pgserver.libs/libpq-0.so.5").read_text() == "lib"
         assert reachable_bindir(install / "bin", owner) == copied  # made once
         assert reachable_bindir(find_bindir(), owner) == find_bindir()  # reachable: as is
     finally:
-        shutil.rmtree(copied.parent)
+        shutil.rmtree(copy)
