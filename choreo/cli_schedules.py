@@ -33,7 +33,7 @@ from shared.workflow.schedules import (
     start_fire,
 )
 from shared.workflow.state import RunStore, ensure_bucket
-from shared.workflow.validate import coerce_input, validate_workflow
+from shared.workflow.validate import coerce_input
 
 schedule = typer.Typer(
     help="Run deployed workflows on a schedule: nats-server fires them, no process keeps time.",
@@ -102,19 +102,10 @@ def create(
         _fail(f"schedule {name!r}: {problems}", EXIT_INVALID)
 
     async def go(store: Schedules, js: JetStreamContext) -> ScheduleSpec | str:
-        if await store.get(name) is not None and not replace:
-            return f"a schedule named {name!r} exists (--replace replaces it)"
-        try:
-            deployed = await Deployments(await open_bucket(js, settings)).resolve(workflow)
-        except (ValueError, DeploymentError) as exc:
-            return str(exc)
-        typed = spec.model_copy(update={"inputs": _typed(given, deployed.workflow)})
-        # The inputs as a fire would give them, checked against the workflow now.
-        checked = validate_workflow(deployed.workflow, typed.rendered_inputs(datetime.now(UTC)))
-        if not checked.ok:
-            return "; ".join(str(p) for p in checked.problems)
-        await store.put(typed)
-        return typed
+        deployments = Deployments(await open_bucket(js, settings))
+        return await store.create(
+            spec, deployments, replace=replace, typed=lambda wf: _typed(given, wf)
+        )
 
     stored = _run_async(lambda: _with_schedules(settings, go))
     if isinstance(stored, str):

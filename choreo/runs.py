@@ -33,25 +33,9 @@ async def request_run(
 
 async def request_cancel(js: JetStreamContext, runid: str, reason: str | None = None) -> None:
     await _publish(
-        js,
-        Event(
-            type=ev.RUN_CANCEL_REQUESTED,
-            source=CLI_SOURCE,
-            runid=runid,
-            correlationid=runid,
-            data=ev.RunCommand(reason=reason).model_dump(mode="json"),
-        ),
+        js, ev.run_command(ev.RUN_CANCEL_REQUESTED, runid, source=CLI_SOURCE, reason=reason)
     )
 
 
 async def request_retry(js: JetStreamContext, runid: str) -> None:
-    await _publish(
-        js,
-        Event(
-            type=ev.RUN_RETRY_REQUESTED,
-            source=CLI_SOURCE,
-            runid=runid,
-            correlationid=runid,
-            data=ev.RunCommand().model_dump(mode="json"),
-        ),
-    )
+    await _publish(js, ev.run_command(ev.RUN_RETRY_REQUESTED, runid, source=CLI_SOURCE))

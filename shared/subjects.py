@@ -139,7 +139,7 @@ class Permissions:
 # owned by any service.
 SERVICE_PERMISSIONS: dict[str, Permissions] = {
     "ingest": Permissions(
-        publish=("data.*", "wf.>", dlq_subject("ingest"), AUDIT_EVENT_LOOKUP),
+        publish=("data.*", "wf.>", dlq_subject("ingest"), AUDIT_EVENT_LOOKUP, "schedule.def.*"),
         buckets=(f"$KV.{SCHEDULE_STATE_BUCKET}.>",),
     ),
     "transform": Permissions(publish=("wf.>", dlq_subject("transform"))),

@@ -10,9 +10,11 @@ from services.ingest.api import events_router, schemas_router
 from services.ingest.inbound import InboundEvents
 from services.ingest.lookup import lookup_router
 from services.ingest.registry import SchemaRegistry, load_registry
+from services.ingest.runs_api import runs_router
 from services.ingest.schedules import ScheduleFires
 from services.ingest.settings import IngestSettings
 from services.ingest.steps import ingest_steps
+from shared.jetstream import jetstream
 from shared.metrics import Metrics
 from shared.s3 import open_s3
 from shared.service import Service, build_service, create_broker
@@ -70,10 +72,12 @@ def create_app(
             events_router(settings, choreography.publisher, registry, admission),
             schemas_router(registry),
             lookup_router(broker, client.get, settings),
+            runs_router(settings, choreography, fires, lambda: jetstream(broker), kinds),
         ],
         on_ready=[fires.open],
         choreography=choreography,
         title="Choreo ingest",
         description="Validates events against the schema registry and publishes them to "
-        "JetStream (`data.<type>`); runs the source extraction steps (`ingest.*`).",
+        "JetStream (`data.<type>`); starts, cancels and retries workflow runs (`/v1/runs`); "
+        "runs the source extraction steps (`ingest.*`).",
     )

@@ -93,6 +93,17 @@ class RunCommand(_Data):
     reason: str | None = None
 
 
+def run_command(event_type: str, runid: str, *, source: str, reason: str | None = None) -> Event:
+    """`wf.run.cancel.requested` or `wf.run.retry.requested` for run `runid`."""
+    return Event(
+        type=event_type,
+        source=source,
+        runid=runid,
+        correlationid=runid,
+        data=RunCommand(reason=reason).model_dump(mode="json"),
+    )
+
+
 class StepRequested(_Data):
     step: str
     uses: str

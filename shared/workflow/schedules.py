@@ -19,7 +19,7 @@ firing it); resuming publishes the definition again; deleting purges the subject
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -36,8 +36,10 @@ from shared.settings import Settings
 from shared.subjects import SCHEDULE_STATE_BUCKET, SCHEDULES
 from shared.workflow import cron
 from shared.workflow import events as ev
-from shared.workflow.deployments import REFERENCE
+from shared.workflow.deployments import REFERENCE, DeploymentError, Deployments
+from shared.workflow.kinds import STEP_KINDS, StepKind
 from shared.workflow.state import RunStore
+from shared.workflow.validate import validate_workflow
 
 DEFINITION_PREFIX = "schedule.def."
 FIRE_PREFIX = "schedule.fire."
@@ -193,6 +195,36 @@ class Schedules:
             stream=SCHEDULES.name,
             headers=headers,
         )
+
+    async def create(
+        self,
+        spec: ScheduleSpec,
+        deployments: Deployments,
+        *,
+        replace: bool = False,
+        typed: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        kinds: Mapping[str, StepKind] = STEP_KINDS,
+    ) -> ScheduleSpec | str:
+        """Store `spec` if its workflow is deployed and accepts its inputs (as a fire now
+        would give them); else what is wrong. `typed` turns the inputs into the types the
+        workflow declares (for inputs given as text)."""
+        if not replace and await self.get(spec.name) is not None:
+            return (
+                f"a schedule named {spec.name!r} exists: replace it explicitly "
+                '(--replace, or "replace": true over HTTP)'
+            )
+        try:
+            deployed = await deployments.resolve(spec.workflow)
+        except (ValueError, DeploymentError) as exc:
+            return str(exc)
+        if typed is not None:
+            spec = spec.model_copy(update={"inputs": typed(deployed.workflow)})
+        inputs = spec.rendered_inputs(datetime.now(UTC))
+        checked = validate_workflow(deployed.workflow, inputs, kinds)
+        if not checked.ok:
+            return "; ".join(str(p) for p in checked.problems)
+        await self.put(spec)
+        return spec
 
     async def get(self, name: str) -> ScheduleSpec | None:
         try:

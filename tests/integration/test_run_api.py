@@ -1,0 +1,177 @@
+"""The run API over HTTP on real servers: start by name or spec, poll to completed,
+cancel, retry; API keys; the OpenAPI document."""
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from services.audit.app import create_app as audit_app
+from services.ingest.app import create_app as ingest_app
+from services.ingest.settings import IngestSettings
+from services.transform.app import create_app as transform_app
+from shared.ids import uuid7
+from shared.settings import Settings
+from shared.workflow.deployments import Deployments, open_bucket
+from tests.support import serve, wait_for
+from tests.workflow_support import TEST_KINDS
+from tests.workflow_support import test_steps as kinds_for_tests
+
+pytestmark = pytest.mark.integration
+KEY = "ci-key-for-tests"
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """ingest (with an API key), audit and transform (with the test step kinds)."""
+    ingest = ingest_app(
+        IngestSettings.model_validate({**settings.model_dump(), "ingest_api_keys": (KEY,)}),
+        kinds=TEST_KINDS,
+    )
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(serve(audit_app(settings)))
+        await stack.enter_async_context(serve(transform_app(settings, steps=kinds_for_tests())))
+        client = await stack.enter_async_context(serve(ingest))
+        client.headers["X-API-Key"] = KEY
+        yield client
+
+
+def sleeping(seconds: float, uses: str = "transform.sleep") -> dict[str, Any]:
+    return {
+        "name": f"api-{uuid7()[-8:]}",
+        "inputs": {"who": {"type": "string", "default": "nobody"}},
+        "steps": [
+            {"id": "nap", "uses": uses, "with": {"seconds": seconds, "value": "{{ inputs.who }}"}}
+        ],
+    }
+
+
+async def deploy(settings: Settings, document: dict[str, Any]) -> None:
+    client = await nats.connect(settings.nats_url)
+    try:
+        store = Deployments(await open_bucket(client.jetstream(), settings))
+        await store.deploy(document["name"], document)
+    finally:
+        await client.close()
+
+
+async def run_of(api: httpx.AsyncClient, runid: str) -> dict[str, Any]:
+    response = await api.get(f"/v1/runs/{runid}")
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+async def ended(api: httpx.AsyncClient, runid: str) -> dict[str, Any]:
+    return await wait_for(
+        lambda: run_of(api, runid), lambda r: r["status"] != "running", within=60, interval=0.2
+    )
+
+
+async def test_start_a_deployed_workflow_by_name_and_poll_it_to_completed(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    document = sleeping(0)
+    await deploy(settings, document)
+
+    started = await api.post(
+        "/v1/runs", json={"workflow": document["name"], "inputs": {"who": "ci"}}
+    )
+    assert started.status_code == 202, started.text
+    runid = started.json()["runid"]
+    assert started.json()["status"] in ("running", "completed")  # started, maybe done
+    run = await ended(api, runid)
+    assert run["status"] == "completed"
+    assert run["steps"] == {"nap": "done"}
+    assert run["outputs"]["nap"]["value"] == "ci"
+
+    listed = await api.get("/v1/workflows")
+    assert document["name"] in [w["name"] for w in listed.json()]
+    unknown = await api.post("/v1/runs", json={"workflow": "never-deployed-here"})
+    assert unknown.status_code == 404
+    assert "no workflow named 'never-deployed-here'" in unknown.json()["detail"]
+    assert (await api.get("/v1/schedules")).status_code == 200
+
+
+async def test_cancel_and_retry_over_http(api: httpx.AsyncClient) -> None:
+    slow = await api.post("/v1/runs", json={"spec": sleeping(5)})
+    assert slow.status_code == 202, slow.text
+    runid = slow.json()["runid"]
+    cancelled = await api.post(f"/v1/runs/{runid}/cancel")
+    assert cancelled.status_code == 202, cancelled.text
+    assert (await ended(api, runid))["status"] == "cancelled"
+    again = await api.post(f"/v1/runs/{runid}/cancel")
+    assert again.status_code == 409
+
+    failing = await api.post("/v1/runs", json={"spec": sleeping(0, "transform.always_fails")})
+    runid = failing.json()["runid"]
+    assert (await ended(api, runid))["status"] == "failed"
+    retried = await api.post(f"/v1/runs/{runid}/retry")
+    assert retried.status_code == 202, retried.text
+    run = await wait_for(lambda: run_of(api, runid), lambda r: r["generation"] == 2, within=30)
+    assert (await ended(api, runid))["status"] == "failed"
+    assert run["generation"] == 2
+    missing = await api.post("/v1/runs/no-such-run/retry")
+    assert missing.status_code == 404
+
+
+async def test_bad_requests_say_what_is_wrong(api: httpx.AsyncClient) -> None:
+    both = await api.post("/v1/runs", json={"workflow": "x", "spec": sleeping(0)})
+    invalid = await api.post("/v1/runs", json={"spec": {"name": "Bad Name", "steps": []}})
+    wrong_input = await api.post("/v1/runs", json={"spec": sleeping(0), "inputs": {"who": 3}})
+    assert both.status_code == 422
+    assert "exactly one of `workflow`" in both.text
+    assert invalid.status_code == 422
+    assert {p["path"] for p in invalid.json()["detail"]} >= {"$.name", "$.steps"}
+    assert wrong_input.status_code == 422
+    assert "who" in wrong_input.text
+
+
+async def test_every_route_needs_the_key_when_keys_are_configured(
+    api: httpx.AsyncClient,
+) -> None:
+    anonymous = {"X-API-Key": ""}
+    for method, path in (
+        ("POST", "/v1/runs"),
+        ("GET", "/v1/runs/x"),
+        ("POST", "/v1/runs/x/cancel"),
+        ("POST", "/v1/runs/x/retry"),
+        ("GET", "/v1/workflows"),
+        ("GET", "/v1/schedules"),
+    ):
+        response = await api.request(method, path, headers=anonymous, json={"spec": {}})
+        assert response.status_code == 401, (method, path)
+    wrong = await api.get("/v1/workflows", headers={"X-API-Key": "guess"})
+    assert wrong.status_code == 401
+    document = (await api.get("/openapi.json")).json()
+    assert {"/v1/runs", "/v1/runs/{runid}", "/v1/runs/{runid}/cancel"} <= set(document["paths"])
+
+
+async def test_schedules_over_http(api: httpx.AsyncClient, settings: Settings) -> None:
+    document = sleeping(0)
+    await deploy(settings, document)
+    name = f"s-{uuid7()[-10:]}"
+    body = {"name": name, "workflow": document["name"], "every": "1s"}
+    created = await api.post("/v1/schedules", json=body)
+    taken = await api.post("/v1/schedules", json=body)
+    bad = await api.post("/v1/schedules", json={**body, "every": None, "cron": "0 6 * * *"})
+    assert created.status_code == 201, created.text
+    assert taken.status_code == 409
+    assert bad.status_code == 422
+    assert "has 5 fields" in bad.text
+
+    async def mine() -> dict[str, Any]:
+        listed = (await api.get("/v1/schedules")).json()
+        return next(s for s in listed if s["name"] == name)
+
+    fired = await wait_for(mine, lambda s: s["last_run"] is not None, within=30)
+    assert (await ended(api, fired["last_run"]))["status"] == "completed"
+    paused = await api.post(f"/v1/schedules/{name}/pause")
+    assert paused.json()["paused"] is True
+    assert (await mine())["state"] == "paused"
+    assert (await api.post(f"/v1/schedules/{name}/resume")).json()["paused"] is False
+    assert (await api.delete(f"/v1/schedules/{name}")).status_code == 204
+    assert (await api.delete(f"/v1/schedules/{name}")).status_code == 404
