@@ -8,9 +8,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
@@ -22,10 +22,13 @@ from shared.workflow import events as ev
 from shared.workflow.deployments import DeploymentError
 from shared.workflow.kinds import StepKind
 from shared.workflow.runtime import Choreography
-from shared.workflow.schedules import Schedules, ScheduleSpec
+from shared.workflow.schedules import NAME_PATTERN, Schedules, ScheduleSpec
 from shared.workflow.state import RunRecord
 from shared.workflow.validate import validate_workflow
 
+# A run id or schedule name as a path parameter: what a KV key token may hold.
+RunId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_=-]{1,200}$")]
+ScheduleName = Annotated[str, Path(pattern=NAME_PATTERN)]
 # How long POST /v1/runs waits for the run to be started, so a GET right after finds it.
 START_WAIT_S = 5.0
 
@@ -111,6 +114,7 @@ def runs_router(
     missing_key: dict[int | str, dict[str, Any]] = {
         401: {"description": "API keys are configured and X-API-Key holds none"}
     }
+    not_json: dict[int | str, dict[str, Any]] = {400: {"description": "the body is not JSON"}}
 
     @router.post(
         "/runs",
@@ -119,7 +123,12 @@ def runs_router(
         summary="Start a run of a deployed workflow or of a workflow spec",
         description="Validates the workflow and the inputs first (422 lists every problem), "
         "then requests the run and answers once it started (or after 5 s, still `requested`).",
-        responses={**missing_key, 404: {"description": "no such deployed workflow"}, 422: {}},
+        responses={
+            **missing_key,
+            **not_json,
+            404: {"description": "no deployed workflow"},
+            422: {},
+        },
     )
     async def start(body: RunIn) -> Started:
         version = None
@@ -151,7 +160,7 @@ def runs_router(
         summary="A run: its status, each step done or pending, the outputs so far",
         responses={**missing_key, 404: {"description": "no such run (or not started yet)"}},
     )
-    async def get_run(runid: str) -> RunOut:
+    async def get_run(runid: RunId) -> RunOut:
         record = await _record(choreography, runid)
         steps = [s["id"] for s in record.workflow.get("steps", [])]
         outputs = await choreography.store.outputs(runid, steps)
@@ -184,7 +193,7 @@ def runs_router(
         summary="Cancel a running run: running steps finish, nothing new starts",
         responses={**missing_key, 404: {}, 409: {"description": "the run is not running"}},
     )
-    async def cancel(runid: str) -> Started:
+    async def cancel(runid: RunId) -> Started:
         return await command(runid, ev.RUN_CANCEL_REQUESTED, ("running",))
 
     @router.post(
@@ -194,7 +203,7 @@ def runs_router(
         summary="Retry a failed or cancelled run: its failed and skipped steps run again",
         responses={**missing_key, 404: {}, 409: {"description": "not failed or cancelled"}},
     )
-    async def retry(runid: str) -> Started:
+    async def retry(runid: RunId) -> Started:
         return await command(runid, ev.RUN_RETRY_REQUESTED, ("failed", "cancelled"))
 
     @router.get(
@@ -245,7 +254,7 @@ def runs_router(
         description="`cron` (6 fields, seconds first, with `timezone`) or `every` (30s, 5m); "
         "inputs may read `{{ schedule.time }}` and `{{ schedule.date }}`. 422 when the "
         "workflow is not deployed or would refuse the inputs; 409 when the name is taken.",
-        responses={**missing_key, 409: {}, 422: {}},
+        responses={**missing_key, **not_json, 409: {}, 422: {}},
     )
     async def create_schedule(body: ScheduleIn) -> ScheduleSpec:
         spec = ScheduleSpec.model_validate(body.model_dump(exclude={"replace"}))
@@ -269,7 +278,7 @@ def runs_router(
         summary="Stop firing a schedule",
         responses={**missing_key, 404: {}},
     )
-    async def pause_schedule(name: str) -> ScheduleSpec:
+    async def pause_schedule(name: ScheduleName) -> ScheduleSpec:
         return await change(name, True)
 
     @router.post(
@@ -278,7 +287,7 @@ def runs_router(
         summary="Fire a paused schedule again, from its next fire time",
         responses={**missing_key, 404: {}},
     )
-    async def resume_schedule(name: str) -> ScheduleSpec:
+    async def resume_schedule(name: ScheduleName) -> ScheduleSpec:
         return await change(name, False)
 
     @router.delete(
@@ -287,7 +296,7 @@ def runs_router(
         summary="Delete a schedule (its runs stay)",
         responses={**missing_key, 404: {}},
     )
-    async def delete_schedule(name: str) -> None:
+    async def delete_schedule(name: ScheduleName) -> None:
         if not await Schedules(js(), fires.state.get()).delete(name):
             raise HTTPException(404, f"no schedule named {name!r}")
 
