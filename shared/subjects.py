@@ -77,6 +77,11 @@ def stream_for(subject: str) -> StreamSpec:
     raise ValueError(f"no Choreo stream stores subject {subject!r}")
 
 
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether a subscription to `pattern` (with `*` and `>`) receives `subject`."""
+    return _matches(pattern.split("."), subject.split("."))
+
+
 def _matches(pattern: list[str], tokens: list[str]) -> bool:
     """NATS subject matching: `*` is one token, a final `>` one or more."""
     for i, part in enumerate(pattern):

@@ -9,9 +9,6 @@ event's `data` must match its type's own schema, an `s3://` URI must name an obj
 those are refused with a 4xx that names the problem."""
 
 import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,43 +19,12 @@ from schemathesis import Case, GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.result import Ok
 
-from choreo.servers.ports import free_port
-from choreo.stack import ServiceProcess
 from shared.subjects import SERVICES
-from tests.conftest import S3Endpoint, server_settings
-from tests.support import settings_env
 
 pytestmark = pytest.mark.integration
 # Per operation and mode (valid, invalid): about 2,000 requests over the five services,
 # well under a minute.
 EXAMPLES = int(os.environ.get("CHOREO_FUZZ_EXAMPLES", "40"))
-
-
-@pytest.fixture(scope="module")
-def services(
-    nats_url: str,
-    s3_endpoint: S3Endpoint,
-    database_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, str]]:
-    """Every service as its own process on the session's servers; its base URL by name."""
-    root = tmp_path_factory.mktemp("fuzz")
-    base = server_settings(nats_url, s3_endpoint, database_url, root)
-    processes = {}
-    for name in SERVICES:
-        port = free_port()
-        env = {**os.environ, **settings_env(base), "CHOREO_HTTP_PORT": str(port)}
-        env["CHOREO_DATA_DIR"] = str(root / name)
-        if name == "transform":
-            env["CHOREO_TRANSFORM_STATE_DIR"] = str(root / "transform-state")
-        processes[name] = ServiceProcess(name, port, env, Path(root) / f"{name}.log")
-    with ThreadPoolExecutor(len(processes)) as pool:
-        list(pool.map(lambda p: p.start(), processes.values()))
-    try:
-        yield {name: process.url for name, process in processes.items()}
-    finally:
-        with ThreadPoolExecutor(len(processes)) as pool:
-            list(pool.map(lambda p: p.stop(), processes.values()))
 
 
 @pytest.mark.parametrize("service", SERVICES)
