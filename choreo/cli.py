@@ -46,6 +46,7 @@ def main() -> None:
     import choreo.cli_deploy
     import choreo.cli_fraud
     import choreo.cli_objects
+    import choreo.cli_plugins
     import choreo.cli_runs
     import choreo.cli_schedules
     import choreo.cli_steps  # noqa: F401

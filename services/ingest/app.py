@@ -21,6 +21,7 @@ from shared.service import Service, build_service, create_broker
 from shared.slot import Slot
 from shared.workflow.kinds import STEP_KINDS, StepKind
 from shared.workflow.lifecycle import RunLifecycle
+from shared.workflow.plugins import plugin_step
 from shared.workflow.runtime import Choreography
 from shared.workflow.steps import StepRegistry
 
@@ -48,6 +49,8 @@ def create_app(
     steps = steps if steps is not None else StepRegistry(NAME)
     ingest_steps(steps, client.get, settings)
     choreography = Choreography.create(NAME, settings, broker, metrics, steps)
+    # The kinds routed here that ingest does not implement are HTTP plugins.
+    steps.fallback = plugin_step(lambda uses: choreography.registry.kind(uses))
     RunLifecycle(choreography, kinds).subscribe(broker, settings)
     fires = ScheduleFires(choreography, metrics)
     fires.subscribe(broker, settings)

@@ -58,6 +58,10 @@ class StepKind:
     """JSON Schema of the output; None declares nothing about it."""
     example: Mapping[str, Any] = field(default_factory=dict)
     origin: Origin = "built-in"
+    url: str | None = None
+    """An HTTP plugin's endpoint (POSTed once per attempt)."""
+    timeout_s: float | None = None
+    """An HTTP plugin's request timeout."""
 
     @classmethod
     def declare(
@@ -98,6 +102,8 @@ class StepKind:
             data.get("output"),
             data.get("example") or {},
             data.get("origin", "worker"),
+            data.get("url"),
+            data.get("timeout_s"),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -111,6 +117,7 @@ class StepKind:
             "with": self.with_schema,
             "output": self.output_schema,
             "example": dict(self.example),
+            **({"url": self.url, "timeout_s": self.timeout_s} if self.origin == "plugin" else {}),
         }
 
 

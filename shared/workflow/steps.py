@@ -57,6 +57,8 @@ class StepRegistry:
     def __init__(self, service: str) -> None:
         self.service = service
         self._functions: dict[str, StepFunction] = {}
+        self.fallback: StepFunction | None = None
+        """Runs the kinds routed here that no function is registered for (HTTP plugins)."""
 
     def kind(self, uses: str) -> Callable[[StepFunction], StepFunction]:
         if owner(uses) != self.service:
@@ -69,7 +71,7 @@ class StepRegistry:
         return register
 
     def get(self, uses: str) -> StepFunction | None:
-        return self._functions.get(uses)
+        return self._functions.get(uses, self.fallback)
 
     @property
     def kinds(self) -> list[str]:
