@@ -1,4 +1,6 @@
-"""Workarounds for versions of our dependencies, each with the reason and how to drop it."""
+"""Workarounds for versions of our dependencies, each with the reason and how to drop it.
+
+Nothing here runs on import: each is applied by an explicit call where it is needed."""
 
 import builtins
 
@@ -13,6 +15,3 @@ def patch_faststream_fetch_timeout() -> None:
     stalled the audit trail. Both are subclasses of the builtin TimeoutError in Python
     3.11+, so catching that is right. Drop this once FastStream catches it itself."""
     stream_pull_subscriber.TimeoutError = builtins.TimeoutError  # type: ignore[attr-defined,assignment]
-
-
-patch_faststream_fetch_timeout()

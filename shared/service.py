@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js import JetStreamContext
 
-import shared.compat  # noqa: F401  (applied on import: see the module)
+from shared.compat import patch_faststream_fetch_timeout
 from shared.envelope import Event
 from shared.jetstream import ensure_streams, jetstream
 from shared.logs import configure_logging
@@ -48,7 +48,10 @@ HTTP_SHUTDOWN_TIMEOUT_S = 2
 
 
 def create_broker(settings: Settings, service: str) -> NatsBroker:
-    """A broker that connects as the service's own NATS user and reconnects forever."""
+    """A broker that connects as the service's own NATS user and reconnects forever.
+
+    Every broker is made here, so this is where the FastStream workaround is applied."""
+    patch_faststream_fetch_timeout()
     security = None
     if settings.nats_user and settings.nats_password:
         security = NatsUserPassword(settings.nats_user, settings.nats_password.get_secret_value())

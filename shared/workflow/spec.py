@@ -4,12 +4,15 @@
 editors can validate workflow files as they are written.
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 STEP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+
+InputName = Annotated[str, StringConstraints(pattern=INPUT_NAME_PATTERN)]
+"""An input's name: what templates read as `inputs.<name>`."""
 
 InputType = Literal["string", "number", "integer", "boolean", "object", "array"]
 
@@ -67,7 +70,7 @@ class WorkflowSpec(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     description: str | None = None
-    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    inputs: dict[InputName, InputSpec] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
     steps: list[StepSpec] = Field(min_length=1)
 

@@ -349,12 +349,15 @@ def _is_type(value: Any, kind: str) -> bool:
 
 
 def _json_path(loc: tuple[int | str, ...]) -> str:
-    return "$" + _suffix(loc)
+    # pydantic marks an error in a mapping's key with a "[key]" element after the key.
+    return "$" + _suffix(tuple(part for part in loc if part != "[key]"))
 
 
 def _message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown field"
+    if error["loc"][-1:] == ("[key]",) and error["loc"][:1] == ("inputs",):
+        return "an input's name is a letter or _, then letters, digits or _ (63 at most)"
     return str(error["msg"])
 
 

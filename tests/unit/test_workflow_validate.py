@@ -94,6 +94,21 @@ def test_input_problems() -> None:
     assert "did you mean 'day'" in messages["inputs.dya"]
 
 
+def test_an_input_name_templates_cannot_read_is_refused() -> None:
+    spec = {
+        "name": "x",
+        "inputs": {"bad-name": {"type": "string"}, "good_name": {"type": "string"}},
+        "steps": [{"id": "a", "uses": "audit.log", "with": {"message": "hi"}}],
+    }
+    result = validate_workflow(spec, inputs={})
+    assert [(p.path, p.message) for p in result.problems] == [
+        (
+            "$.inputs.bad-name",
+            "an input's name is a letter or _, then letters, digits or _ (63 at most)",
+        )
+    ]
+
+
 def test_structure_errors_have_json_paths() -> None:
     result = validate_workflow({"name": "wf", "steps": [{"id": "a", "with": {}}], "extra": 1})
     paths = {p.path for p in result.problems}
