@@ -45,6 +45,7 @@ def main() -> None:
     import choreo.cli_bench
     import choreo.cli_deploy
     import choreo.cli_fraud
+    import choreo.cli_logs
     import choreo.cli_objects
     import choreo.cli_plugins
     import choreo.cli_runs

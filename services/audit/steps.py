@@ -44,6 +44,7 @@ def audit_steps(
             stepid=ctx.step,
         )
         ack = await publisher.publish(subject, event)
+        ctx.log.info("published", subject=subject, seq=ack.seq if ack is not None else None)
         return {"subject": subject, "seq": ack.seq if ack is not None else None}
 
 

@@ -44,6 +44,7 @@ def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Set
             ContentType=content_type,
             Metadata=_lineage(ctx, sha256),
         )
+        ctx.log.info("wrote", uri=s3_uri(bucket, key), bytes=len(body))
         return {
             "uri": s3_uri(bucket, key),
             "etag": response["ETag"].strip('"'),
@@ -72,6 +73,7 @@ def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Set
             Metadata=metadata,
             MetadataDirective="REPLACE",
         )
+        ctx.log.info("promoted", source=s3_uri(source_bucket, source_key), uri=s3_uri(bucket, key))
         return {"uri": s3_uri(bucket, key), "sha256": sha256}
 
 

@@ -24,6 +24,7 @@ STEP_COMPLETED = "wf.step.completed"
 STEP_FAILED = "wf.step.failed"
 STEP_SKIPPED = "wf.step.skipped"
 STEP_WAITING = "wf.step.waiting"
+STEP_LOG = "wf.step.log"
 
 RUN_ENDED = (RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED)
 
@@ -150,3 +151,11 @@ class StepWaiting(_Data):
     owner: str
     timeout_s: float
     message: str
+
+
+class StepLogged(_Data):
+    """Data of `wf.step.log`: lines a step logged through `ctx.log`, in order."""
+
+    step: str
+    generation: int = 1
+    lines: list[dict[str, JsonValue]]

@@ -213,7 +213,9 @@ class Choreography:
             context = StepContext(
                 record.runid, step.id, step.uses, key.attempt, key.generation, params, record.inputs
             )
-            output = await self._run_with_heartbeat(raw, key, claim, function, context, spec, step)
+            output = await self._run_with_heartbeat(
+                raw, event, key, claim, function, context, spec.timeout_of(step)
+            )
         except (StepFailed, TemplateError) as exc:
             await self._failed(event, record, spec, key, str(exc), permanent=True)
         except TimeoutError:
@@ -230,27 +232,55 @@ class Choreography:
     async def _run_with_heartbeat(
         self,
         raw: Msg,
+        cause: Event,
         key: AttemptKey,
         claim: Claim,
         function: StepFunction,
         context: StepContext,
-        spec: WorkflowSpec,
-        step: StepSpec,
+        timeout_s: float,
     ) -> StepOutput:
-        """Run the step within its timeout, telling JetStream and the claim we are alive."""
+        """Run the step within its timeout, telling JetStream and the claim we are alive,
+        and publishing what it logs as it goes (`wf.step.log`)."""
+        sent = 0
+
+        async def send_logs() -> None:
+            """Publish the lines not sent yet; on a failure, try again with the next ones
+            (the step's outcome and its lease matter more than its log)."""
+            nonlocal sent
+            lines = context.lines[sent:]
+            if not lines:
+                return
+            logged = cause.child(
+                type=ev.STEP_LOG,
+                source=self.source,
+                id=f"{key.message_id}:log:{claim.takeovers}:{sent}",
+                attempt=key.attempt,
+                data=ev.StepLogged(
+                    step=key.step, generation=key.generation, lines=lines
+                ).model_dump(mode="json"),
+            )
+            try:
+                await self._publish(logged)
+            except Exception as exc:
+                log.warning("step log lines not published yet", step=key.step, error=repr(exc))
+                return
+            sent += len(lines)
 
         async def heartbeat() -> None:
             while True:
                 await asyncio.sleep(self.lease_s / 3)
                 await raw.in_progress()
                 await self.store.renew(key, claim, self.lease_s)
+                await send_logs()
 
         beat = asyncio.create_task(heartbeat())
         try:
-            async with asyncio.timeout(spec.timeout_of(step)):
+            async with asyncio.timeout(timeout_s):
                 return await function(context)
         finally:
             beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)  # no send_logs in flight
+            await send_logs()
 
     # -- after an attempt ------------------------------------------------------------------
 

@@ -3,8 +3,10 @@ good (`StepFailed`), and how a service declares the step kinds it implements
 (`StepRegistry`). The runtime (`shared.workflow.runtime`) calls what is registered here.
 """
 
+import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -26,6 +28,8 @@ class StepContext:
     generation: int
     params: dict[str, Any]
     inputs: dict[str, Any]
+    lines: list[dict[str, Any]] = field(default_factory=list, compare=False, repr=False)
+    """What the step logged through `log` (kept with the run: `choreo logs`)."""
 
     @property
     def idempotency_key(self) -> str:
@@ -33,15 +37,47 @@ class StepContext:
         return f"{self.runid}:{self.step}"
 
     @property
-    def log(self) -> Any:
-        """A logger bound to the run, the step and the attempt."""
-        return structlog.get_logger("choreo.step").bind(
-            runid=self.runid, step=self.step, uses=self.uses, attempt=self.attempt
-        )
+    def log(self) -> "StepLog":
+        """A logger bound to the run, the step and the attempt; what it logs is also kept
+        with the run (`choreo logs RUN STEP`)."""
+        return StepLog(self)
 
     def progress(self, message: str, fraction: float | None = None) -> None:
-        """Say how far the step got (logged with the step's run and attempt)."""
+        """Say how far the step got (0.0 to 1.0), as a log line of the step."""
         self.log.info(message, progress=fraction)
+
+
+class StepLog:
+    """`ctx.log.info("message", key=value)`: to the process's log and the run's."""
+
+    def __init__(self, ctx: StepContext) -> None:
+        self._ctx = ctx
+        self._log = structlog.get_logger("choreo.step").bind(
+            runid=ctx.runid, step=ctx.step, uses=ctx.uses, attempt=ctx.attempt
+        )
+
+    def debug(self, message: str, **fields: Any) -> None:
+        self._emit("debug", message, fields)
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._emit("info", message, fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self._emit("warning", message, fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self._emit("error", message, fields)
+
+    def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        getattr(self._log, level)(message, **fields)
+        self._ctx.lines.append(
+            {
+                "time": datetime.now(UTC).isoformat(),
+                "level": level,
+                "message": str(message),
+                "fields": json.loads(json.dumps(fields, default=str)),
+            }
+        )
 
 
 StepFunction = Callable[[StepContext], Awaitable[StepOutput]]

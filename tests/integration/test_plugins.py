@@ -18,8 +18,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 import choreo.cli_plugins  # noqa: F401  (registers the commands on the app)
+from choreo.cli_logs import log_lines
 from choreo.runs import request_run
 from choreo.servers.ports import free_port
+from services.audit.adapters import PgEventStore
 from shared.settings import Settings
 from shared.workflow import events as ev
 from tests.support import CliInThread, printed_json, wait_for
@@ -66,7 +68,7 @@ def workflow(uses: str, **with_: Any) -> dict[str, Any]:
 
 
 async def test_a_plugin_retried_on_503_completes_on_attempt_3(
-    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+    settings: Settings, db: asyncpg.Connection, store: PgEventStore, tmp_path: Path
 ) -> None:
     cli = cli_of(settings, tmp_path)
     schema = tmp_path / "schema.json"
@@ -80,7 +82,8 @@ async def test_a_plugin_retried_on_503_completes_on_attempt_3(
             }
         )
     )
-    answers = [(503, {"message": "busy"}), (503, {"message": "busy"}), (200, {"invoice": "inv-7"})]
+    created = {"invoice": "inv-7", "message": "invoice inv-7 created"}
+    answers = [(503, {"message": "busy"}), (503, {"message": "busy"}), (200, created)]
     client = await nats.connect(settings.nats_url)
     try:
         async with plugin_server(answers) as (url, seen), workflow_services(settings):
@@ -113,7 +116,9 @@ async def test_a_plugin_retried_on_503_completes_on_attempt_3(
     steps = await step_rows(db, runid)
     assert steps["call"]["attempt"] == 3
     outputs = run["outputs"] if isinstance(run["outputs"], dict) else json.loads(run["outputs"])
-    assert outputs["call"] == {"invoice": "inv-7"}
+    assert outputs["call"] == created
+    logged = log_lines(await store.run_events(runid), "call")
+    assert [(line["message"], line["attempt"]) for line in logged] == [("invoice inv-7 created", 3)]
     assert [s["body"]["attempt"] for s in seen] == [1, 2, 3]
     assert {s["key"] for s in seen} == {f"{runid}:call"}
     assert seen[0]["body"] == {

@@ -18,9 +18,11 @@ import asyncpg
 import nats
 import pytest
 
+from choreo.cli_logs import log_lines
 from choreo.runs import request_run
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
+from services.audit.adapters import PgEventStore
 from shared.settings import Settings
 from shared.workflow import events as ev
 from shared.workflow.kinds import StepKind
@@ -99,7 +101,7 @@ MIXED = {
 
 
 async def test_a_workflow_mixing_worker_and_built_in_steps(
-    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+    settings: Settings, db: asyncpg.Connection, store: PgEventStore, tmp_path: Path
 ) -> None:
     effects = tmp_path / "effects"
     client = await nats.connect(settings.nats_url)
@@ -126,6 +128,15 @@ async def test_a_workflow_mixing_worker_and_built_in_steps(
         "read_back": "12",  # written and read with the worker's own S3 client
     }
     assert outputs["save"]["uri"].endswith("/tests/mixed/12.json")
+    # What the steps logged through ctx is kept with the run (`choreo logs`).
+    lines = log_lines(await store.run_events(runid), None)
+    said = [(line["step"], line["message"], line["fields"]) for line in lines]
+    assert ("one", "sleeping", {"progress": 0.0}) in said
+    assert ("two", "sleeping", {"progress": 0.0}) in said
+    assert ("sum", "adding", {"values": [2, 10]}) in said
+    assert ("save", "wrote", {"uri": outputs["save"]["uri"], "bytes": 18}) in said
+    only_sum = log_lines(await store.run_events(runid), "sum")
+    assert [(line["message"], line["attempt"]) for line in only_sum] == [("adding", 1)]
 
 
 async def test_two_replicas_share_50_runs_each_step_once(
