@@ -6,10 +6,12 @@ exported `CHOREO_*` variables win. Every command has `--json` for scripts.
 
 import json
 import time
+import webbrowser
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -25,6 +27,7 @@ from choreo.cli_common import (
     errors,
     plural,
 )
+from choreo.client import ClientSettings
 from choreo.state import StackState
 from shared.redact import redact_env
 from shared.settings import ENV_FILE_NAME
@@ -212,6 +215,31 @@ def down(
     )
     if purge:
         console.print(f"Deleted {data_dir} and everything the stack kept.")
+
+
+@app.command("open")
+def open_console(
+    data_dir: DataDir,
+    page: Annotated[
+        str, typer.Argument(help="A page of the console: a run id, or runs, lake, fraud, system.")
+    ] = "",
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the URL instead of opening a browser.")
+    ] = False,
+) -> None:
+    """Open the web console in a browser (its URL is CHOREO_CONSOLE_URL in <data dir>/env)."""
+    url = ClientSettings.load(data_dir).console_url
+    if not url:
+        errors.print(
+            "[red]No console URL: is the stack running? `choreo up` starts it and writes "
+            "CHOREO_CONSOLE_URL to the env file.[/red]"
+        )
+        raise typer.Exit(1)
+    paths = {"": "/", "runs": "/", "lake": "/lake", "fraud": "/fraud", "system": "/system"}
+    target = url.rstrip("/") + paths.get(page, f"/go?id={quote(page)}")
+    console.print(target)
+    if not print_only and not webbrowser.open(target):
+        errors.print("No browser found here: open the URL above yourself.")
 
 
 @app.command()

@@ -13,7 +13,6 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -225,29 +224,8 @@ async def _list(
     settings: ClientSettings, bucket: str, prefix: str, *, recursive: bool, limit: int
 ) -> list[dict[str, Any]]:
     """Buckets (no bucket given), else objects and, one level deep, folders under prefix."""
-    from shared.s3 import s3_client, s3_uri
+    from shared.s3 import list_entries, s3_client
 
-    entries: list[dict[str, Any]] = []
     where = f"s3://{bucket}/{prefix}" if bucket else "s3://"
     async with s3_client(settings) as s3, _s3_errors(settings, where, "bucket"):
-        if not bucket:
-            found = (await s3.list_buckets()).get("Buckets", [])
-            return [_entry(f"s3://{b['Name']}/", None, b.get("CreationDate")) for b in found]
-        pages = s3.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket,
-            Prefix=prefix,
-            Delimiter="" if recursive else "/",
-            PaginationConfig={"MaxItems": limit},
-        )
-        async for page in pages:
-            for folder in page.get("CommonPrefixes", []):
-                entries.append(_entry(s3_uri(bucket, folder["Prefix"]), None, None))
-            for item in page.get("Contents", []):
-                uri = s3_uri(bucket, item["Key"])
-                entries.append(_entry(uri, item["Size"], item.get("LastModified")))
-    return entries[:limit]
-
-
-def _entry(uri: str, size: int | None, modified: datetime | None) -> dict[str, Any]:
-    when = None if modified is None else modified.astimezone(UTC).isoformat(timespec="seconds")
-    return {"uri": uri, "bytes": size, "modified": when}
+        return await list_entries(s3, bucket, prefix, recursive=recursive, limit=limit)

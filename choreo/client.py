@@ -25,6 +25,7 @@ class ClientSettings(Settings):
     store_url: str = "http://127.0.0.1:8002"
     audit_url: str = "http://127.0.0.1:8003"
     fraud_url: str = "http://127.0.0.1:8004"
+    console_url: str | None = None  # the web console (`choreo open`)
     # Named source databases (JSON: name -> DSN), as ingest.postgres_query reads them.
     ingest_sources: dict[str, str] = Field(default_factory=dict)
 

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.subjects import SERVICES
+from shared.subjects import CONSOLE, SERVICES
 
 ADMIN = "admin"
 POSTGRES_SUPERUSER = "postgres"
@@ -47,6 +47,7 @@ class Credentials:
         for user in (ADMIN, *SERVICES):
             self.nats.setdefault(user, _token())
             self.s3.setdefault(user, S3Key(f"CHOREO{secrets.token_hex(8).upper()}", _token()))
+        self.nats.setdefault(CONSOLE, _token())  # the console reads the lake through store
         for role in (POSTGRES_SUPERUSER, *DATABASES):
             self.postgres.setdefault(role, _token())
         return before != (len(self.nats), len(self.s3), len(self.postgres))

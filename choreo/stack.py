@@ -40,11 +40,13 @@ from choreo.servers.s3 import S3Identity, S3Server
 from choreo.stackctl import HELD_DIR, POSTGRES_DIR, hold_file
 from choreo.state import Crash, PartState, StackState, write_env_file
 from shared.settings import Settings
-from shared.subjects import SERVICE_PERMISSIONS, SERVICES
+from shared.subjects import CONSOLE, CONSOLE_PERMISSIONS, SERVICE_PERMISSIONS, SERVICES
 
 log = structlog.get_logger("choreo.stack")
 
 SERVICE_START_TIMEOUT_S = 60.0
+# The services, then the web console: each a `python -m services.<name>` process.
+PROCESSES = (*SERVICES, CONSOLE)
 MAX_RESTART_DELAY_S = 30.0
 MONITOR_INTERVAL_S = 0.5
 # CHOREO_* variables of the supervisor's environment that reach the services.
@@ -102,6 +104,16 @@ def nats_users(creds: Credentials) -> list[NatsUser]:
     """The admin user (the CLI) and one user per service with its subject permissions."""
     users = [NatsUser(ADMIN, creds.nats[ADMIN])]
     users += [service_user(service, creds.nats[service]) for service in SERVICE_PERMISSIONS]
+    perms = CONSOLE_PERMISSIONS
+    users.append(
+        NatsUser(
+            CONSOLE,
+            creds.nats[CONSOLE],
+            perms.publish_allow(),
+            perms.subscribe_allow(),
+            perms.publish_deny(),
+        )
+    )
     return users
 
 
@@ -206,8 +218,8 @@ class Stack:
                 self.postgres, "server", f"postgresql://127.0.0.1:{self.postgres.port}"
             ),
         }
-        self._service_ports = {name: free_port() for name in SERVICES}
-        for name in SERVICES:
+        self._service_ports = {name: free_port() for name in PROCESSES}
+        for name in PROCESSES:
             service = ServiceProcess(
                 name, self._service_ports[name], self.service_env(name), self.logs / f"{name}.log"
             )
@@ -251,6 +263,13 @@ class Stack:
             env["CHOREO_DATABASE_URL"] = self._dsn(AUDIT_ROLE)
         if name == "ingest":
             env["CHOREO_INGEST_SOURCES"] = self._sources()
+        if name == CONSOLE:
+            # What it reads: every service's API and the NATS monitoring endpoint.
+            for other in SERVICES:
+                env[f"CHOREO_{other.upper()}_URL"] = (
+                    f"http://127.0.0.1:{self._service_ports[other]}"
+                )
+            env["CHOREO_NATS_MONITOR_URL"] = self.nats.monitor_url
         if name == "transform":
             env["CHOREO_TRANSFORM_DATABASE_URL"] = self._dsn(TRANSFORM_ROLE, "analytics")
             env["CHOREO_TRANSFORM_STATE_DIR"] = str(self.root / "transform-state")
@@ -277,7 +296,7 @@ class Stack:
             # For `choreo seed sales`, which fills the sample source database.
             "CHOREO_INGEST_SOURCES": self._sources(),
         }
-        for name in SERVICES:
+        for name in PROCESSES:
             env[f"CHOREO_{name.upper()}_URL"] = self.parts[name].url
         return env
 
@@ -295,10 +314,10 @@ class Stack:
                 future.result()
         asyncio.run(self._provision_databases())
         write_env_file(self.root, self.client_env())
-        progress(f"starting services: {', '.join(SERVICES)}")
+        progress(f"starting services: {', '.join(PROCESSES)}")
         # Services start together: each spends most of its start-up importing Python.
-        with ThreadPoolExecutor(len(SERVICES)) as pool:
-            for future in [pool.submit(self._start_part, n) for n in SERVICES]:
+        with ThreadPoolExecutor(len(PROCESSES)) as pool:
+            for future in [pool.submit(self._start_part, n) for n in PROCESSES]:
                 future.result()
         self.state.status = "ready"
         self._save()

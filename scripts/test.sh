@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LOCK=dev EXTRAS=dev source scripts/venv.sh
 source scripts/promtool.sh
+source scripts/chromium.sh
 exec python -m pytest "$@"

@@ -2,7 +2,8 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
@@ -62,3 +63,34 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if not bucket or not key:
         raise ValueError(f"an s3 URI needs a bucket and a key: {uri!r}")
     return bucket, key
+
+
+async def list_entries(
+    s3: "S3Client", bucket: str, prefix: str, *, recursive: bool, limit: int
+) -> list[dict[str, Any]]:
+    """The buckets (no bucket given), else objects and, one level deep unless `recursive`,
+    folders under `prefix`: each `{"uri", "bytes", "modified"}` (no size or time for a
+    bucket's folders), at most `limit`."""
+    if not bucket:
+        found = (await s3.list_buckets()).get("Buckets", [])
+        return [_entry(f"s3://{b['Name']}/", None, b.get("CreationDate")) for b in found]
+    entries: list[dict[str, Any]] = []
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket,
+        Prefix=prefix,
+        Delimiter="" if recursive else "/",
+        PaginationConfig={"MaxItems": limit},
+    )
+    async for page in pages:
+        for folder in page.get("CommonPrefixes", []):
+            entries.append(_entry(s3_uri(bucket, folder["Prefix"]), None, None))
+        for item in page.get("Contents", []):
+            entries.append(
+                _entry(s3_uri(bucket, item["Key"]), item["Size"], item.get("LastModified"))
+            )
+    return entries[:limit]
+
+
+def _entry(uri: str, size: int | None, modified: datetime | None) -> dict[str, Any]:
+    when = None if modified is None else modified.astimezone(UTC).isoformat(timespec="seconds")
+    return {"uri": uri, "bytes": size, "modified": when}

@@ -158,3 +158,15 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
         buckets=object_store_subjects(FRAUD_STATE_BUCKET),
     ),
 }
+
+
+CONSOLE = "console"
+"""The web console: not an event service (it consumes no stream, owns no step), a reader
+that follows `wf.>` live and asks for runs, cancellations and retries like the CLI."""
+CONSOLE_PERMISSIONS = Permissions(
+    publish=("wf.run.requested", "wf.run.cancel.requested", "wf.run.retry.requested"),
+    subscribe=("wf.>",),
+    # The JetStream API (stream and consumer info, publishing to WORKFLOW) and its replies;
+    # unlike the services, no write to the run-state bucket.
+    jetstream=("$JS.API.>", "_INBOX.>"),
+)

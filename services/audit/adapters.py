@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from services.audit.domain import EVENT_COLUMNS, EventRow
+from services.audit.domain import EVENT_COLUMNS, EventRow, RunCursor
 from services.audit.projections import BusinessRow, FraudRow, RunUpdate, StepUpdate
 from shared.subjects import FRAUD_ALERT
 
@@ -152,6 +152,7 @@ def _values(update: RunUpdate | StepUpdate, columns: tuple[str, ...]) -> list[An
     ]
 
 
+RUN_TIME = "COALESCE(requested_at, started_at)"
 RUN_SUMMARY = (
     "runid, name, status, generation, reason, failed_step, requested_at, started_at, ended_at"
 )
@@ -251,16 +252,26 @@ class PgEventStore:
         *,
         workflow: str | None = None,
         since: datetime | None = None,
+        until: datetime | None = None,
+        runid_prefix: str | None = None,
+        after: RunCursor | None = None,
     ) -> list[dict[str, Any]]:
         rows = await self._pool.fetch(
             f"SELECT {RUN_SUMMARY} FROM workflow_runs"
-            " WHERE ($1::text IS NULL OR status = $1) AND ($3::text IS NULL OR name = $3)"
-            " AND ($4::timestamptz IS NULL OR COALESCE(requested_at, started_at) >= $4)"
-            " ORDER BY COALESCE(requested_at, started_at) DESC NULLS LAST LIMIT $2",
+            f" WHERE ($1::text IS NULL OR status = $1) AND ($3::text IS NULL OR name = $3)"
+            f" AND ($4::timestamptz IS NULL OR {RUN_TIME} >= $4)"
+            f" AND ($5::timestamptz IS NULL OR {RUN_TIME} < $5)"
+            " AND ($6::text IS NULL OR starts_with(runid, $6))"
+            f" AND ($7::timestamptz IS NULL OR ({RUN_TIME}, runid) < ($7, $8::text))"
+            f" ORDER BY {RUN_TIME} DESC NULLS LAST, runid DESC LIMIT $2",
             status,
             limit,
             workflow,
             since,
+            until,
+            runid_prefix,
+            after.time if after else None,
+            after.runid if after else None,
         )
         return [_decode(r) for r in rows]
 
@@ -306,6 +317,51 @@ class PgEventStore:
             transaction_id,
         )
         return None if row is None else _decode(row)
+
+    async def causation_chain(self, event_id: str, limit: int) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            "WITH RECURSIVE up(id, causationid, depth) AS ("
+            " SELECT id, causationid, 0 FROM events WHERE id = $1"
+            " UNION SELECT e.id, e.causationid, up.depth - 1 FROM events e"
+            " JOIN up ON e.id = up.causationid WHERE up.depth > -($2::int)),"
+            " down(id, depth) AS ("
+            " SELECT id, 0 FROM events WHERE id = $1"
+            " UNION SELECT e.id, down.depth + 1 FROM events e"
+            " JOIN down ON e.causationid = down.id WHERE down.depth < $2),"
+            " chain AS (SELECT id, depth FROM up UNION SELECT id, depth FROM down)"
+            " SELECT e.id, e.type, e.source, e.subject, e.time, e.runid, e.stepid,"
+            " e.correlationid, e.causationid, e.nats_subject, e.stream_seq, e.received_at,"
+            " e.data::text AS data, min(chain.depth) AS depth"
+            " FROM chain JOIN events e ON e.id = chain.id"
+            " GROUP BY e.id ORDER BY depth, e.time, e.id LIMIT $2",
+            event_id,
+            limit,
+        )
+        return [_decode(r) for r in rows]
+
+    async def fraud_summary(self, since: datetime, buckets: int) -> dict[str, Any]:
+        histogram = await self._pool.fetch(
+            "SELECT least(floor(score * $2)::int, $2 - 1) AS bucket, count(*) AS n"
+            " FROM fraud_scores WHERE scored_at >= $1 GROUP BY 1 ORDER BY 1",
+            since,
+            buckets,
+        )
+        decisions = await self._pool.fetch(
+            "SELECT decision, count(*) AS n FROM fraud_scores WHERE scored_at >= $1 GROUP BY 1",
+            since,
+        )
+        rules = await self._pool.fetch(
+            "SELECT rule, count(*) AS n FROM fraud_alerts, jsonb_object_keys(rules) AS rule"
+            " WHERE created_at >= $1 GROUP BY rule ORDER BY n DESC, rule",
+            since,
+        )
+        counts = {r["bucket"]: r["n"] for r in histogram}
+        return {
+            "since": since,
+            "scores": [counts.get(b, 0) for b in range(buckets)],
+            "decisions": {r["decision"]: r["n"] for r in decisions},
+            "rules": {r["rule"]: r["n"] for r in rules},
+        }
 
     async def log_message(
         self, entry_id: str, runid: str, stepid: str, message: str, details: Any

@@ -4,10 +4,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, JsonValue
 
+from services.audit.domain import RunCursor
 from services.audit.ports import EventStore
 from services.audit.projections import causation_order
 from shared.durations import FORMS, duration_seconds
@@ -71,14 +72,26 @@ def parse_since(value: str, now: datetime) -> datetime:
     return moment
 
 
-def _since(value: str | None) -> datetime | None:
-    """A `since` query parameter as a time; 422 naming the problem when it is not one (in
-    the shape of every other 422 of the API, as documented)."""
+def _since(value: str | None, name: str = "since") -> datetime | None:
+    """A `since` (or `until`) query parameter as a time; 422 naming the problem when it is
+    not one (in the shape of every other 422 of the API, as documented)."""
+    return None if value is None else _time(value, name)
+
+
+def _time(value: str, name: str) -> datetime:
     try:
-        return None if value is None else parse_since(value, datetime.now(UTC))
+        return parse_since(value, datetime.now(UTC))
     except ValueError as exc:
-        problem = {"type": "value_error", "loc": ("query", "since"), "msg": str(exc)}
-        raise RequestValidationError([{**problem, "input": value}]) from exc
+        raise _invalid(name, value, str(exc)) from exc
+
+
+def _invalid(name: str, value: str, message: str) -> RequestValidationError:
+    problem = {"type": "value_error", "loc": ("query", name), "msg": message}
+    return RequestValidationError([{**problem, "input": value}])
+
+
+NEXT_CURSOR = "Choreo-Next-Cursor"
+FRAUD_BUCKETS = 10
 
 
 def audit_router(store: Callable[[], EventStore]) -> APIRouter:
@@ -93,8 +106,14 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
     ) -> list[dict[str, Any]]:
         return await store().recent_events(type, limit)
 
-    @router.get("/runs", summary="The newest workflow runs")
+    @router.get(
+        "/runs",
+        summary="The newest workflow runs",
+        description="Newest first, by the time each run was requested. When the page is "
+        "full, the `Choreo-Next-Cursor` header holds the `after` value of the next page.",
+    )
     async def runs(
+        response: Response,
         status: Annotated[
             str | None, Query(description="only runs in this state", pattern=TEXT)
         ] = None,
@@ -108,9 +127,37 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
                 "an RFC 3339 time"
             ),
         ] = None,
+        until: Annotated[
+            str | None,
+            Query(description="only runs requested before: a duration back or an RFC 3339 time"),
+        ] = None,
+        runid: Annotated[
+            str | None, Query(description="only runs whose id starts so", pattern=TEXT)
+        ] = None,
+        after: Annotated[
+            str | None, Query(description="the page after this cursor (Choreo-Next-Cursor)")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     ) -> list[dict[str, Any]]:
-        return await store().runs(status, limit, workflow=workflow, since=_since(since))
+        try:
+            cursor = None if after is None else RunCursor.decode(after)
+        except ValueError as exc:
+            raise _invalid("after", str(after), str(exc)) from exc
+        found = await store().runs(
+            status,
+            limit,
+            workflow=workflow,
+            since=_since(since),
+            until=_since(until, "until"),
+            runid_prefix=runid or None,
+            after=cursor,
+        )
+        if len(found) == limit:
+            last = found[-1]
+            moment = last["requested_at"] or last["started_at"]
+            if moment is not None:
+                response.headers[NEXT_CURSOR] = RunCursor(moment, last["runid"]).encode()
+        return found
 
     @router.get(
         "/runs/{runid}",
@@ -162,5 +209,32 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
         if found is None:
             raise HTTPException(404, f"no fraud score for transaction {transaction_id!r} (yet)")
         return found
+
+    @router.get(
+        "/events/{event_id}/chain",
+        summary="An event's causation chain",
+        description="The event, the events that caused it (back to the first) and those it "
+        "caused, across services; `depth` is 0 for the event, negative for its causes, "
+        "positive for its effects.",
+        responses={404: {"description": "not (yet) in the audit trail"}},
+    )
+    async def causation_chain(
+        event_id: Text, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+    ) -> list[dict[str, Any]]:
+        chain = await store().causation_chain(event_id, limit)
+        if not chain:
+            raise HTTPException(404, f"no event {event_id!r} in the audit trail (yet)")
+        return chain
+
+    @router.get(
+        "/fraud/summary",
+        summary="Fraud scores since a time: score distribution, decisions and rule counts",
+    )
+    async def fraud_summary(
+        since: Annotated[
+            str, Query(description="a duration back from now (`1h`) or an RFC 3339 time")
+        ] = "1h",
+    ) -> dict[str, Any]:
+        return await store().fraud_summary(_time(since, "since"), FRAUD_BUCKETS)
 
     return router

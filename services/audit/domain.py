@@ -1,6 +1,7 @@
 """What the audit service records for an event: a row of the `events` table."""
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
@@ -61,3 +62,26 @@ def unique_rows(rows: list[EventRow]) -> list[EventRow]:
             seen.add(row.id)
             out.append(row)
     return out
+
+
+@dataclass(frozen=True)
+class RunCursor:
+    """Where a page of runs (newest first) ended: the next page starts after this run."""
+
+    time: datetime
+    runid: str
+
+    def encode(self) -> str:
+        return f"{self.time.isoformat()}|{self.runid}"
+
+    @classmethod
+    def decode(cls, value: str) -> "RunCursor":
+        """ValueError naming the expected form when `value` is not a cursor."""
+        moment, sep, runid = value.partition("|")
+        try:
+            parsed = datetime.fromisoformat(moment)
+        except ValueError:
+            parsed = None
+        if not sep or not runid or parsed is None or parsed.tzinfo is None:
+            raise ValueError(f"after {value!r}: not a cursor (use a page's `next` value)")
+        return cls(parsed, runid)

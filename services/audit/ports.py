@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from services.audit.domain import EventRow
+from services.audit.domain import EventRow, RunCursor
 from services.audit.projections import BusinessRow, FraudRow, RunUpdate, StepUpdate
 
 
@@ -38,8 +38,12 @@ class EventStore(Protocol):
         *,
         workflow: str | None = None,
         since: datetime | None = None,
+        until: datetime | None = None,
+        runid_prefix: str | None = None,
+        after: RunCursor | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest workflow runs, newest first (of one workflow, since a time)."""
+        """The newest workflow runs, newest first (of one workflow, requested in
+        [since, until), whose id starts with `runid_prefix`, after a page's last run)."""
         ...
 
     async def run(self, runid: str) -> dict[str, Any] | None:
@@ -56,6 +60,16 @@ class EventStore(Protocol):
 
     async def fraud_score(self, transaction_id: str) -> dict[str, Any] | None:
         """The fraud score of a transaction, once scored."""
+        ...
+
+    async def causation_chain(self, event_id: str, limit: int) -> list[dict[str, Any]]:
+        """The event, what caused it (back to the first event) and what it caused, each
+        with its `depth` (negative: a cause, positive: an effect); at most `limit`."""
+        ...
+
+    async def fraud_summary(self, since: datetime, buckets: int) -> dict[str, Any]:
+        """Scores since a time: `scores` (a histogram of `buckets` equal bins over [0, 1]),
+        `decisions` (count by decision) and `rules` (how many alerts each rule fired in)."""
         ...
 
     async def log_message(

@@ -53,7 +53,7 @@ def stack(data_dir: Path) -> dict[str, Any]:
 
 def test_up_starts_every_part_ready(stack: dict[str, Any]) -> None:
     assert stack["running"] is True
-    assert set(stack["parts"]) == {"nats", "s3", "postgres", *SERVICES}
+    assert set(stack["parts"]) == {"nats", "s3", "postgres", *SERVICES, "console"}
     assert {p["status"] for p in stack["parts"].values()} == {"ready"}
     env = stack["env"]
     for service in SERVICES:

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.audit.adapters import PgEventStore
+from services.audit.domain import RunCursor, event_row
 from services.audit.projections import business_row, run_update, step_update
+from shared.consumer import Received
 from shared.envelope import Event
 from shared.ids import uuid7
 from shared.workflow import events as ev
@@ -158,3 +160,49 @@ async def test_runs_are_listed_by_workflow_state_and_time(store: PgEventStore) -
         r for r in await store.runs(None, 100, workflow=name) if r["runid"] == runs["old"]
     ]
     assert await listed(workflow=f"{name}-other") == []
+
+
+async def test_runs_page_by_cursor_with_a_time_range_and_an_id_prefix(
+    store: PgEventStore,
+) -> None:
+    """The console's runs list: keyset pages, newest first, none missed or repeated."""
+    name = f"wf-{uuid7()}"
+    now = datetime.now(UTC)
+    runids = []
+    for minutes in range(7):  # two runs share each time: the id breaks the tie
+        runid = uuid7()
+        runids.append(runid)
+        at = now - timedelta(minutes=minutes // 2)
+        data = {"name": name, "inputs": {}, "steps": ["s"]}
+        await apply(
+            store, [Event(type=ev.RUN_STARTED, source="t", time=at, runid=runid, data=data)]
+        )
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page = await store.runs(None, 3, workflow=name, after=after)
+        pages.append([r["runid"] for r in page])
+        if len(page) < 3:
+            break
+        last = page[-1]
+        after = RunCursor(last["requested_at"] or last["started_at"], last["runid"])
+    seen = [runid for page in pages for runid in page]
+    assert sorted(seen) == sorted(runids)
+    assert len(seen) == len(set(seen))
+    assert [len(p) for p in pages] == [3, 3, 1]
+    older = await store.runs(None, 100, workflow=name, until=now - timedelta(seconds=30))
+    assert {r["runid"] for r in older} == set(runids[2:])
+    assert [r["runid"] for r in await store.runs(None, 100, runid_prefix=runids[4])] == [runids[4]]
+
+
+async def test_a_causation_chain_walks_back_and_forward(store: PgEventStore) -> None:
+    first = Event(type="sale", source="ingest", data={})
+    second = first.child(type="wf.run.requested", source="cli")
+    third = second.child(type="wf.run.started", source="ingest")
+    other = Event(type="sale", source="ingest", data={})
+    events = (first, second, third, other)
+    rows = [event_row(Received(e, e.type, "TEST", seq, 1)) for seq, e in enumerate(events, 1)]
+    await store.insert_events(rows)
+    chain = await store.causation_chain(second.id, 50)
+    assert [(c["id"], c["depth"]) for c in chain] == [(first.id, -1), (second.id, 0), (third.id, 1)]
+    assert await store.causation_chain("no-such-event", 50) == []

@@ -23,8 +23,8 @@ def imports(package: Path) -> set[str]:
     return found
 
 
-def test_the_five_services_exist() -> None:
-    assert SERVICES == ["audit", "fraud", "ingest", "store", "transform"]
+def test_the_five_services_and_the_console_exist() -> None:
+    assert SERVICES == ["audit", "console", "fraud", "ingest", "store", "transform"]
 
 
 def test_shared_imports_no_service_and_no_cli() -> None:
