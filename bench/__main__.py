@@ -11,6 +11,7 @@ from bench import (
     profile,
     sales_report,
     suite,
+    worker_steps,
     workflows,
 )
 
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "profile": profile.main,
     "sales_report": sales_report.main,
     "suite": suite.main,
+    "worker_steps": worker_steps.main,
     "workflows": workflows.main,
 }
 

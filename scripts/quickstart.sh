@@ -33,6 +33,18 @@ choreo publish transaction --file workflows/fraud-detection/transactions.ndjson
 sleep 2
 choreo fraud alerts --since 1h --limit 5
 
+echo "==> Your own Python steps: a worker (workflows/custom-worker) and a workflow using it"
+data_dir="$PWD/.choreo"
+(cd workflows/custom-worker && exec choreo --data-dir "$data_dir" worker shop_worker:worker) &
+worker_pid=$!
+trap 'kill "$worker_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 60); do  # until the worker has announced itself (a minute at most)
+  choreo steps | grep -q "shop.price .*(running)" && break
+  sleep 1
+done
+choreo run workflows/custom-worker/workflow.json
+kill "$worker_pid"
+
 cat <<'DONE'
 
 The stack keeps running in the background:

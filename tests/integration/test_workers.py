@@ -34,13 +34,19 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def worker_process(settings: Settings, effects: Path, n: int) -> ServiceProcess:
+def worker_process(
+    settings: Settings,
+    effects: Path,
+    n: int,
+    target: str = "tests.acme_worker:worker",
+    cwd: Path = ROOT,
+) -> ServiceProcess:
     env = {**os.environ, **settings_env(settings), "CHOREO_TEST_EFFECTS": str(effects)}
     port = free_port()
     process = ServiceProcess(
-        f"acme-{n}", port, env, settings.data_dir / f"acme-{n}.log", module="choreo", cwd=ROOT
+        f"worker-{n}", port, env, settings.data_dir / f"worker-{n}.log", module="choreo", cwd=cwd
     )
-    process.argv += ["worker", "tests.acme_worker:worker", "--port", str(port)]
+    process.argv += ["worker", target, "--port", str(port)]
     return process
 
 
@@ -249,3 +255,31 @@ def test_the_worker_command_explains_a_bad_target(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "Cannot load 'nope_module:worker'" in result.stderr
+
+
+async def test_the_custom_worker_example(settings: Settings, db: asyncpg.Connection) -> None:
+    """workflows/custom-worker as its README runs it: the worker from its folder."""
+    example = ROOT / "workflows" / "custom-worker"
+    shop = worker_process(settings, Path("/dev/null"), 0, "shop_worker:worker", example)
+    client = await nats.connect(settings.nats_url)
+    try:
+        async with workflow_services(settings):
+            await start_process(shop)
+            try:
+                workflow = json.loads((example / "workflow.json").read_text())
+                runid = await request_run(client.jetstream(), workflow, {"order": "o-7"})
+                run = await wait_run_ended(db, runid, within=60)
+            finally:
+                await stop_process(shop)
+    finally:
+        await client.close()
+    assert run["status"] == "completed", run
+    outputs = outputs_of(run)
+    assert outputs["price-apples"] == {"item": "apples", "quantity": 4, "total": 2.0}
+    assert outputs["price-pears"] == {"item": "pears", "quantity": 2, "total": 1.5}
+    assert outputs["invoice"] == {
+        "order": "o-7",
+        "total": 3.5,
+        "uri": f"s3://{settings.bucket_curated}/invoices/o-7/{runid}.json",
+    }
+    assert outputs["notify"]["subject"] == "reports.invoices"

@@ -1,5 +1,6 @@
 """The validator reports every problem at once, each with its JSON path."""
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 import pytest
 
 from shared.workflow import dag
+from shared.workflow.kinds import STEP_KINDS, StepKind
 from shared.workflow.spec import WorkflowSpec, json_schema
 from shared.workflow.validate import coerce_input, validate_workflow
 
@@ -125,6 +127,19 @@ def test_coerce_input(raw: str, kind: Any, value: object) -> None:
     assert coerce_input(raw, kind) == value
 
 
+def example_worker_kinds(folder: Path) -> dict[str, StepKind]:
+    """The kinds of an example's own worker (`*_worker.py` defining `worker`), if any."""
+    kinds: dict[str, StepKind] = {}
+    for module_path in folder.glob("*_worker.py"):
+        spec = importlib.util.spec_from_file_location(module_path.stem, module_path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        kinds.update(module.worker.kinds)
+    return kinds
+
+
 def test_dag_helpers() -> None:
     needs = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
     assert dag.roots(needs) == ["a"]
@@ -144,6 +159,7 @@ def test_shipped_schema_matches_the_models() -> None:
 
 def test_every_shipped_workflow_is_valid() -> None:
     for path in sorted((ROOT / "workflows").glob("*/workflow.json")):
-        result = validate_workflow(json.loads(path.read_text()), inputs={})
+        kinds = {**STEP_KINDS, **example_worker_kinds(path.parent)}
+        result = validate_workflow(json.loads(path.read_text()), inputs={}, kinds=kinds)
         assert result.problems == [], f"{path}: {result.problems}"
         assert isinstance(result.spec, WorkflowSpec)
