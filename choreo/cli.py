@@ -47,6 +47,7 @@ def main() -> None:
     # Workflow commands register themselves on the same app.
     import choreo.cli_bench
     import choreo.cli_deploy
+    import choreo.cli_dlq
     import choreo.cli_fraud
     import choreo.cli_logs
     import choreo.cli_objects

@@ -233,6 +233,8 @@ class Settler:
                 "deliveries": meta.num_delivered,
                 "payload": payload,
                 "payload_encoding": encoding,
+                # What a replay needs to publish the message as it was (shared/dlq.py).
+                "headers": dict(msg.headers or {}),
             },
         )
         await self._publisher.publish(dlq_subject(self.service), dead)

@@ -19,6 +19,8 @@ AUDIT_EVENT_LOOKUP = "audit.events.get"
 FRAUD_SCORED = "fraud.scored"
 FRAUD_ALERT = "fraud.alert"
 FRAUD_STATE_BUCKET = "choreo_fraud"
+DLQ_STATE_BUCKET = "choreo_dlq"
+"""JetStream KV of the dead letters replayed (shared/dlq.py)."""
 SCHEDULE_STATE_BUCKET = "choreo_schedules"
 """JetStream KV of the schedules' state: latest fire and run, skipped fires."""
 """JetStream object store of the fraud scorer's state snapshots (services/fraud/snapshot.py)."""
@@ -144,8 +146,16 @@ class Permissions:
 # owned by any service.
 SERVICE_PERMISSIONS: dict[str, Permissions] = {
     "ingest": Permissions(
-        publish=("data.*", "wf.>", dlq_subject("ingest"), AUDIT_EVENT_LOOKUP, "schedule.def.*"),
-        buckets=(f"$KV.{SCHEDULE_STATE_BUCKET}.>",),
+        publish=(
+            "data.*",
+            "wf.>",
+            dlq_subject("ingest"),
+            AUDIT_EVENT_LOOKUP,
+            "schedule.def.*",
+            # Replaying a dead letter of the NATS entry point (GET /v1/dlq).
+            f"{DATA_IN_PREFIX}>",
+        ),
+        buckets=(f"$KV.{SCHEDULE_STATE_BUCKET}.>", f"$KV.{DLQ_STATE_BUCKET}.>"),
     ),
     "transform": Permissions(publish=("wf.>", dlq_subject("transform"))),
     "store": Permissions(publish=("wf.>", dlq_subject("store"))),

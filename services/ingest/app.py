@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 from services.ingest.admission import Admission
 from services.ingest.api import events_router, schemas_router
+from services.ingest.dlq_api import DeadLetterApi
 from services.ingest.inbound import InboundEvents
 from services.ingest.lookup import lookup_router
 from services.ingest.registry import SchemaRegistry, load_registry
-from services.ingest.runs_api import runs_router
+from services.ingest.runs_api import api_key_guard, runs_router
 from services.ingest.schedules import ScheduleFires
 from services.ingest.settings import IngestSettings
 from services.ingest.steps import ingest_steps
@@ -54,6 +55,7 @@ def create_app(
     RunLifecycle(choreography, kinds).subscribe(broker, settings)
     fires = ScheduleFires(choreography, metrics)
     fires.subscribe(broker, settings)
+    dead_letters = DeadLetterApi(settings, metrics)
     admission = Admission(
         metrics,
         min_in_flight=settings.ingest_min_in_flight,
@@ -76,8 +78,9 @@ def create_app(
             schemas_router(registry),
             lookup_router(broker, client.get, settings),
             runs_router(settings, choreography, fires, lambda: jetstream(broker), kinds),
+            dead_letters.router(lambda: jetstream(broker), api_key_guard(settings)),
         ],
-        on_ready=[fires.open],
+        on_ready=[fires.open, dead_letters.open],
         choreography=choreography,
         title="Choreo ingest",
         description="Validates events against the schema registry and publishes them to "

@@ -97,6 +97,18 @@ class ScheduleOut(BaseModel):
     skipped: int
 
 
+def api_key_guard(settings: IngestSettings) -> Any:
+    """A route dependency: 401 unless `X-API-Key` holds one of CHOREO_INGEST_API_KEYS (when
+    any are set), as for `POST /v1/events`."""
+    api_keys = [key.get_secret_value().encode() for key in settings.ingest_api_keys]
+
+    async def require_key(request: Request) -> None:
+        if api_keys and not _authorised(request, api_keys):
+            raise HTTPException(401, "missing or invalid API key (header X-API-Key)")
+
+    return Depends(require_key)
+
+
 def runs_router(
     settings: IngestSettings,
     choreography: Choreography,
@@ -104,13 +116,7 @@ def runs_router(
     js: Callable[[], JetStreamContext],
     kinds: Mapping[str, StepKind],
 ) -> APIRouter:
-    api_keys = [key.get_secret_value().encode() for key in settings.ingest_api_keys]
-
-    async def require_key(request: Request) -> None:
-        if api_keys and not _authorised(request, api_keys):
-            raise HTTPException(401, "missing or invalid API key (header X-API-Key)")
-
-    router = APIRouter(prefix="/v1", tags=["runs"], dependencies=[Depends(require_key)])
+    router = APIRouter(prefix="/v1", tags=["runs"], dependencies=[api_key_guard(settings)])
     missing_key: dict[int | str, dict[str, Any]] = {
         401: {"description": "API keys are configured and X-API-Key holds none"}
     }
