@@ -22,11 +22,11 @@ from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from shared.kv import dump, ensure_kv, get_entry
+from shared.kv import dump, get_entry, open_bucket
 from shared.settings import Settings
 from shared.subjects import DLQ, DLQ_STATE_BUCKET, dlq_subject
 
@@ -96,15 +96,8 @@ def parse(seq: int, data: bytes) -> DeadLetter:
 
 async def open_state(js: JetStreamContext, settings: Settings) -> KeyValue:
     """The bucket that remembers which dead letters were replayed, and when."""
-    return await ensure_kv(
-        js,
-        KeyValueConfig(
-            bucket=DLQ_STATE_BUCKET,
-            description="dead letters replayed (replayed.<DLQ seq>)",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.stream_replicas,
-        ),
+    return await open_bucket(
+        js, settings, DLQ_STATE_BUCKET, "dead letters replayed (replayed.<DLQ seq>)"
     )
 
 

@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
+
+from shared.settings import Settings
 
 
 async def ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -19,6 +21,29 @@ async def ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     except BucketNotFoundError:
         pass
     return await js.create_key_value(config)
+
+
+async def open_bucket(
+    js: JetStreamContext,
+    settings: Settings,
+    bucket: str,
+    description: str,
+    *,
+    ttl: float | None = None,
+) -> KeyValue:
+    """A file-backed bucket keeping the latest value of each key, replicated as the streams
+    are; created when missing."""
+    return await ensure_kv(
+        js,
+        KeyValueConfig(
+            bucket=bucket,
+            description=description,
+            history=1,
+            ttl=ttl,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+        ),
+    )
 
 
 def dump(value: Any) -> bytes:

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from shared.kv import dump, ensure_kv, get_entry, keys_matching
+from shared import kv
+from shared.kv import dump, get_entry, keys_matching
 from shared.settings import Settings
 
 BUCKET = "choreo_workflows"
@@ -65,16 +65,7 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
 
 async def open_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
     """The deployments bucket, created when missing (idempotent, safe when callers race)."""
-    return await ensure_kv(
-        js,
-        KeyValueConfig(
-            bucket=BUCKET,
-            description="deployed workflows, by name and version",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.stream_replicas,
-        ),
-    )
+    return await kv.open_bucket(js, settings, BUCKET, "deployed workflows, by name and version")
 
 
 class Deployments:

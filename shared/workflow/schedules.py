@@ -25,13 +25,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from shared.envelope import Event
-from shared.kv import dump, ensure_kv, get_entry
+from shared.kv import dump, get_entry, open_bucket
 from shared.settings import Settings
 from shared.subjects import SCHEDULE_STATE_BUCKET, SCHEDULES
 from shared.workflow import cron
@@ -155,15 +154,8 @@ def run_id(schedule: str, fire: datetime) -> str:
 async def open_state(js: JetStreamContext, settings: Settings) -> KeyValue:
     """The schedules' state bucket (`last.<name>`: the latest fire and its run;
     `skipped.<name>`: fires skipped because the previous run still ran)."""
-    return await ensure_kv(
-        js,
-        KeyValueConfig(
-            bucket=SCHEDULE_STATE_BUCKET,
-            description="schedule state: latest fire and run, skipped fires",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.stream_replicas,
-        ),
+    return await open_bucket(
+        js, settings, SCHEDULE_STATE_BUCKET, "schedule state: latest fire and run, skipped fires"
     )
 
 

@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from shared.kv import dump, ensure_kv, get_entry, keys_matching
+from shared.kv import dump, get_entry, keys_matching, open_bucket
 from shared.settings import Settings
 
 BUCKET = "choreo_runs"
@@ -84,16 +83,8 @@ class Claimed:
 
 async def ensure_bucket(js: JetStreamContext, settings: Settings) -> KeyValue:
     """Open the run-state bucket, creating it when missing (safe when services race)."""
-    return await ensure_kv(
-        js,
-        KeyValueConfig(
-            bucket=BUCKET,
-            description="workflow run state",
-            history=1,
-            ttl=settings.stream_max_age_s,
-            storage=StorageType.FILE,
-            replicas=settings.stream_replicas,
-        ),
+    return await open_bucket(
+        js, settings, BUCKET, "workflow run state", ttl=settings.stream_max_age_s
     )
 
 
