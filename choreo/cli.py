@@ -49,6 +49,7 @@ def main() -> None:
     import choreo.cli_deploy
     import choreo.cli_dlq
     import choreo.cli_fraud
+    import choreo.cli_fraud_models
     import choreo.cli_logs
     import choreo.cli_objects
     import choreo.cli_plugins
@@ -478,15 +479,27 @@ def generate(
     labels: Annotated[Path, typer.Option(help="NDJSON of {transaction_id, is_fraud, scenario}.")],
     n: Annotated[int, typer.Option("--n", min=100, help="How many transactions.")] = 10_000,
     seed: Annotated[int, typer.Option(help="The same seed gives the same data.")] = 1,
+    generator: Annotated[
+        str,
+        typer.Option(
+            help="choreo: Choreo's own simulation (amount_spike, compromised_terminal, "
+            "card_testing, foreign_country; exactly n). handbook: the Fraud Detection "
+            "Handbook's simulator (amount_over_220, compromised_terminal for 28 days, "
+            "compromised_card for 14 days; about n).",
+        ),
+    ] = "choreo",
     json_out: Json = False,
 ) -> None:
     """Generate labelled transactions: customers, terminals and fraud scenarios."""
-    from choreo.generate import generate as make
+    from choreo.fraud_model import GENERATORS
 
     if what != "transactions":
         errors.print(f"Unknown generator {what!r}: the only one is 'transactions'.")
         raise typer.Exit(2)
-    transactions, truth = make(n, seed)
+    if generator not in GENERATORS:
+        errors.print(f"--generator: {generator!r} is not one of {', '.join(GENERATORS)}.")
+        raise typer.Exit(2)
+    transactions, truth = GENERATORS[generator](n, seed)
     out.write_text(
         "".join(json.dumps({"type": "transaction", "data": t}) + "\n" for t in transactions)
     )

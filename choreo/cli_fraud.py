@@ -48,12 +48,21 @@ def evaluate(
         str | None,
         typer.Option(
             help="Also replay each label as feedback this long after its transaction "
-            "(1d, 7d, 12h), in stream order, and report figures with and without it.",
+            "(1d, 7d, 12h; several: 1d,7d), in stream order, and report figures without and "
+            "with it.",
         ),
     ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(help="Where to write the precision/recall curve [default: FILE.pr.png]."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A model file to score with [default: the shipped services/fraud/model.json].",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     review: Annotated[
         float | None, typer.Option(help="Review threshold [default: the scorer's, 0.3].")
@@ -74,13 +83,15 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from choreo.fraud_eval import BadLine, evaluate, plot_pr, read_labels, read_transactions
-    from services.fraud.domain import ScoringConfig
+    from services.fraud.domain import ScoringConfig, load_model
     from shared.durations import FORMS, duration_seconds
 
-    delay = None if feedback_delay is None else duration_seconds(feedback_delay)
-    if feedback_delay is not None and delay is None:
+    delays = [] if feedback_delay is None else feedback_delay.split(",")
+    seconds = [duration_seconds(d) for d in delays]
+    if None in seconds:
         errors.print(
-            f"[red]--feedback-delay: need a duration ({FORMS}), got {feedback_delay!r}[/red]"
+            f"[red]--feedback-delay: need durations ({FORMS}) separated by commas, "
+            f"got {feedback_delay!r}[/red]"
         )
         raise typer.Exit(2)
     defaults = ScoringConfig()
@@ -94,6 +105,11 @@ def evaluate(
         raise typer.Exit(2) from exc
     plot = plot or file.with_suffix(".pr.png")
     try:
+        scoring_model = None if model is None else load_model(model)
+    except ValueError as exc:
+        errors.print(f"[red]--model: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    try:
         rows, skipped = read_transactions(file)
         truth = read_labels(labels)
         progress = Progress(
@@ -104,7 +120,7 @@ def evaluate(
             console=errors,
             transient=True,
         )
-        runs = [None] if delay is None else [None, float(delay)]
+        runs: list[float | None] = [None, *(float(d) for d in seconds if d is not None)]
         reports = []
         with progress:
             task = progress.add_task("scoring", total=len(rows) * len(runs))
@@ -114,6 +130,7 @@ def evaluate(
                         rows,
                         truth,
                         config,
+                        scoring_model,
                         advance=lambda k: progress.advance(task, k),
                         source=str(file),
                         feedback_delay=run_delay,
@@ -126,17 +143,16 @@ def evaluate(
         report.skipped = skipped
     drawn: str | None = str(plot)
     try:
-        plot_pr(reports, plot, feedback_delay)
+        plot_pr(reports, plot, delays)
     except ModuleNotFoundError as exc:  # matplotlib is the optional `plot` extra
         errors.print(f"[yellow]No curve drawn ({exc}): pip install 'choreo[plot]'.[/yellow]")
         drawn = None
     summary = {**reports[0].summary(), "plot": drawn}
-    if len(reports) > 1:
-        summary["feedback"] = {
-            "delay": feedback_delay,
-            "delay_s": delay,
-            **reports[1].summary(),
-        }
+    if delays:
+        summary["feedback"] = [
+            {"delay": d, "delay_s": s, **r.summary()}
+            for d, s, r in zip(delays, seconds, reports[1:], strict=True)
+        ]
     if json_out:
         console.print_json(json.dumps(summary))
         return
@@ -156,8 +172,8 @@ def _print_evaluation(summary: dict[str, Any]) -> None:
     runs = [summary]
     columns = ["value"]
     if "feedback" in summary:
-        runs.append(summary["feedback"])
-        columns = ["no feedback", f"feedback after {summary['feedback']['delay']}"]
+        runs.extend(summary["feedback"])
+        columns = ["no feedback", *(f"feedback after {r['delay']}" for r in summary["feedback"])]
     table = Table(title="Scorer figures", title_justify="left")
     table.add_column("measure")
     for column in columns:
@@ -191,20 +207,40 @@ def _print_evaluation(summary: dict[str, Any]) -> None:
 
 @fraud.command()
 def train(
-    n: Annotated[int, typer.Option("--n", min=100, help="Transactions per seed.")] = 100_000,
+    data_dir: DataDir,
+    n: Annotated[int, typer.Option("--n", min=100, help="Transactions per seed.")] = 60_000,
     seeds: Annotated[
         str, typer.Option(help="Training seeds, comma-separated; never the held-out one.")
-    ] = "101,102,103",
+    ] = "101,102",
     holdout_seed: Annotated[
         int, typer.Option(help="The seed scored for the figures recorded in the model.")
     ] = 42,
+    generators: Annotated[
+        str,
+        typer.Option(
+            help="The generators to train on, comma-separated: choreo, handbook "
+            "(`choreo generate transactions --generator`); each one's held-out seed is scored."
+        ),
+    ] = "choreo",
     out: Annotated[
         Path | None,
         typer.Option(help="The model file [default: services/fraud/model.json, the shipped one]."),
     ] = None,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish",
+            help="Also store it in the stack's object store as a version that "
+            "`choreo fraud promote` or `shadow` can name.",
+        ),
+    ] = False,
     json_out: Json = False,
 ) -> None:
-    """Train the fraud model on generated data (deterministic) and write its model file."""
+    """Train the fraud model on generated data (deterministic) and write its model file.
+
+    Each seed's data is replayed through the scorer with its labels fed back a day after
+    each payment, as the fraud service receives confirmed fraud.
+    """
     from choreo.fraud_model import train as fit
     from services.fraud.domain import MODEL_PATH
 
@@ -214,21 +250,34 @@ def train(
         errors.print(f"--seeds: need integers separated by commas, got {seeds!r}")
         raise typer.Exit(2) from exc
     try:
-        model = fit(n, training_seeds, holdout_seed, progress=lambda m: errors.print(f"… {m}"))
+        model = fit(
+            n,
+            training_seeds,
+            holdout_seed,
+            progress=lambda m: errors.print(f"… {m}"),
+            generators=generators.split(","),
+        )
     except ValueError as exc:
         errors.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     path = out or MODEL_PATH
     path.write_text(json.dumps(model.to_dict(), indent=2) + "\n")
+    uri = None
+    if publish:
+        from choreo.cli_fraud_models import publish_model
+
+        uri = publish_model(data_dir, model.to_dict())
     if json_out:
-        console.print_json(json.dumps({"model": model.version, "path": str(path), **model.about}))
+        about = {"model": model.version, "path": str(path), "uri": uri, **model.about}
+        console.print_json(json.dumps(about))
         return
-    holdout = model.about["holdout"]
-    console.print(
-        f"Wrote {model.version} to {path}. Held-out seed {holdout_seed}: "
-        f"ROC AUC {_figure(holdout['roc_auc'])}, precision {_figure(holdout['precision'])}, "
-        f"recall {_figure(holdout['recall'])}."
-    )
+    console.print(f"Wrote {model.version} to {path}" + (f" and {uri}." if uri else "."))
+    for name, holdout in model.about["holdouts"].items():
+        console.print(
+            f"Held-out seed {holdout_seed} of {name} (one-day feedback): "
+            f"ROC AUC {_figure(holdout['roc_auc'])}, precision {_figure(holdout['precision'])}, "
+            f"recall {_figure(holdout['recall'])}."
+        )
 
 
 @fraud.command()

@@ -11,7 +11,7 @@ the state as in production, but excluded from the figures.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,16 +222,16 @@ def replay_order(
     return interleave(timed, truth, feedback_delay)
 
 
-def plot_pr(reports: list[Report], path: Path, feedback_delay: str | None = None) -> None:
-    """A PNG of the precision/recall curves (without feedback, then with it after
-    `feedback_delay` when there are two reports) with the review and block operating points."""
+def plot_pr(reports: list[Report], path: Path, delays: Sequence[str] = ()) -> None:
+    """A PNG of the precision/recall curves (without feedback, then with it after each of
+    `delays`) with the review and block operating points."""
     # Imported here: matplotlib takes a while to load and only this command needs it.
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4.5), dpi=100)
     axes = figure.subplots()
-    names = ["model", f"with feedback after {feedback_delay}"]
-    for name, report in zip(names, reports, strict=False):
+    names = ["model", *(f"with feedback after {d}" for d in delays)]
+    for name, report in zip(names, reports, strict=True):
         precisions, recalls = pr_curve(report.scores, report.truth)
         (line,) = axes.plot(recalls, precisions, drawstyle="steps-post", label=name)
         for point, threshold, marker in (

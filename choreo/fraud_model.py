@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 import choreo.generate
+import choreo.generate_handbook
 from choreo.fraud_eval import Label, evaluate
 from services.fraud.domain import (
     DAY,
@@ -36,10 +37,16 @@ from services.fraud.domain import (
 from services.fraud.feedback import Label as FeedbackLabel
 from services.fraud.feedback import interleave
 
+Generator = Callable[[int, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+# The labelled data sets a model can be trained and evaluated on (docs/fraud.md).
+GENERATORS: dict[str, Generator] = {
+    "choreo": choreo.generate.generate,
+    "handbook": choreo.generate_handbook.generate_handbook,
+}
 FEEDBACK_DELAY = DAY  # labels arrive a day after their transaction (cardholder reports)
-TRAIN_SEEDS = (101, 102, 103)  # never used for evaluation
+TRAIN_SEEDS = (101, 102)  # never used for evaluation
 HOLDOUT_SEED = 42
-N = 100_000
+N = 60_000
 L2 = 1.0  # on the standardized weights; the intercept is not penalized
 NEWTON_STEPS = 50
 TOLERANCE = 1e-10
@@ -47,10 +54,13 @@ TOLERANCE = 1e-10
 Matrix = npt.NDArray[np.float64]
 
 
-def data_version() -> str:
-    """What the training data depends on: the generator's source (its code and parameters)."""
-    source = inspect.getsource(choreo.generate).encode()
-    return "generate.py sha256:" + hashlib.sha256(source).hexdigest()[:16]
+def data_version(generators: Sequence[str] = ("choreo",)) -> str:
+    """What the training data depends on: the generators' source (code and parameters)."""
+    modules = {"choreo": choreo.generate, "handbook": choreo.generate_handbook}
+    digest = hashlib.sha256()
+    for name in generators:
+        digest.update(inspect.getsource(modules[name]).encode())
+    return f"{'+'.join(generators)} sha256:{digest.hexdigest()[:16]}"
 
 
 def as_lines(transactions: list[dict[str, Any]]) -> list[Line]:
@@ -80,10 +90,12 @@ def replay(
     return np.array(rows, dtype=np.float64)
 
 
-def labelled_inputs(n: int, seed: int, cfg: ScoringConfig) -> tuple[Matrix, Matrix]:
-    """Inputs and 0/1 labels of one generated data set, in the order the scorer replays it,
-    its labels fed back after FEEDBACK_DELAY."""
-    transactions, labels = choreo.generate.generate(n, seed)
+def labelled_inputs(
+    data: tuple[list[dict[str, Any]], list[dict[str, Any]]], cfg: ScoringConfig
+) -> tuple[Matrix, Matrix]:
+    """Inputs and 0/1 labels of one labelled data set (transactions, labels), in the order
+    the scorer replays it, its labels fed back after FEEDBACK_DELAY."""
+    transactions, labels = data
     fraud = {lb["transaction_id"]: lb["is_fraud"] for lb in labels}
     ordered = [
         line.data
@@ -121,18 +133,62 @@ def train(
     holdout_seed: int = HOLDOUT_SEED,
     cfg: ScoringConfig | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    generators: Sequence[str] = ("choreo",),
 ) -> Model:
-    """Fit on the training seeds; the model file records how, and its held-out figures."""
+    """Fit on the training seeds of each generator; the model file records how, and its
+    figures on each generator's held-out seed."""
     cfg = cfg or ScoringConfig()
     if holdout_seed in seeds:
         raise ValueError(f"holdout seed {holdout_seed}: also a training seed")
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown or not generators:
+        raise ValueError(f"generators: {unknown or 'none'}; choose from {', '.join(GENERATORS)}")
     parts = []
-    for seed in seeds:
-        progress(f"generating and replaying seed {seed} (n={n})")
-        parts.append(labelled_inputs(n, seed, cfg))
+    for name in generators:
+        for seed in seeds:
+            progress(f"generating and replaying {name} seed {seed} (n={n})")
+            parts.append(labelled_inputs(GENERATORS[name](n, seed), cfg))
     x = np.vstack([part[0] for part in parts])
     y = np.concatenate([part[1] for part in parts])
     progress(f"fitting on {len(y)} transactions ({int(y.sum())} fraudulent)")
+    model = fitted_model(
+        x,
+        y,
+        {
+            "n": n,
+            "generators": list(generators),
+            "seeds": list(seeds),
+            "l2": L2,
+            "transactions": len(y),
+            "feedback_delay_s": FEEDBACK_DELAY,
+        },
+        data_version(generators),
+    )
+    holdouts = {}
+    for name in generators:
+        progress(f"scoring {name} held-out seed {holdout_seed} (n={n})")
+        transactions, labels = GENERATORS[name](n, holdout_seed)
+        report = evaluate(
+            as_lines(transactions),
+            {lb["transaction_id"]: Label(lb["is_fraud"], lb["scenario"]) for lb in labels},
+            cfg,
+            model,
+            feedback_delay=FEEDBACK_DELAY,
+        )
+        holdouts[name] = {
+            "generator": name,
+            "n": n,
+            "seed": holdout_seed,
+            "feedback_delay_s": FEEDBACK_DELAY,
+            **report.summary(),
+        }
+    about = {**model.about, "holdout": holdouts[generators[0]], "holdouts": holdouts}
+    return replace(model, about=about)
+
+
+def fitted_model(x: Matrix, y: Matrix, training: dict[str, Any], data: str) -> Model:
+    """The model fitted on inputs `x` (columns: INPUTS) and labels `y`, versioned by its
+    parameters; `training` and `data` say what it was fitted on."""
     means, scales, weights, intercept = fit(x, y)
     model = Model(
         version="",
@@ -144,37 +200,15 @@ def train(
     )
     # The version names the parameters: the same weights always get the same version.
     digest = hashlib.sha256(json.dumps(model.to_dict(), sort_keys=True).encode()).hexdigest()
-    model = replace(
+    return replace(
         model,
         version=f"fraud-lr-{digest[:10]}",
         about={
             "kind": "logistic regression (L2, Newton/IRLS) on standardized inputs",
-            "training": {
-                "n": n,
-                "seeds": list(seeds),
-                "l2": L2,
-                "transactions": len(y),
-                "feedback_delay_s": FEEDBACK_DELAY,
-            },
-            "data_version": data_version(),
+            "training": training,
+            "data_version": data,
         },
     )
-    progress(f"scoring held-out seed {holdout_seed} (n={n})")
-    transactions, labels = choreo.generate.generate(n, holdout_seed)
-    report = evaluate(
-        as_lines(transactions),
-        {lb["transaction_id"]: Label(lb["is_fraud"], lb["scenario"]) for lb in labels},
-        cfg,
-        model,
-        feedback_delay=FEEDBACK_DELAY,
-    )
-    metrics = {
-        "n": n,
-        "seed": holdout_seed,
-        "feedback_delay_s": FEEDBACK_DELAY,
-        **report.summary(),
-    }
-    return replace(model, about={**model.about, "holdout": metrics})
 
 
 def _rounded(values: Matrix) -> tuple[float, ...]:

@@ -18,6 +18,7 @@ AUDIT_EVENT_LOOKUP = "audit.events.get"
 """Request-reply (core NATS): `{"id": ...}` -> the audit record of that event."""
 FRAUD_SCORED = "fraud.scored"
 FRAUD_ALERT = "fraud.alert"
+FRAUD_SHADOW = "fraud.shadow"  # a candidate model's verdict, recorded, never alerting
 FRAUD_STATE_BUCKET = "choreo_fraud"
 DLQ_STATE_BUCKET = "choreo_dlq"
 """JetStream KV of the dead letters replayed (shared/dlq.py)."""

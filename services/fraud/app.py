@@ -17,6 +17,7 @@ from services.fraud.scoring import INPUT, SUBJECTS, FraudScoring
 from services.fraud.settings import FraudSettings
 from services.fraud.steps import fraud_steps
 from shared.consumer import BatchMessage, message_subscription
+from shared.fraud_models import ModelStore
 from shared.jetstream import jetstream
 from shared.metrics import Metrics
 from shared.s3 import open_s3
@@ -44,7 +45,13 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
     client: Slot[S3Client] = Slot("the S3 client")
     fraud_steps(steps, client.get, config)  # fraud.score_batch: a lake file, scored
     choreography = Choreography.create(NAME, config, broker, metrics, steps)
-    scoring = FraudScoring(config, choreography.settler, choreography.publisher, metrics)
+    scoring = FraudScoring(
+        config,
+        choreography.settler,
+        choreography.publisher,
+        metrics,
+        models=lambda: ModelStore(client.get(), config.bucket_curated),
+    )
 
     async def s3_ready() -> None:
         await client.get().list_buckets()

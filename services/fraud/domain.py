@@ -31,7 +31,7 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ WEEK = 7 * DAY
 WINDOWS: dict[str, float] = {"1m": MINUTE, "1h": HOUR, "1d": DAY, "7d": WEEK}
 HABIT_SIZE = 50  # the card's usual amount is the median of its last 50 amounts
 SMALL_AMOUNT = 5.0  # below this, a payment looks like a card test rather than a purchase
+LARGE = 200.0  # above this, a payment is large whatever the card's habit
 MODEL_PATH = Path(__file__).with_name("model.json")
 MODEL_REASONS = 3  # at most this many model inputs are named in the reasons
 MODEL_REASON_MIN_PUSH = 0.5  # ... and only those that add at least this much to the log-odds
@@ -90,6 +91,7 @@ class Scored:
     reasons: list[str]
     features: dict[str, Any]  # the window features, "rules", "inputs" and their "pushes"
     model: str  # the version of the model that scored it
+    shadow: Scored | None = None  # a candidate model's verdict on the same features
 
 
 @dataclass(frozen=True)
@@ -357,7 +359,10 @@ INPUTS: tuple[str, ...] = (
     "new_terminal",
     "log_terminal_frauds_7d",
     "log_terminal_frauds_28d",
+    "terminal_fraud_share_7d",
     "card_compromised",
+    "compromised_amount_ratio",
+    "log_amount_over_200",
     "rules_combined",
     *(f"rule_{name}" for name in RULES),
 )
@@ -395,7 +400,16 @@ def inputs(tx: Tx, f: Mapping[str, Any], cfg: ScoringConfig) -> dict[str, float]
         "new_terminal": float(not f["card_seen_at_terminal_7d"]),
         "log_terminal_frauds_7d": math.log1p(f["terminal_frauds_7d"]),
         "log_terminal_frauds_28d": math.log1p(f["terminal_frauds_28d"]),
+        # The Handbook's terminal risk: the share of the terminal's payments of the last 7
+        # days confirmed fraud (those not labelled yet count as legitimate).
+        "terminal_fraud_share_7d": f["terminal_frauds_7d"] / (f["terminal_count_7d"] + 1),
         "card_compromised": float(f["card_compromised"]),
+        # A stolen card spending more than its owner: the amount ratio, when compromised.
+        "compromised_amount_ratio": (
+            math.log(f["amount_ratio"]) if habit and f["card_compromised"] else 0.0
+        ),
+        # Large payments in absolute terms, whatever the card's habit (a hinge at 200).
+        "log_amount_over_200": math.log(max(tx.amount, LARGE) / LARGE),
         "rules_combined": combine(list(rules.values())),
         **{f"rule_{name}": rules.get(name, 0.0) for name in RULES},
     }
@@ -568,11 +582,15 @@ class Scorer:
         self.model = model or shipped_model()
         self.state = State()
 
-    def score(self, tx: Mapping[str, Any]) -> Scored:
+    def score(self, tx: Mapping[str, Any], shadow: Model | None = None) -> Scored:
+        """Score `tx`, then record it; with `shadow`, also judge it by that model (same
+        features, its own pushes), in `Scored.shadow`."""
         parsed = Tx.parse(tx)
-        scored = judge(*assess(parsed, self.state, self.config), self.config, self.model)
+        f, hits = assess(parsed, self.state, self.config)
+        candidate = None if shadow is None else judge(dict(f), hits, self.config, shadow)
+        scored = judge(f, hits, self.config, self.model)
         record(parsed, self.state)
-        return scored
+        return scored if candidate is None else replace(scored, shadow=candidate)
 
     def learn(self, label: Mapping[str, Any] | Label) -> Applied:
         """Apply a label (a `fraud_label` event's data); ValueError if it is malformed."""

@@ -36,6 +36,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
+from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
@@ -45,7 +46,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
-from services.fraud.domain import Scorer
+from services.fraud.domain import Model, Scored, Scorer, shipped_model
 from services.fraud.feedback import Applied
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import (
@@ -61,9 +62,10 @@ from services.fraud.snapshot import (
 from shared.consumer import Settler
 from shared.envelope import Event
 from shared.fraud import FraudVerdict
+from shared.fraud_models import ModelStore
 from shared.jetstream import EventPublisher
 from shared.metrics import Metrics
-from shared.subjects import DATA, FRAUD_ALERT, FRAUD_SCORED, data_subject
+from shared.subjects import DATA, FRAUD_ALERT, FRAUD_SCORED, FRAUD_SHADOW, data_subject
 
 log = structlog.get_logger(__name__)
 
@@ -97,18 +99,26 @@ class Transaction(BaseModel):
 
 
 def fraud_events(transaction: Event, verdict: Verdict) -> list[tuple[str, Event]]:
-    """`fraud.scored`, and `fraud.alert` unless allowed, as (subject, event) to publish."""
+    """`fraud.scored`, `fraud.alert` unless allowed, and `fraud.shadow` when a shadow model
+    judged it too, as (subject, event) to publish."""
     tx = Transaction.model_validate(transaction.data)
-    data = FraudVerdict(
-        transaction_event_id=transaction.id,
-        score=verdict.score,
-        decision=verdict.decision,
-        reasons=verdict.reasons,
-        rules=verdict.rules,
-        model=verdict.model,
-        **tx.model_dump(),
-    ).model_dump(mode="json")
-    kinds = [FRAUD_SCORED] if verdict.decision == "allow" else [FRAUD_SCORED, FRAUD_ALERT]
+
+    def data(v: Verdict) -> dict[str, Any]:
+        return FraudVerdict(
+            transaction_event_id=transaction.id,
+            score=v.score,
+            decision=v.decision,
+            reasons=v.reasons,
+            rules=v.rules,
+            model=v.model,
+            **tx.model_dump(),
+        ).model_dump(mode="json")
+
+    kinds = [(FRAUD_SCORED, verdict)]
+    if verdict.decision != "allow":
+        kinds.append((FRAUD_ALERT, verdict))
+    if verdict.shadow is not None:
+        kinds.append((FRAUD_SHADOW, verdict.shadow))
     return [
         (
             kind,
@@ -117,11 +127,25 @@ def fraud_events(transaction: Event, verdict: Verdict) -> list[tuple[str, Event]
                 source=SOURCE,
                 id=str(uuid.uuid5(EVENT_IDS, f"{transaction.id}:{kind.rsplit('.', 1)[1]}")),
                 subject=tx.transaction_id,
-                data=data,
+                data=data(v),
             ),
         )
-        for kind in kinds
+        for kind, v in kinds
     ]
+
+
+async def _model(store: ModelStore, version: str) -> Model:
+    """A stored model version, checked like a model file (ValueError naming the problem)."""
+    model = Model.from_dict(await store.read(version))
+    if model.version != version:
+        raise ValueError(f"model {version}: the file says it is {model.version}")
+    return model
+
+
+def _verdict(scored: Scored) -> Verdict:
+    rules = scored.features["rules"]
+    shadow = None if scored.shadow is None else _verdict(scored.shadow)
+    return Verdict(scored.score, scored.decision, scored.reasons, rules, scored.model, shadow)
 
 
 async def _read_labels_too(js: JetStreamContext, config: ConsumerConfig) -> None:
@@ -151,12 +175,17 @@ class FraudScoring:
         settler: Settler,
         publisher: EventPublisher,
         metrics: Metrics,
+        models: Callable[[], ModelStore] | None = None,
     ) -> None:
+        """`models` gives the model store once S3 is open (None: the shipped model only)."""
         self.settings = settings
         self.partition = settings.fraud_partition
         self.partitions = settings.fraud_partitions
         self.durable = durable_name(self.partition, self.partitions)
         self.scorer = Scorer(settings.scoring_config())
+        self.shadow: Model | None = None  # a candidate judged beside the active model
+        self._models = models
+        self._models_tag: str | None = None  # the ETag of the choice last applied
         self.applied_seq = 0
         self.pending: dict[int, Outcome] = {}
         self.restored = False
@@ -204,14 +233,12 @@ class FraudScoring:
             if not isinstance(event.data, dict):
                 raise ValueError("data: not an object")
             Transaction.model_validate(event.data)
-            scored = self.scorer.score(event.data)
+            scored = self.scorer.score(event.data, self.shadow)
         except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError included
             error = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             outcome = Outcome(None, f"transaction cannot be scored: {error}")
         else:
-            rules = scored.features["rules"]
-            verdict = Verdict(scored.score, scored.decision, scored.reasons, rules, scored.model)
-            outcome = Outcome(verdict)
+            outcome = Outcome(_verdict(scored))
         self.pending[seq] = outcome
         self.applied_seq = seq
         return outcome
@@ -317,14 +344,19 @@ class FraudScoring:
         js = connect()
         name = object_name(self.partition, self.partitions)
         store = await SnapshotStore.open(js, self.settings, name)
+        await self.refresh_models()  # before the replay: it scores with the chosen model
         await self.restore(js, store)
-        task = asyncio.create_task(self._snapshot_every(js, store), name="fraud-snapshots")
+        tasks = [
+            asyncio.create_task(self._snapshot_every(js, store), name="fraud-snapshots"),
+            asyncio.create_task(self._watch_models(), name="fraud-models"),
+        ]
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             try:
                 await self.snapshot(js, store)
             except Exception as exc:  # the replay from the previous snapshot covers it
@@ -379,6 +411,37 @@ class FraudScoring:
             applied_seq=self.applied_seq,
             pending=len(self.pending),
         )
+
+    async def refresh_models(self) -> bool:
+        """Apply the current choice of models (shared/fraud_models.py) if it changed since
+        the last one applied: the active model (none chosen: the shipped one) and the
+        shadow. The switch happens between two transactions: each is scored once, by one
+        model, whose version its verdict records. True when it switched."""
+        if self._models is None:
+            return False
+        store = self._models()
+        current, tag = await store.current()
+        if tag == self._models_tag:
+            return False
+        active = shipped_model() if current.active is None else await _model(store, current.active)
+        shadow = None if current.shadow is None else await _model(store, current.shadow)
+        self.scorer.model, self.shadow, self._models_tag = active, shadow, tag
+        log.info(
+            "models switched",
+            active=active.version,
+            shadow=None if shadow is None else shadow.version,
+        )
+        return True
+
+    async def _watch_models(self) -> None:
+        """Read the current choice every CHOREO_FRAUD_MODEL_POLL_S; a choice that cannot be
+        applied (a missing or invalid model) is logged and the running models kept."""
+        while True:
+            await asyncio.sleep(self.settings.fraud_model_poll_s)
+            try:
+                await self.refresh_models()
+            except Exception as exc:
+                log.error("models not switched, the running ones kept", error=repr(exc))
 
     async def ready(self) -> None:
         """Readiness: the state is rebuilt (before that, scores would be wrong)."""

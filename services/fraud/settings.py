@@ -25,6 +25,9 @@ class FraudSettings(Settings):
     # chunk to fill: the wait is added to a transaction's latency when traffic is light.
     fraud_fetch_batch: int = Field(default=500, ge=1, le=10_000)
     fraud_fetch_wait_s: float = Field(default=0.01, gt=0)
+    # How often the current choice of models (s3://<curated>/models/fraud/current.json,
+    # written by `choreo fraud promote`/`shadow`) is read: a promotion applies within this.
+    fraud_model_poll_s: float = Field(default=5.0, gt=0)
     # Decision thresholds on the score: >= review -> review, >= block -> block (the
     # defaults are the shipped model's, chosen on a validation seed: docs/fraud.md).
     fraud_review: float = Field(default=ScoringConfig.review, gt=0, le=1)

@@ -57,6 +57,7 @@ class Verdict:
     reasons: list[str]
     rules: dict[str, float]
     model: str
+    shadow: "Verdict | None" = None  # the shadow model's, when one runs
 
 
 @dataclass(frozen=True)

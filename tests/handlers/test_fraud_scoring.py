@@ -6,12 +6,13 @@ import copy
 import uuid
 import zlib
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from pydantic import ValidationError
 
 from choreo.generate import generate
-from services.fraud.domain import Scorer
+from services.fraud.domain import Model, Scorer, shipped_model
 from services.fraud.scoring import EVENT_IDS, fraud_events, partition_of
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import (
@@ -25,7 +26,7 @@ from services.fraud.snapshot import (
     object_name,
 )
 from shared.envelope import Event
-from shared.subjects import FRAUD_ALERT, FRAUD_SCORED
+from shared.subjects import FRAUD_ALERT, FRAUD_SCORED, FRAUD_SHADOW
 from tests.samples import TRANSACTION, changed
 
 TX = changed(TRANSACTION, country="ES")
@@ -79,6 +80,35 @@ def test_fraud_events_derive_from_the_transaction(decision: str, subjects: list[
     assert [e.id for _, e in fraud_events(transaction, verdict)] == [e.id for _, e in events]
 
 
+def test_a_shadow_verdict_is_recorded_never_alerting() -> None:
+    transaction = Event(type="transaction", source="tests", data=TX)
+    shadow = Verdict(0.95, "block", ["velocity_1m: 4 transactions"], {"velocity_1m": 0.65}, "s")
+    events = fraud_events(transaction, Verdict(0.1, "allow", [], {}, "m1", shadow))
+    assert [subject for subject, _ in events] == [FRAUD_SCORED, FRAUD_SHADOW]
+    scored, shadowed = (e.data for _, e in events)
+    assert isinstance(scored, dict)
+    assert isinstance(shadowed, dict)
+    assert (scored["model"], scored["decision"]) == ("m1", "allow")
+    assert (shadowed["model"], shadowed["decision"], shadowed["score"]) == ("s", "block", 0.95)
+    assert events[1][1].id == str(uuid.uuid5(EVENT_IDS, f"{transaction.id}:shadow"))
+
+
+def test_a_shadow_model_judges_the_same_features() -> None:
+    transactions, _ = generate(500, seed=3)
+    base = shipped_model().to_dict()
+    shifted = {**base, "version": "candidate", "intercept": base["intercept"] + 2}
+    candidate = Model.from_dict(shifted)
+    plain, shadowed = Scorer(), Scorer()
+    for tx in transactions:
+        alone, both = plain.score(tx), shadowed.score(tx, candidate)
+        assert both.shadow is not None
+        assert alone == replace(both, shadow=None)  # the active verdict does not change
+        assert both.shadow.model == "candidate"
+        assert both.shadow.features["inputs"] == both.features["inputs"]
+        assert both.shadow.score > both.score
+    assert plain.state == shadowed.state
+
+
 def test_settings_refuse_a_partition_outside_the_count() -> None:
     with pytest.raises(ValidationError, match="CHOREO_FRAUD_PARTITION"):
         FraudSettings(fraud_partitions=2, fraud_partition=2)
@@ -100,6 +130,7 @@ def test_a_snapshot_restores_the_state_exactly() -> None:
     scorer, rest = scored_state(3000, seed=11)
     pending = {
         7: Outcome(Verdict(0.1 + 0.2, "allow", [], {}, "m")),
+        8: Outcome(Verdict(0.5, "review", ["r"], {}, "m", Verdict(0.2, "allow", [], {}, "s"))),
         9: Outcome(None, "transaction cannot be scored: amount: must be > 0, got -1.0"),
     }
     raw = encode(Snapshot(2, 3, 1234, scorer.state, pending))

@@ -3,11 +3,14 @@ verdicts as events, dead letters, retries, partitions, and a restart after SIGKI
 
 import asyncio
 import json
+import operator
 import os
 import signal
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,15 @@ from choreo.servers.nats import NatsServer
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
 from services.fraud.app import create_app
-from services.fraud.domain import DAY, Scorer
+from services.fraud.domain import DAY, Model, Scorer, shipped_model
 from services.fraud.feedback import Label, interleave
 from services.fraud.scoring import partition_of
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import SnapshotStore, object_name, read_range
 from shared.envelope import Event
+from shared.fraud_models import ModelStore
 from shared.jetstream import ensure_streams
+from shared.s3 import s3_client
 from shared.settings import Settings
 from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET
 from tests.conftest import S3Endpoint
@@ -255,6 +260,71 @@ async def test_labels_over_nats_reach_a_consumer_created_before_labels_existed(
     assert frauds > 10
     assert f'choreo_fraud_labels_total{{outcome="applied",service="fraud"}} {frauds}.0' in metrics
     assert expected != reference(transactions), "the labels should change some verdicts"
+
+
+def variant(version: str, shift: float) -> dict[str, Any]:
+    """The shipped model with its intercept moved: another version that scores differently."""
+    doc = shipped_model().to_dict()
+    return {**doc, "version": version, "intercept": doc["intercept"] + shift}
+
+
+async def test_promote_switches_models_under_load_without_a_restart(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    """Transactions keep arriving while a new version is promoted, then another put in
+    shadow: each transaction is scored once, the switch happens once in stream order, the
+    state carries on (the verdicts are those of one scorer whose model changed at that
+    transaction), and the shadow's verdicts are recorded but never alert."""
+    bucket = f"curated-{uuid.uuid4().hex[:8]}"
+    settings = fraud_settings(
+        nats_server, s3_endpoint, tmp_path, bucket_curated=bucket, fraud_model_poll_s=0.1
+    )
+    transactions, _ = generate(6_000, seed=11)
+    js = admin.jetstream()
+    async with s3_client(settings) as s3:
+        await s3.create_bucket(Bucket=bucket)
+        store = ModelStore(s3, bucket)
+        await store.publish("fraud-test-b", variant("fraud-test-b", 1.5))
+        await store.publish("fraud-test-c", variant("fraud-test-c", -1.0))
+        async with serve(create_app(settings)):
+            for part, (size, choice) in enumerate(
+                [(2000, ("fraud-test-b", None)), (2000, ("fraud-test-b", "fraud-test-c"))]
+            ):
+                chunk = transactions[part * size : (part + 1) * size]
+                sending = asyncio.create_task(publish(js, as_events(chunk)))
+                await wait_for(
+                    lambda: count(js, "fraud.scored"),
+                    partial(operator.le, part * size + 300),
+                    within=120,
+                )
+                await store.choose(*choice)  # while transactions are being scored
+                await sending
+            await publish(js, as_events(transactions[4000:]))
+            await wait_for(
+                lambda: count(js, "fraud.scored"), lambda n: n == len(transactions), within=120
+            )
+            await wait_for(lambda: count(js, "fraud.shadow"), bool, within=60)
+    scored = await read(js, FRAUD.name, "fraud.scored")
+    order = [str(tx["transaction_id"]) for tx in transactions]
+    by_id = verdicts(scored)
+    assert len(scored) == len(by_id) == len(transactions)  # none twice, none skipped
+    models = [by_id[tx_id]["model"] for tx_id in order]
+    switch = models.index("fraud-test-b")
+    assert 0 < switch < 2000
+    assert set(models[:switch]) == {shipped_model().version}
+    assert set(models[switch:]) == {"fraud-test-b"}
+    # One scorer, its model swapped at that transaction: the state was never reset.
+    scorer = Scorer()
+    for i, tx in enumerate(transactions):
+        if i == switch:
+            scorer.model = Model.from_dict(variant("fraud-test-b", 1.5))
+        s = scorer.score(tx)
+        assert [s.score, s.model] == [by_id[tx["transaction_id"]][k] for k in ("score", "model")]
+    shadows = verdicts(await read(js, FRAUD.name, "fraud.shadow"))
+    assert {v["model"] for v in shadows.values()} == {"fraud-test-c"}
+    assert set(shadows) <= set(order[2000:])
+    alerts = verdicts(await read(js, FRAUD.name, "fraud.alert"))
+    assert {v["model"] for v in alerts.values()} <= {shipped_model().version, "fraud-test-b"}
 
 
 async def test_a_steps_only_replica_scores_nothing_live(

@@ -124,13 +124,14 @@ def test_evaluate_with_feedback_prints_both_runs(files: tuple[Path, Path], tmp_p
     figures = json.loads(result.stdout)
     plain = json.loads(CliRunner().invoke(app, [*args, "--labels", str(truth), "--json"]).stdout)
     assert {k: v for k, v in figures.items() if k != "feedback"} == plain
-    assert figures["feedback"]["delay_s"] == 86400
-    assert figures["feedback"]["counts"] == plain["counts"]
-    table = CliRunner().invoke(app, [*args, "--labels", str(csv), "--feedback-delay", "7d"])
+    assert [run["delay_s"] for run in figures["feedback"]] == [86400]
+    assert figures["feedback"][0]["counts"] == plain["counts"]
+    table = CliRunner().invoke(app, [*args, "--labels", str(csv), "--feedback-delay", "1d,7d"])
+    assert "feedback after 1d" in table.stdout
     assert "feedback after 7d" in table.stdout
     bad = CliRunner().invoke(app, [*args, "--labels", str(csv), "--feedback-delay", "soon"])
     assert bad.exit_code == 2
-    assert "--feedback-delay: need a duration" in bad.stderr
+    assert "--feedback-delay: need durations" in bad.stderr
 
 
 def test_label_refuses_a_bad_file_before_sending(tmp_path: Path) -> None:
