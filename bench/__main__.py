@@ -3,6 +3,7 @@
 import sys
 
 from bench import (
+    console,
     event_to_audit,
     fraud_scoring,
     ingest,
@@ -16,6 +17,7 @@ from bench import (
 )
 
 BENCHMARKS = {
+    "console": console.main,
     "event_to_audit": event_to_audit.main,
     "fraud_scoring": fraud_scoring.main,
     "ingest": ingest.main,

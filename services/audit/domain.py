@@ -2,7 +2,7 @@
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from shared.consumer import Received
@@ -72,7 +72,9 @@ class RunCursor:
     runid: str
 
     def encode(self) -> str:
-        return f"{self.time.isoformat()}|{self.runid}"
+        """`<UTC time>Z|<run id>`: no `+`, which a query string would read as a space."""
+        moment = self.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return f"{moment}|{self.runid}"
 
     @classmethod
     def decode(cls, value: str) -> "RunCursor":

@@ -209,6 +209,14 @@ def test_a_run_page_draws_the_dag_and_follows_it_live(
 
     expected = {f"s3://raw/{key}", f"s3://curated/console/{runid}.json"}  # with, output
     wait(browser, lambda d: lake_links(d) == expected)
+    # What the steps logged (store.promote says what it copied), per step.
+    logged = wait(
+        browser,
+        lambda d: d.execute_script(
+            "const p = document.querySelector('#step-promote pre.logs'); return p && p.textContent"
+        ),
+    )
+    assert f"console/{runid}.json" in logged
     timeline = browser.find_element(By.ID, "timeline").text
     assert "wf.step.completed" in timeline
     assert "store" in timeline

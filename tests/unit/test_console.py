@@ -100,6 +100,7 @@ def test_parquet_first_rows(tmp_path: Path) -> None:
 def test_the_runs_cursor_round_trips_and_refuses_garbage() -> None:
     cursor = RunCursor(datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC), "01a2-run")
     assert RunCursor.decode(cursor.encode()) == cursor
+    assert "+" not in cursor.encode()  # a query string would read it as a space
     for bad in ("", "2026-01-01", "2026-01-01T00:00:00|x", "nope|x"):
         with pytest.raises(ValueError, match="not a cursor"):
             RunCursor.decode(bad)

@@ -270,6 +270,13 @@ async function runPage() {
     const withOf = Object.fromEntries(data.dag.map((s) => [s.id, s.with]));
     const order = data.dag.length ? data.dag.map((s) => s.id) : run.steps.map((s) => s.stepid);
     const byId = Object.fromEntries(run.steps.map((s) => [s.stepid, s]));
+    // What each step logged (ctx.log, a built-in's messages): wf.step.log events' lines.
+    const logs = {};
+    for (const e of data.events) {
+      if (e.type !== "wf.step.log" || !e.data) continue;
+      const step = e.stepid || e.data.step;
+      for (const line of e.data.lines || []) (logs[step] = logs[step] || []).push({ ...line, attempt: e.attempt });
+    }
     steps.replaceChildren(...order.map((id) => {
       const s = byId[id] || { stepid: id, status: "waiting" };
       return el("details", { id: `step-${id}`, class: "step" },
@@ -280,10 +287,14 @@ async function runPage() {
           el("h4", {}, "with (rendered)"), value(s.inputs !== undefined && s.inputs !== null ? s.inputs : withOf[id] || {}),
           s.output ? [el("h4", {}, "output"), value(s.output)] : null,
           s.error ? [el("h4", {}, "error"), el("pre", { class: "error" }, s.error)] : null,
+          logs[id] ? [el("h4", {}, "logs"), el("pre", { class: "logs" }, logs[id]
+            .sort((a, b) => String(a.time).localeCompare(String(b.time)))
+            .map((l) => `${when(l.time).slice(11)} #${l.attempt ?? ""} ${l.level || "info"} ${l.message}${l.fields ? " " + JSON.stringify(l.fields) : ""}`)
+            .join("\n"))] : null,
           el("p", {}, `requested ${when(s.requested_at)} · started ${when(s.started_at)} · ended ${when(s.ended_at)}`)));
     }));
     timeline.replaceChildren(table(["time", "service", "event", "step", "attempt", "note"],
-      data.events.map((e) => el("tr", {},
+      data.events.filter((e) => e.type !== "wf.step.log").map((e) => el("tr", {},
         el("td", {}, when(e.time)), el("td", {}, e.source), el("td", {}, el("a", { href: `/events/${encodeURIComponent(e.id)}` }, e.type)),
         el("td", {}, e.stepid || ""), el("td", {}, e.attempt ?? ""),
         el("td", {}, takeover(e) || (e.data && e.data.error) || (e.data && e.data.duration_s !== undefined ? seconds(e.data.duration_s) : ""))))));
