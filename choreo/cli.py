@@ -46,6 +46,7 @@ CRASHES_SEEN = "crashes-seen"
 def main() -> None:
     # Workflow commands register themselves on the same app.
     import choreo.cli_bench
+    import choreo.cli_credentials
     import choreo.cli_deploy
     import choreo.cli_dlq
     import choreo.cli_fraud

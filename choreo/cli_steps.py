@@ -154,7 +154,8 @@ def worker(
     if not isinstance(found, Worker):
         errors.print(f"[red]{target} is a {type(found).__name__}, not a choreo.sdk.Worker.[/red]")
         raise typer.Exit(2)
-    settings = ClientSettings.load(data_dir, http_port=port)
+    # The embedded stack's `workers` identity, not the CLI's admin (exported CHOREO_* win).
+    settings = ClientSettings.load(data_dir, http_port=port).for_worker()
     try:
         service = found.service(settings, concurrency=concurrency)
     except ValueError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.settings import Settings
 
@@ -28,6 +28,24 @@ class ClientSettings(Settings):
     console_url: str | None = None  # the web console (`choreo open`)
     # Named source databases (JSON: name -> DSN), as ingest.postgres_query reads them.
     ingest_sources: dict[str, str] = Field(default_factory=dict)
+    # The identity `choreo worker` connects with (the embedded stack's `workers`), when set.
+    worker_nats_user: str | None = None
+    worker_nats_password: SecretStr | None = None
+    worker_s3_access_key: SecretStr | None = None
+    worker_s3_secret_key: SecretStr | None = None
+
+    def for_worker(self) -> "ClientSettings":
+        """These settings with the worker identity in place of the CLI's, when there is one."""
+        if not self.worker_nats_user:
+            return self
+        update: dict[str, object] = {
+            "nats_user": self.worker_nats_user,
+            "nats_password": self.worker_nats_password,
+        }
+        if self.worker_s3_access_key and self.worker_s3_secret_key:
+            update["s3_access_key"] = self.worker_s3_access_key
+            update["s3_secret_key"] = self.worker_s3_secret_key
+        return self.model_copy(update=update)
 
 
 class ClientError(Exception):

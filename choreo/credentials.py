@@ -10,7 +10,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.subjects import CONSOLE, SERVICES
+from shared.subjects import CONSOLE, SERVICES, WORKERS
 
 ADMIN = "admin"
 POSTGRES_SUPERUSER = "postgres"
@@ -44,7 +44,7 @@ class Credentials:
     def complete(self) -> bool:
         """Generate whatever is missing (a new service or role); True when anything was."""
         before = (len(self.nats), len(self.s3), len(self.postgres))
-        for user in (ADMIN, *SERVICES):
+        for user in (ADMIN, *SERVICES, WORKERS):
             self.nats.setdefault(user, _token())
             self.s3.setdefault(user, S3Key(f"CHOREO{secrets.token_hex(8).upper()}", _token()))
         self.nats.setdefault(CONSOLE, _token())  # the console reads the lake through store

@@ -17,7 +17,6 @@ announces its kinds in the step registry and keeps a heartbeat there while it ru
 
 import asyncio
 import inspect
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -36,7 +35,7 @@ from shared.settings import Settings
 from shared.slot import Slot
 from shared.subjects import SERVICES
 from shared.workflow.kinds import STEP_KINDS, StepKind, model_schema
-from shared.workflow.registry import HEARTBEAT_S, KindRegistry, open_registry
+from shared.workflow.registry import HEARTBEAT_S, WORKER_NAME, KindRegistry, open_registry
 from shared.workflow.runtime import Choreography
 from shared.workflow.steps import StepContext, StepFailed, StepOutput, StepRegistry
 
@@ -46,7 +45,6 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
 __all__ = ["Context", "Lake", "StepFailed", "Worker"]
 
 log = structlog.get_logger(__name__)
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -91,7 +89,7 @@ class Worker:
     """Step kinds `<name>.*` implemented by Python functions; see the module docstring."""
 
     def __init__(self, name: str, *, description: str = "") -> None:
-        if not NAME.match(name):
+        if not WORKER_NAME.match(name):
             raise ValueError(
                 f"worker name {name!r}: lower-case letters, digits and _, starting with a letter"
             )

@@ -40,7 +40,14 @@ from choreo.servers.s3 import S3Identity, S3Server
 from choreo.stackctl import HELD_DIR, POSTGRES_DIR, hold_file
 from choreo.state import Crash, PartState, StackState, write_env_file
 from shared.settings import Settings
-from shared.subjects import CONSOLE, CONSOLE_PERMISSIONS, SERVICE_PERMISSIONS, SERVICES
+from shared.subjects import (
+    CONSOLE,
+    CONSOLE_PERMISSIONS,
+    SERVICE_PERMISSIONS,
+    SERVICES,
+    WORKER_PERMISSIONS,
+    WORKERS,
+)
 
 log = structlog.get_logger("choreo.stack")
 
@@ -114,7 +121,16 @@ def nats_users(creds: Credentials) -> list[NatsUser]:
             perms.publish_deny(),
         )
     )
+    users.append(worker_user(WORKERS, creds.nats[WORKERS]))
     return users
+
+
+def worker_user(name: str, password: str) -> NatsUser:
+    """A Python worker's NATS user: its steps' events, the run state, the step registry."""
+    perms = WORKER_PERMISSIONS
+    return NatsUser(
+        name, password, perms.publish_allow(), perms.subscribe_allow(), perms.publish_deny()
+    )
 
 
 def service_user(service: str, password: str) -> NatsUser:
@@ -141,6 +157,8 @@ def s3_identities(creds: Credentials, settings: Settings) -> list[S3Identity]:
         "ingest": scoped((raw,), (raw,)),
         "transform": scoped((raw, staging, curated), (staging, curated)),
         "fraud": scoped((raw, staging, curated), (staging, curated)),
+        # Workers read the lake and write the layers steps write (ctx.lake).
+        WORKERS: scoped((raw, staging, curated), (staging, curated)),
     }
     return [
         S3Identity(user, creds.s3[user].access_key, creds.s3[user].secret_key, acts)
@@ -295,6 +313,11 @@ class Stack:
             "CHOREO_TRANSFORM_DATABASE_URL": self._dsn(TRANSFORM_ROLE, "analytics"),
             # For `choreo seed sales`, which fills the sample source database.
             "CHOREO_INGEST_SOURCES": self._sources(),
+            # `choreo worker` connects as the workers identity, not as admin.
+            "CHOREO_WORKER_NATS_USER": WORKERS,
+            "CHOREO_WORKER_NATS_PASSWORD": self.creds.nats[WORKERS],
+            "CHOREO_WORKER_S3_ACCESS_KEY": self.creds.s3[WORKERS].access_key,
+            "CHOREO_WORKER_S3_SECRET_KEY": self.creds.s3[WORKERS].secret_key,
         }
         for name in PROCESSES:
             env[f"CHOREO_{name.upper()}_URL"] = self.parts[name].url

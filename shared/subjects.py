@@ -5,6 +5,7 @@ stream's subjects are disjoint: `data.*` holds validated events (one token after
 `data.in.>` the unvalidated entry point that ingest checks, so the two never overlap.
 """
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -142,6 +143,19 @@ class Permissions:
     def subscribe_allow(self) -> list[str]:
         return [*self.subscribe, "_INBOX.>"]
 
+    def nats_conf_user(self, user: str, password: str) -> str:
+        """The user's entry in nats.conf's `authorization.users`; `password` as it is
+        written there (a quoted string, or an unquoted `$VARIABLE`)."""
+
+        def listed(subjects: list[str]) -> str:
+            return "[" + ", ".join(json.dumps(subject) for subject in subjects) + "]"
+
+        return (
+            f"{{user: {json.dumps(user)}, password: {password}, permissions: {{publish: "
+            f"{{allow: {listed(self.publish_allow())}, deny: {listed(self.publish_deny())}}}, "
+            f"subscribe: {listed(self.subscribe_allow())}}}}}"
+        )
+
 
 # Every service publishes workflow events: a step's completion may request a successor
 # owned by any service.
@@ -180,4 +194,15 @@ CONSOLE_PERMISSIONS = Permissions(
     # The JetStream API (stream and consumer info, publishing to WORKFLOW) and its replies;
     # unlike the services, no write to the run-state bucket.
     jetstream=("$JS.API.>", "_INBOX.>"),
+)
+
+
+WORKERS = "workers"
+"""Python workers (`choreo worker`): the embedded stack's identity for them, and the
+permissions of every worker's own (`choreo credentials worker NAME`)."""
+WORKER_PERMISSIONS = Permissions(
+    # Its steps' events, and the requests of their successors, which any service may own.
+    publish=("wf.>",),
+    # Announcing its kinds and its heartbeat; the run state is in the default jetstream set.
+    buckets=("$KV.choreo_steps.>",),
 )

@@ -11,36 +11,30 @@ waits, visibly, until the step's timeout.
 """
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from shared.kv import dump, ensure_kv, get_entry, values_matching
+from shared.kv import dump, get_entry, open_bucket, values_matching
 from shared.settings import Settings
 from shared.workflow.kinds import STEP_KINDS, StepKind
 
 BUCKET = "choreo_steps"
+WORKER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+"""A worker's name: the prefix of its kinds and the token of its step subject."""
 HEARTBEAT_S = 2.0
 LIVE_FOR_S = 3 * HEARTBEAT_S
 
 
 async def open_registry(js: JetStreamContext, settings: Settings) -> "KindRegistry":
     """Open the registry bucket, creating it when missing (safe when processes race)."""
-    kv = await ensure_kv(
-        js,
-        KeyValueConfig(
-            bucket=BUCKET,
-            description="registered step kinds and live workers",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.stream_replicas,
-        ),
+    return KindRegistry(
+        await open_bucket(js, settings, BUCKET, "registered step kinds and live workers")
     )
-    return KindRegistry(kv)
 
 
 class KindRegistry:

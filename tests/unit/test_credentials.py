@@ -10,7 +10,7 @@ from shared.subjects import SERVICES
 def test_created_complete_and_private(tmp_path: Path) -> None:
     path = tmp_path / "credentials.json"
     creds = Credentials.load_or_create(path)
-    assert set(creds.nats) == {"admin", *SERVICES, "console"}
+    assert set(creds.nats) == {"admin", *SERVICES, "console", "workers"}
     assert set(creds.postgres) == {"postgres", *DATABASES}
     assert path.stat().st_mode & 0o777 == 0o600
     assert Credentials.load_or_create(path) == creds  # read back, not regenerated
