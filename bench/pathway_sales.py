@@ -88,7 +88,7 @@ async def stream_lag(rate: float, seconds: float, directory: Path) -> dict[str, 
             await provision_database(postgres.admin_dsn, "analytics", "bench", password)
             dsn = postgres.dsn("bench", password, "analytics")
             config = StreamingConfig(
-                nats_url=nats_server.url,
+                nats_servers=(nats_server.url,),
                 database_url=dsn,
                 state_dir=str(directory / "state"),
                 log_level="WARNING",
@@ -99,7 +99,7 @@ async def stream_lag(rate: float, seconds: float, directory: Path) -> dict[str, 
 
 
 async def _measure(config: StreamingConfig, rate: float, seconds: float) -> dict[str, Any]:
-    client = await nats.connect(config.nats_url)
+    client = await nats.connect(list(config.nats_servers))
     js = client.jetstream()
     await ensure_streams(js, Settings())
     reports: list[dict[str, Any]] = []

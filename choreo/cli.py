@@ -20,6 +20,7 @@ from choreo import stackctl
 from choreo.cli_common import (
     DataDir,
     Json,
+    NatsCluster,
     SyncInterval,
     app,
     audit_or_json,
@@ -65,6 +66,7 @@ def main() -> None:
 def dev(
     data_dir: DataDir,
     sync_interval: SyncInterval = None,
+    nats_cluster: NatsCluster = 1,
     supervisor: Annotated[bool, typer.Option("--supervisor", hidden=True)] = False,
 ) -> None:
     """Run the embedded stack in the foreground; Ctrl-C stops everything.
@@ -89,7 +91,14 @@ def dev(
         if not supervisor:
             console.print(f"[dim]…[/dim] {message}")
 
-    code = run_foreground(data_dir, sync_interval=sync_interval, on_ready=ready, progress=progress)
+    _check_cluster_size(nats_cluster)
+    code = run_foreground(
+        data_dir,
+        sync_interval=sync_interval,
+        nats_cluster=nats_cluster,
+        on_ready=ready,
+        progress=progress,
+    )
     raise typer.Exit(code)
 
 
@@ -97,6 +106,7 @@ def dev(
 def up(
     data_dir: DataDir,
     sync_interval: SyncInterval = None,
+    nats_cluster: NatsCluster = 1,
     json_out: Json = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = UP_TIMEOUT_S,
     crashes: Crashes = False,
@@ -106,13 +116,21 @@ def up(
     Run it again to see what runs where; a second stack is never started on the same data
     dir. Connection settings are written to <data dir>/env.
     """
+    _check_cluster_size(nats_cluster)
     state = stackctl.running_state(data_dir)
     if state is None:
-        process = stackctl.spawn_supervisor(data_dir, sync_interval)
+        process = stackctl.spawn_supervisor(data_dir, sync_interval, nats_cluster)
         state = _wait_ready(data_dir, process.pid, timeout, quiet=json_out)
     elif not json_out:
         console.print(f"Reusing the stack already running in {data_dir}.")
     _show_stack(state, data_dir, json_out=json_out, every_crash=crashes)
+
+
+def _check_cluster_size(nodes: int) -> None:
+    if nodes != 1 and nodes < 3:
+        # Two nodes have no majority once one is gone: a cluster is worth it from three.
+        errors.print(f"--nats-cluster {nodes}: give 1, or 3 or more (a majority must survive).")
+        raise typer.Exit(2)
 
 
 def _wait_ready(data_dir: Path, pid: int, timeout: float, *, quiet: bool) -> StackState:
@@ -529,6 +547,8 @@ def _stack_json(state: StackState, data_dir: Path) -> dict[str, Any]:
             h.part.name: {**asdict(h.part), "crashes": len(h.part.crashes), "status": h.status}
             for h in stackctl.health(state)
         },
+        # Which nats-server node leads each stream (and bucket), with its replicas.
+        "streams": stackctl.stream_leaders(data_dir),
     }
 
 
@@ -552,6 +572,12 @@ def print_stack(state: StackState, data_dir: Path) -> None:
             _relative(Path(h.part.log)),
         )
     console.print(table)
+    streams = stackctl.stream_leaders(data_dir)
+    if streams:
+        leaders = ", ".join(
+            f"{name} {s['leader']} (R{s['replicas']})" for name, s in streams.items()
+        )
+        console.print(f"Streams and their leaders: {leaders}")
     console.print(f"Settings for other commands: {data_dir / ENV_FILE_NAME}")
 
 

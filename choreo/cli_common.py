@@ -82,6 +82,15 @@ DataDir = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+NatsCluster = Annotated[
+    int,
+    typer.Option(
+        "--nats-cluster",
+        min=1,
+        help="nats-server nodes: 1 (default), or 3 for a JetStream cluster on loopback "
+        "(parts nats-1, nats-2, nats-3; every stream and bucket with 3 replicas).",
+    ),
+]
 SyncInterval = Annotated[
     str | None,
     typer.Option(

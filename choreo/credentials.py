@@ -40,17 +40,20 @@ class Credentials:
     nats: dict[str, str] = field(default_factory=dict)
     s3: dict[str, S3Key] = field(default_factory=dict)
     postgres: dict[str, str] = field(default_factory=dict)
+    # What the nodes of a NATS cluster (`--nats-cluster 3`) authenticate their routes with.
+    nats_routes: str = ""
 
     def complete(self) -> bool:
         """Generate whatever is missing (a new service or role); True when anything was."""
-        before = (len(self.nats), len(self.s3), len(self.postgres))
+        before = (len(self.nats), len(self.s3), len(self.postgres), self.nats_routes)
         for user in (ADMIN, *SERVICES, WORKERS):
             self.nats.setdefault(user, _token())
             self.s3.setdefault(user, S3Key(f"CHOREO{secrets.token_hex(8).upper()}", _token()))
         self.nats.setdefault(CONSOLE, _token())  # the console reads the lake through store
         for role in (POSTGRES_SUPERUSER, *DATABASES):
             self.postgres.setdefault(role, _token())
-        return before != (len(self.nats), len(self.s3), len(self.postgres))
+        self.nats_routes = self.nats_routes or _token()
+        return before != (len(self.nats), len(self.s3), len(self.postgres), self.nats_routes)
 
     @classmethod
     def load_or_create(cls, path: Path) -> "Credentials":
@@ -62,6 +65,7 @@ class Credentials:
                 nats=raw["nats"],
                 s3={user: S3Key(**key) for user, key in raw["s3"].items()},
                 postgres=raw["postgres"],
+                nats_routes=raw.get("nats_routes", ""),
             )
         if creds.complete() or not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)

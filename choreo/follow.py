@@ -27,7 +27,7 @@ async def connect(settings: ClientSettings) -> AsyncIterator[Client]:
         """The CLI reports a failed connection itself, in one sentence."""
 
     client = await nats.connect(
-        settings.nats_url,
+        settings.nats_servers,
         user=settings.nats_user,
         password=password,
         name="choreo-cli",

@@ -32,7 +32,7 @@ from choreo.credentials import (
     TRANSFORM_ROLE,
     Credentials,
 )
-from choreo.servers.nats import NatsServer, NatsUser
+from choreo.servers.nats import Cluster, ClusterPeer, NatsServer, NatsUser
 from choreo.servers.ports import free_port
 from choreo.servers.postgres import PostgresServer
 from choreo.servers.process import ServerProcess, http_get
@@ -54,6 +54,7 @@ log = structlog.get_logger("choreo.stack")
 SERVICE_START_TIMEOUT_S = 60.0
 # The services, then the web console: each a `python -m services.<name>` process.
 PROCESSES = (*SERVICES, CONSOLE)
+NATS_CLUSTER_TIMEOUT_S = 30.0
 MAX_RESTART_DELAY_S = 30.0
 MONITOR_INTERVAL_S = 0.5
 # CHOREO_* variables of the supervisor's environment that reach the services.
@@ -105,6 +106,35 @@ class ServiceProcess(ServerProcess):
         # loop is blocked answers 503 (its watchdog) or not at all.
         answer = http_get(f"{self.url}/healthz", timeout=timeout)
         return answer is not None and answer[0] == 200
+
+
+def nats_nodes(
+    root: Path, creds: Credentials, count: int, *, sync_interval: str
+) -> list[NatsServer]:
+    """One nats-server (part `nats`), or `count` nodes clustered on loopback (parts
+    `nats-1`...), each with its own store and log."""
+    if count == 1:
+        return [
+            NatsServer(
+                root / "nats",
+                nats_users(creds),
+                sync_interval=sync_interval,
+                log_path=root / "logs" / "nats.log",
+            )
+        ]
+    peers = tuple(ClusterPeer(f"nats-{i}", free_port()) for i in range(1, count + 1))
+    cluster = Cluster(peers, creds.nats_routes)
+    return [
+        NatsServer(
+            root / peer.name,
+            nats_users(creds),
+            sync_interval=sync_interval,
+            log_path=root / "logs" / f"{peer.name}.log",
+            cluster=cluster,
+            node_name=peer.name,
+        )
+        for peer in peers
+    ]
 
 
 def nats_users(creds: Credentials) -> list[NatsUser]:
@@ -205,19 +235,22 @@ class Part:
 class Stack:
     """Starts, supervises and stops everything under `data_dir`."""
 
-    def __init__(self, data_dir: Path, *, sync_interval: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, sync_interval: str | None = None, nats_cluster: int = 1
+    ) -> None:
         self.root = data_dir.absolute()
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs = self.root / "logs"
         # Bucket names and tunables come from CHOREO_* variables, never from our own env file.
         self.settings = Settings(data_dir=self.root)
         self.creds = Credentials.load_or_create(self.root / "credentials.json")
-        self.nats = NatsServer(
-            self.root / "nats",
-            nats_users(self.creds),
+        self.nats_nodes = nats_nodes(
+            self.root,
+            self.creds,
+            nats_cluster,
             sync_interval=sync_interval or self.settings.nats_sync_interval,
-            log_path=self.logs / "nats.log",
         )
+        self.nats = self.nats_nodes[0]
         self.s3 = S3Server(
             self.root / "s3",
             s3_identities(self.creds, self.settings),
@@ -229,7 +262,7 @@ class Stack:
             log_path=self.logs / "postgres.log",
         )
         self.parts: dict[str, Part] = {
-            "nats": Part(self.nats, "server", self.nats.url),
+            **{node.node_name: Part(node, "server", node.url) for node in self.nats_nodes},
             "s3": Part(self.s3, "server", self.s3.endpoint_url),
             # Never a DSN here: stack.json and the table are not secret.
             "postgres": Part(
@@ -247,6 +280,16 @@ class Stack:
         self._state_lock = threading.Lock()
         self._probes = ThreadPoolExecutor(len(self.parts), thread_name_prefix="liveness")
 
+    @property
+    def nats_url(self) -> str:
+        """Every node's URL, comma-separated: a client reaches the cluster through any."""
+        return ",".join(node.url for node in self.nats_nodes)
+
+    @property
+    def stream_replicas(self) -> str:
+        """Replicas of every stream, KV and object-store bucket: one per node (or as set)."""
+        return os.environ.get("CHOREO_STREAM_REPLICAS", str(len(self.nats_nodes)))
+
     def _dsn(self, role: str, database: str = DATABASE) -> str:
         return self.postgres.dsn(role, self.creds.postgres[role], database)
 
@@ -258,7 +301,8 @@ class Stack:
                 "CHOREO_ENVIRONMENT": "dev",
                 # A directory without an env file: the service sees only what is set here.
                 "CHOREO_DATA_DIR": str(self.root / "services" / name),
-                "CHOREO_NATS_URL": self.nats.url,
+                "CHOREO_NATS_URL": self.nats_url,
+                "CHOREO_STREAM_REPLICAS": self.stream_replicas,
                 "CHOREO_NATS_USER": name,
                 "CHOREO_NATS_PASSWORD": self.creds.nats[name],
                 "CHOREO_NATS_SYNC_INTERVAL": self.nats.sync_interval,
@@ -300,10 +344,11 @@ class Stack:
     def client_env(self) -> dict[str, str]:
         """What `<data dir>/env` holds: admin credentials for the CLI and every URL."""
         env = {
-            "CHOREO_NATS_URL": self.nats.url,
+            "CHOREO_NATS_URL": self.nats_url,
+            "CHOREO_STREAM_REPLICAS": self.stream_replicas,
             "CHOREO_NATS_USER": ADMIN,
             "CHOREO_NATS_PASSWORD": self.creds.nats[ADMIN],
-            "CHOREO_NATS_MONITOR_URL": self.nats.monitor_url,
+            "CHOREO_NATS_MONITOR_URL": ",".join(node.monitor_url for node in self.nats_nodes),
             "CHOREO_S3_ENDPOINT_URL": self.s3.endpoint_url,
             "CHOREO_S3_ACCESS_KEY": self.creds.s3[ADMIN].access_key,
             "CHOREO_S3_SECRET_KEY": self.creds.s3[ADMIN].secret_key,
@@ -335,6 +380,7 @@ class Stack:
         with ThreadPoolExecutor(len(servers)) as pool:
             for future in [pool.submit(self._start_part, n) for n in servers]:
                 future.result()
+        self._wait_nats_current()
         asyncio.run(self._provision_databases())
         write_env_file(self.root, self.client_env())
         progress(f"starting services: {', '.join(PROCESSES)}")
@@ -345,6 +391,15 @@ class Stack:
         self.state.status = "ready"
         self._save()
         log.info("stack ready", data_dir=str(self.root))
+
+    def _wait_nats_current(self) -> None:
+        """Wait until JetStream answers on every node (a cluster elects its meta leader)."""
+        deadline = time.monotonic() + NATS_CLUSTER_TIMEOUT_S
+        while not all(node.is_current() for node in self.nats_nodes):
+            if time.monotonic() > deadline:
+                late = [n.node_name for n in self.nats_nodes if not n.is_current()]
+                raise RuntimeError(f"JetStream not current on {', '.join(late)} in time")
+            time.sleep(0.1)
 
     async def _provision_databases(self) -> None:
         admin = self._dsn(POSTGRES_SUPERUSER, "postgres")
@@ -496,11 +551,12 @@ def run_foreground(
     data_dir: Path,
     *,
     sync_interval: str | None = None,
+    nats_cluster: int = 1,
     on_ready: Callable[[Stack], None] = lambda _: None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> int:
     """Start the stack, supervise it until SIGINT/SIGTERM, stop it; the process's exit code."""
-    stack = Stack(data_dir, sync_interval=sync_interval)
+    stack = Stack(data_dir, sync_interval=sync_interval, nats_cluster=nats_cluster)
 
     def on_signal(signum: int, _: object) -> None:
         log.info("stopping the stack", signal=signal.Signals(signum).name)

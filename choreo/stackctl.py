@@ -1,5 +1,6 @@
 """What `choreo up`, `down` and `ps` do with a stack running in another process."""
 
+import asyncio
 import os
 import shutil
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from choreo.servers.postgres import remove_cluster
 from choreo.servers.process import alive as process_alive
@@ -18,6 +20,7 @@ SUPERVISOR_LOG = "stack.log"
 STOP_TIMEOUT_S = 45.0
 PART_STOP_TIMEOUT_S = 20.0
 HELD_DIR = "held"
+STREAMS_TIMEOUT_S = 5.0
 POSTGRES_DIR = "postgres"
 
 
@@ -80,13 +83,17 @@ def cleanup_leftovers(state: StackState) -> list[str]:
     return stopped
 
 
-def spawn_supervisor(data_dir: Path, sync_interval: str | None) -> subprocess.Popen[bytes]:
+def spawn_supervisor(
+    data_dir: Path, sync_interval: str | None, nats_cluster: int = 1
+) -> subprocess.Popen[bytes]:
     """Start `choreo dev --supervisor` detached from this terminal, logging to stack.log."""
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "choreo", "dev", "--data-dir", str(data_dir), "--supervisor"]
     if sync_interval:
         argv += ["--sync-interval", sync_interval]
+    if nats_cluster != 1:
+        argv += ["--nats-cluster", str(nats_cluster)]
     with (logs / SUPERVISOR_LOG).open("ab") as log:
         return subprocess.Popen(
             argv,
@@ -119,6 +126,29 @@ def purge(data_dir: Path) -> None:
     (outside the data dir when PostgreSQL's user could not reach it there)."""
     remove_cluster(data_dir / POSTGRES_DIR)
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def stream_leaders(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each JetStream stream (KV and object-store buckets included) of the running stack:
+    the node leading it and its replicas; empty when NATS does not answer."""
+    from choreo.client import ClientSettings
+    from choreo.follow import connect
+
+    async def ask() -> dict[str, dict[str, Any]]:
+        async with connect(ClientSettings.load(data_dir)) as client:
+            infos = await client.jetstream().streams_info()
+        return {
+            info.config.name or "?": {
+                "leader": info.cluster.leader if info.cluster else None,
+                "replicas": info.config.num_replicas,
+            }
+            for info in sorted(infos, key=lambda i: i.config.name or "")
+        }
+
+    try:
+        return asyncio.run(asyncio.wait_for(ask(), STREAMS_TIMEOUT_S))
+    except Exception:  # NATS down or restarting: `ps` still shows the parts
+        return {}
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

@@ -3,11 +3,12 @@
 import asyncio
 from collections.abc import Iterable, Sequence
 
+import nats.errors
 import structlog
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from shared.envelope import Event
 from shared.metrics import Metrics
@@ -85,9 +86,27 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 async def ensure_streams(
     js: JetStreamContext, settings: Settings, specs: Iterable[StreamSpec] = STREAMS
 ) -> None:
-    """Provision every stream Choreo uses (idempotent)."""
+    """Provision every stream Choreo uses (idempotent). A JetStream API call that times out
+    or finds no JetStream (a cluster electing its leaders, a loaded machine) is tried again
+    with the settings' backoff, up to `max_deliver` times."""
     for spec in specs:
-        await ensure_stream(js, stream_config(spec, settings))
+        config = stream_config(spec, settings)
+        for attempt in range(1, settings.max_deliver + 1):
+            try:
+                await ensure_stream(js, config)
+                break
+            except (nats.errors.TimeoutError, ServiceUnavailableError) as exc:
+                if attempt == settings.max_deliver:
+                    raise
+                delay = settings.backoff(attempt)
+                log.warning(
+                    "JetStream did not answer; retrying",
+                    stream=spec.name,
+                    attempt=attempt,
+                    delay_s=delay,
+                    error=repr(exc),
+                )
+                await asyncio.sleep(delay)
 
 
 def jetstream(broker: NatsBroker) -> JetStreamContext:

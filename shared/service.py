@@ -56,7 +56,7 @@ def create_broker(settings: Settings, service: str) -> NatsBroker:
     if settings.nats_user and settings.nats_password:
         security = NatsUserPassword(settings.nats_user, settings.nats_password.get_secret_value())
     return NatsBroker(
-        settings.nats_url,
+        settings.nats_servers,
         name=f"choreo-{service}",
         security=security,
         max_reconnect_attempts=-1,

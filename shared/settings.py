@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     data_dir: Path = DEFAULT_DATA_DIR
 
     # NATS: each service connects with its own user (see shared.subjects.SERVICE_PERMISSIONS).
+    # One URL, or every node of a cluster comma-separated.
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
     nats_password: SecretStr | None = None
@@ -153,6 +154,12 @@ class Settings(BaseSettings):
                 "default: generate real ones, e.g. `openssl rand -hex 24`)"
             )
         return self
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS URLs to connect to: CHOREO_NATS_URL may list a cluster's nodes,
+        comma-separated (a client fails over between them)."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
     def require(self, *names: str) -> None:
         """Fail fast, naming every missing setting a service cannot run without."""

@@ -6,8 +6,9 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,6 +77,14 @@ def choreo(
         check=check,
         env={k: v for k, v in os.environ.items() if not k.startswith("CHOREO_")} | dict(env or {}),
     )
+
+
+def own_data_dir(prefix: str) -> Iterator[Path]:
+    """A data dir for a stack of the test's own (fixtures `yield from` it): the stack is
+    stopped and the dir purged afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    yield directory
+    choreo("down", "--purge", data_dir=directory, check=False)
 
 
 def stack_env(data_dir: Path) -> dict[str, str]:

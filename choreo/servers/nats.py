@@ -21,8 +21,27 @@ class NatsUser:
     publish_deny: list[str] | None = None  # refused even where `publish` allows
 
 
+@dataclass(frozen=True)
+class ClusterPeer:
+    """One node of a JetStream cluster as the others reach it: its route port."""
+
+    name: str
+    route_port: int
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The cluster a node belongs to: every node (itself included) and the password the
+    nodes' routes authenticate with (a route carries every account's messages)."""
+
+    nodes: tuple[ClusterPeer, ...]
+    route_password: str
+    name: str = "choreo"
+
+
 class NatsServer(ServerProcess):
-    """nats-server with JetStream under data_dir; with no users anyone may connect."""
+    """nats-server with JetStream under data_dir; with no users anyone may connect. With
+    `cluster` it is the node `node_name` of a JetStream cluster on loopback."""
 
     def __init__(
         self,
@@ -34,7 +53,11 @@ class NatsServer(ServerProcess):
         monitor_port: int | None = None,
         log_path: Path | None = None,
         start_timeout: float = 30.0,
+        cluster: Cluster | None = None,
+        node_name: str = "nats",
     ) -> None:
+        self.cluster = cluster
+        self.node_name = node_name
         self.data_dir = data_dir.absolute()
         self.users = list(users)
         self.sync_interval = sync_interval
@@ -60,6 +83,12 @@ class NatsServer(ServerProcess):
     def is_ready(self) -> bool:
         return self.is_alive(0.5)
 
+    def is_current(self) -> bool:
+        """JetStream answers here: for a node of a cluster, once it knows the meta leader
+        (a majority of the nodes is up) and has caught up with it."""
+        answer = http_get(f"{self.monitor_url}/healthz", 0.5)
+        return answer is not None and answer[0] == 200
+
     def is_alive(self, timeout: float) -> bool:
         answer = http_get(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout)
         return answer is not None and answer[0] == 200
@@ -75,6 +104,7 @@ class NatsServer(ServerProcess):
     def render_config(self) -> str:
         """The nats.conf text; strings are JSON-quoted, which the NATS parser reads as-is."""
         lines = [
+            f"server_name: {_q(self.node_name)}",
             f"listen: {_q(f'127.0.0.1:{self.port}')}",
             f"http: {_q(f'127.0.0.1:{self.monitor_port}')}",
             "jetstream {",
@@ -82,11 +112,30 @@ class NatsServer(ServerProcess):
             f"  sync_interval: {_q(self.sync_interval)}",
             "}",
         ]
+        if self.cluster is not None:
+            lines += self._cluster_lines(self.cluster)
         if self.users:
             lines += ["authorization {", "  users = ["]
             lines += [f"    {_render_user(user)}" for user in self.users]
             lines += ["  ]", "}"]
         return "\n".join(lines) + "\n"
+
+    def _cluster_lines(self, cluster: Cluster) -> list[str]:
+        me = next(node for node in cluster.nodes if node.name == self.node_name)
+        password = cluster.route_password
+        routes = [
+            _q(f"nats-route://route:{password}@127.0.0.1:{node.route_port}")
+            for node in cluster.nodes
+            if node.name != self.node_name
+        ]
+        return [
+            "cluster {",
+            f"  name: {_q(cluster.name)}",
+            f"  listen: {_q(f'127.0.0.1:{me.route_port}')}",
+            f"  authorization {{ user: route, password: {_q(password)} }}",
+            f"  routes: [{', '.join(routes)}]",
+            "}",
+        ]
 
 
 def _render_user(user: NatsUser) -> str:

@@ -45,9 +45,10 @@ SESSION_ROWS: list["Row"] = []  # printed at the end of the test run (tests/chao
 class ChaosStack:
     """An embedded stack of our own, and the faults a test can inject into it."""
 
-    def __init__(self, sync_interval: str | None = None) -> None:
+    def __init__(self, sync_interval: str | None = None, nats_cluster: int = 1) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="choreo-chaos-"))
         args = ["up", "--json"] + (["--sync-interval", sync_interval] if sync_interval else [])
+        args += ["--nats-cluster", str(nats_cluster)]
         choreo(*args, data_dir=self.data_dir)
         self.env = stack_env(self.data_dir)
 
@@ -59,6 +60,11 @@ class ChaosStack:
             "parts"
         ]
         return parts
+
+    def leader(self, stream: str) -> str:
+        """The node leading `stream` now (`choreo ps --json`)."""
+        streams = json.loads(choreo("ps", "--json", data_dir=self.data_dir).stdout)["streams"]
+        return str(streams[stream]["leader"])
 
     async def kill(self, part: str) -> None:
         """SIGKILL the part; return once the supervisor has it ready again."""
@@ -223,7 +229,7 @@ async def locate(env: dict[str, str], ids: set[str]) -> Where:
                     event_id = json.loads(line)["id"]
                     if event_id in ids:
                         lake[event_id] += 1
-    async with _jetstream(env) as js:
+    async with connect_jetstream(env) as js:
         scored: Counter[str] = Counter()
         for data in await _read_all(js, FRAUD.name, "fraud.scored"):
             tx_event = json.loads(data)["data"]["transaction_event_id"]
@@ -241,9 +247,11 @@ def _dead_id(data: bytes) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _jetstream(env: dict[str, str]) -> AsyncIterator[JetStreamContext]:
+async def connect_jetstream(env: dict[str, str]) -> AsyncIterator[JetStreamContext]:
     nc = await nats.connect(
-        env["CHOREO_NATS_URL"], user=env["CHOREO_NATS_USER"], password=env["CHOREO_NATS_PASSWORD"]
+        env["CHOREO_NATS_URL"].split(","),
+        user=env["CHOREO_NATS_USER"],
+        password=env["CHOREO_NATS_PASSWORD"],
     )
     try:
         yield nc.jetstream()
@@ -274,7 +282,7 @@ async def _read_all(js: JetStreamContext, stream: str, subject: str) -> list[byt
 async def redeliveries(env: dict[str, str]) -> int:
     """Deliveries beyond the first, summed over every consumer of stream DATA (whose
     messages are all transactions here, so each consumer sees every sequence)."""
-    async with _jetstream(env) as js:
+    async with connect_jetstream(env) as js:
         total = 0
         for consumer in await js.consumers_info(DATA.name):
             if consumer.delivered is not None:

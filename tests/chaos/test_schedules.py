@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from shared.subjects import SCHEDULES
 from shared.workflow.schedules import FIRE_PREFIX, ScheduleSpec, parse_next, run_id
-from tests.chaos.harness import ChaosStack, _jetstream
+from tests.chaos.harness import ChaosStack, connect_jetstream
 from tests.support import choreo, stack_env, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -79,7 +79,7 @@ async def test_a_schedule_fires_through_kills_and_restarts_once_per_fire(tmp_pat
         choreo("schedule", "pause", SCHEDULE, data_dir=stack.data_dir)
         await asyncio.sleep(2)
 
-        async with _jetstream(stack.env) as js:
+        async with connect_jetstream(stack.env) as js:
             times = await fired(js)
         expected = {run_id(SCHEDULE, t) for t in times}
         found = await wait_for(

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from choreo.servers.process import alive
-from tests.support import choreo
+from tests.support import choreo, own_data_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +34,7 @@ RESTART_BOUND_S = FAILURES * (INTERVAL_S + TIMEOUT_S) + 1 + 60
 
 @pytest.fixture(scope="module")
 def data_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="choreo-liveness-"))
-    yield directory
-    choreo("down", "--purge", data_dir=directory, check=False)
+    yield from own_data_dir("choreo-liveness-")
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest.fixture
 def config(nats_server: NatsServer, database_url: str, tmp_path: Path) -> StreamingConfig:
     return StreamingConfig(
-        nats_url=nats_server.url,
+        nats_servers=(nats_server.url,),
         nats_user="transform",
         nats_password=TRANSFORM_PASSWORD,
         database_url=database_url,

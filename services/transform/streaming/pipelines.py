@@ -112,7 +112,7 @@ BACKLOG_BATCHES = 10
 class StreamingConfig:
     """What the child process needs; JSON on its stdin (it holds secrets: never argv)."""
 
-    nats_url: str
+    nats_servers: tuple[str, ...]
     database_url: str
     state_dir: str
     nats_user: str | None = None
@@ -129,7 +129,7 @@ class StreamingConfig:
     ) -> "StreamingConfig":
         password = settings.nats_password
         return cls(
-            nats_url=settings.nats_url,
+            nats_servers=tuple(settings.nats_servers),
             nats_user=settings.nats_user,
             nats_password=password.get_secret_value() if password is not None else None,
             database_url=database_url,
@@ -171,7 +171,7 @@ async def connect_nats(config: StreamingConfig) -> NatsClient:
     options: dict[str, Any] = {"name": "choreo-transform-streaming", "max_reconnect_attempts": -1}
     if config.nats_user and config.nats_password:
         options |= {"user": config.nats_user, "password": config.nats_password}
-    return await nats.connect(config.nats_url, **options)
+    return await nats.connect(list(config.nats_servers), **options)
 
 
 def _subject_class(pw: Any) -> Any:

@@ -1,0 +1,83 @@
+"""Faults only a cluster shows, on `choreo up --nats-cluster 3` under the open-loop load of
+the chaos suite: the node leading stream DATA SIGKILLed, the node leading the run-state
+bucket SIGKILLed while a workflow runs, and one node down for 10 s then back (the time it
+takes to catch up is measured). Each ends with acknowledged = audited = in lake = scored,
+nothing duplicated. Rate: CHOREO_CHAOS_RATE events/s (default 500)."""
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.subjects import DATA
+from shared.workflow.state import BUCKET as RUNS_BUCKET
+from tests.chaos.harness import ChaosStack, connect_jetstream
+from tests.chaos.test_faults import under_load
+from tests.support import choreo
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ChaosStack]:
+    running = ChaosStack(nats_cluster=3)
+    yield running
+    running.down()
+
+
+async def test_sigkill_of_the_node_leading_data(cluster: ChaosStack) -> None:
+    leader = await asyncio.to_thread(cluster.leader, DATA.name)
+    await under_load(f"cluster: SIGKILL {DATA.name} leader", cluster, lambda: cluster.kill(leader))
+    assert await asyncio.to_thread(cluster.leader, DATA.name) in {"nats-1", "nats-2", "nats-3"}
+
+
+async def test_sigkill_of_the_node_leading_the_run_state_bucket(cluster: ChaosStack) -> None:
+    bucket = f"KV_{RUNS_BUCKET}"
+    leader = await asyncio.to_thread(cluster.leader, bucket)
+    workflow = str(ROOT / "workflows/minio-store/workflow.json")
+    run = asyncio.create_task(
+        asyncio.to_thread(choreo, "run", workflow, "--json", data_dir=cluster.data_dir)
+    )
+
+    async def kill() -> None:
+        await cluster.kill(leader)
+
+    await under_load(f"cluster: SIGKILL {bucket} leader", cluster, kill)
+    result = json.loads((await run).stdout)
+    assert result["status"] == "completed", result
+    assert set(result["steps"].values()) == {"completed"}
+
+
+async def test_one_node_down_for_10_s_then_back_catches_up(cluster: ChaosStack) -> None:
+    node = "nats-3"
+    caught_up: list[float] = []
+
+    async def outage() -> None:
+        await asyncio.to_thread(cluster.stop, node)
+        await asyncio.sleep(10)
+        back = time.monotonic()
+        await asyncio.to_thread(cluster.start, node)
+        await _current(cluster, node)
+        caught_up.append(time.monotonic() - back)
+
+    await under_load(f"cluster: {node} down 10 s", cluster, outage)
+    print(f"{node} caught up with {DATA.name} {caught_up[0]:.1f} s after its restart")
+
+
+async def _current(cluster: ChaosStack, node: str, within: float = 120) -> None:
+    """Wait until `node` is a current replica of DATA with no lag."""
+    async with connect_jetstream(cluster.env) as js:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            info = await js.stream_info(DATA.name)
+            peers = info.cluster.replicas if info.cluster else None
+            if info.cluster and info.cluster.leader == node:
+                return
+            if any(p.name == node and p.current and not p.lag for p in peers or []):
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{node} did not catch up with {DATA.name} in {within} s")
