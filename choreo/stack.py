@@ -348,7 +348,7 @@ class Stack:
             "CHOREO_STREAM_REPLICAS": self.stream_replicas,
             "CHOREO_NATS_USER": ADMIN,
             "CHOREO_NATS_PASSWORD": self.creds.nats[ADMIN],
-            "CHOREO_NATS_MONITOR_URL": ",".join(node.monitor_url for node in self.nats_nodes),
+            "CHOREO_NATS_MONITOR_URL": self.nats.monitor_url,
             "CHOREO_S3_ENDPOINT_URL": self.s3.endpoint_url,
             "CHOREO_S3_ACCESS_KEY": self.creds.s3[ADMIN].access_key,
             "CHOREO_S3_SECRET_KEY": self.creds.s3[ADMIN].secret_key,
