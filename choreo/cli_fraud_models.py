@@ -158,3 +158,86 @@ def _show_choice(current: Any, json_out: bool) -> None:
         f"Active: {current.active or 'the shipped model'}; shadow: {current.shadow or 'none'}. "
         "The fraud service applies it within CHOREO_FRAUD_MODEL_POLL_S (5 s)."
     )
+
+
+@fraud.command()
+def compare(data_dir: DataDir, json_out: Json = False) -> None:
+    """How the shadow model agrees with the active one, over every transaction both scored
+    (fraud.shadow and fraud.scored in stream FRAUD): same decision, the decisions side by
+    side, what only one of them flags, and the score gap."""
+    from rich.table import Table
+
+    from choreo.cli_runs import _run_async
+    from choreo.follow import connect
+    from choreo.fraud_compare import DECISIONS, agreement
+
+    settings = ClientSettings.load(data_dir)
+
+    async def go() -> dict[str, Any]:
+        async with connect(settings) as client:
+            js = client.jetstream()
+            scored = await _verdicts(js, "fraud.scored")
+            shadow = await _verdicts(js, "fraud.shadow")
+            return agreement(scored, shadow)
+
+    found: dict[str, Any] = _run_async(go)
+    if json_out:
+        console.print_json(json.dumps(found))
+        return
+    if not found["pairs"]:
+        console.print("No transaction was scored in shadow: `choreo fraud shadow VERSION` first.")
+        return
+    console.print(
+        f"{found['pairs']} transactions scored by {', '.join(found['models'])}: "
+        f"same decision for {found['same_decision']:.2%}; flagged by the shadow only "
+        f"{found['flagged']['shadow_only']}, by the active model only "
+        f"{found['flagged']['active_only']}; score gap mean {found['score_gap']['mean']}, "
+        f"max {found['score_gap']['max']}."
+    )
+    table = Table(title="Decisions: active (rows) vs shadow (columns)", title_justify="left")
+    table.add_column("active")
+    for decision in DECISIONS:
+        table.add_column(decision, justify="right")
+    for decision in DECISIONS:
+        row = found["decisions"][decision]
+        table.add_row(decision, *(str(row[d]) for d in DECISIONS))
+    console.print(table)
+
+
+async def _verdicts(js: Any, subject: str) -> list[dict[str, Any]]:
+    """The data of every event of `subject` in stream FRAUD, read by an ephemeral consumer
+    without acks (it moves no one's position)."""
+    import uuid
+
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    from shared.envelope import Event
+
+    name = f"fraud-compare-{uuid.uuid4().hex[:12]}"
+    config = ConsumerConfig(
+        name=name,
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=60.0,
+        mem_storage=True,
+    )
+    await js.add_consumer("FRAUD", config)
+    subscription = await js.pull_subscribe_bind(name, "FRAUD")
+    found: list[dict[str, Any]] = []
+    try:
+        while True:
+            try:
+                batch = await subscription.fetch(1000, timeout=2)
+            except (TimeoutError, NatsTimeout):
+                return found
+            for msg in batch:
+                data = Event.from_bytes(msg.data).data
+                if isinstance(data, dict):
+                    found.append(data)
+            if batch and batch[-1].metadata.num_pending == 0:
+                return found
+    finally:
+        await subscription.unsubscribe()
+        await js.delete_consumer("FRAUD", name)

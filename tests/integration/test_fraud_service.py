@@ -21,6 +21,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import ObjectNotFoundError
 
+from choreo.cli_fraud_models import _verdicts
+from choreo.fraud_compare import agreement
 from choreo.generate import generate
 from choreo.servers.nats import NatsServer
 from choreo.servers.ports import free_port
@@ -325,6 +327,11 @@ async def test_promote_switches_models_under_load_without_a_restart(
     assert set(shadows) <= set(order[2000:])
     alerts = verdicts(await read(js, FRAUD.name, "fraud.alert"))
     assert {v["model"] for v in alerts.values()} <= {shipped_model().version, "fraud-test-b"}
+    # What `choreo fraud compare` reads and reports.
+    compared = agreement(await _verdicts(js, "fraud.scored"), await _verdicts(js, "fraud.shadow"))
+    assert compared["pairs"] == len(shadows)
+    assert compared["models"] == ["fraud-test-b vs fraud-test-c"]
+    assert compared["flagged"]["active_only"] > 0  # c's intercept is lower: it flags less
 
 
 async def test_a_steps_only_replica_scores_nothing_live(
