@@ -7,7 +7,7 @@ A deployed workflow is stored by name with versions in JetStream KV
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -16,7 +16,8 @@ from choreo.cli_common import DataDir, Json, app, console, errors, plural
 from choreo.cli_runs import EXIT_INVALID, _load, _print_problems, _run_async
 from choreo.client import ClientSettings
 from choreo.follow import connect
-from shared.workflow.deployments import Deployments, open_bucket
+from shared.workflow.deployments import DeploymentError, Deployments, open_bucket
+from shared.workflow.triggers import is_paused, set_paused
 
 
 @app.command()
@@ -108,3 +109,88 @@ def undeploy(
     else:
         errors.print(f"No workflow named {name!r} is deployed (`choreo workflows` lists them).")
         raise typer.Exit(1)
+
+
+trigger = typer.Typer(
+    help="Event triggers of deployed workflows (their `on`): list, pause, resume.",
+    no_args_is_help=True,
+)
+app.add_typer(trigger, name="trigger")
+
+
+@trigger.command("list")
+def trigger_list(data_dir: DataDir, json_out: Json = False) -> None:
+    """Deployed workflows with triggers: the events they run on, max_concurrent, state."""
+    settings = ClientSettings.load(data_dir)
+
+    async def go() -> list[dict[str, Any]]:
+        async with connect(settings) as client:
+            store = Deployments(await open_bucket(client.jetstream(), settings))
+            return [
+                {
+                    "workflow": d.name,
+                    "version": d.version,
+                    "on": d.workflow["on"],
+                    "max_concurrent": d.workflow.get("max_concurrent"),
+                    "state": "paused" if await is_paused(store.kv, d.name) else "active",
+                }
+                for d in await store.latest_all()
+                if d.workflow.get("on")
+            ]
+
+    found = _run_async(go)
+    if json_out:
+        console.print_json(json.dumps(found))
+        return
+    table = Table(title=plural(len(found), "triggered workflow"), title_justify="left")
+    for column in ("workflow", "version", "on", "max concurrent", "state"):
+        table.add_column(column, overflow="fold")
+    for row in found:
+        on = json.dumps(row["on"], separators=(",", ":"))
+        table.add_row(
+            row["workflow"], str(row["version"]), on, str(row["max_concurrent"] or ""), row["state"]
+        )
+    console.print(table)
+
+
+def _pause(name: str, data_dir: Path, paused: bool, json_out: bool) -> None:
+    settings = ClientSettings.load(data_dir)
+
+    async def go() -> bool:
+        async with connect(settings) as client:
+            store = Deployments(await open_bucket(client.jetstream(), settings))
+            try:
+                await store.get(name)
+            except DeploymentError:
+                return False
+            await set_paused(store.kv, name, paused)
+            return True
+
+    if not _run_async(go):
+        errors.print(f"No workflow named {name!r} is deployed (`choreo workflows` lists them).")
+        raise typer.Exit(1)
+    state = "paused" if paused else "active"
+    if json_out:
+        console.print_json(json.dumps({"workflow": name, "state": state}))
+    else:
+        console.print(f"Triggers of {name}: {state}.")
+
+
+@trigger.command()
+def pause(
+    name: Annotated[str, typer.Argument(metavar="WORKFLOW")],
+    data_dir: DataDir,
+    json_out: Json = False,
+) -> None:
+    """Stop starting runs from events (events arriving meanwhile start none)."""
+    _pause(name, data_dir, True, json_out)
+
+
+@trigger.command()
+def resume(
+    name: Annotated[str, typer.Argument(metavar="WORKFLOW")],
+    data_dir: DataDir,
+    json_out: Json = False,
+) -> None:
+    """Start runs from matching events again."""
+    _pause(name, data_dir, False, json_out)

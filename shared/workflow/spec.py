@@ -61,6 +61,19 @@ class StepSpec(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=24 * 3600)
 
 
+class EventTrigger(BaseModel):
+    """Start a run for each event of a type whose fields equal `where` (a deployed
+    workflow's `on`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$", description="the event type")
+    where: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="equality filters: a dotted path into the event (data.region) -> value",
+    )
+
+
 class WorkflowSpec(BaseModel):
     """A workflow: inputs, defaults and a DAG of steps."""
 
@@ -73,6 +86,13 @@ class WorkflowSpec(BaseModel):
     inputs: dict[InputName, InputSpec] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
     steps: list[StepSpec] = Field(min_length=1)
+    on: list[EventTrigger] = Field(
+        default_factory=list,
+        description="once deployed, every matching event starts one run (its input `event`)",
+    )
+    max_concurrent: int | None = Field(
+        default=None, ge=1, le=1000, description="runs started by triggers at once; more wait"
+    )
 
     def step(self, step_id: str) -> StepSpec:
         for step in self.steps:

@@ -1,4 +1,5 @@
-"""`{{ inputs.x }}` and `{{ steps.<id>.output.<path> }}` substitution in a step's `with`.
+"""`{{ inputs.x }}`, `{{ event.<path> }}` (a triggered run's input `event`) and
+`{{ steps.<id>.output.<path> }}` substitution in a step's `with`.
 
 Substitution, not a template language: an expression is a dotted path into the inputs or
 an upstream step's output, nothing is evaluated. A template that is the whole string keeps
@@ -37,16 +38,21 @@ def parse(expression: str) -> Reference:
     match = EXPRESSION.match(expression)
     if not match:
         raise TemplateError(
-            f"bad expression {{{{{expression}}}}}: use inputs.<name> or steps.<id>.output.<field>"
+            f"bad expression {{{{{expression}}}}}: use inputs.<name>, event.<field> or "
+            "steps.<id>.output.<field>"
         )
     text = match.group(1)
     parts = text.split(".")
     if parts[0] == "inputs" and len(parts) >= 2:
         return Reference("inputs", parts[1], tuple(parts[2:]), text)
+    if parts[0] == "event":
+        # A triggered run's event is its input `event`: {{ event.data.region }}.
+        return Reference("inputs", "event", tuple(parts[1:]), text)
     if parts[0] == "steps" and len(parts) >= 3 and parts[2] == "output":
         return Reference("steps", parts[1], tuple(parts[3:]), text)
     raise TemplateError(
-        f"bad expression {{{{{text}}}}}: use inputs.<name> or steps.<id>.output.<field>"
+        f"bad expression {{{{{text}}}}}: use inputs.<name>, event.<field> or "
+        "steps.<id>.output.<field>"
     )
 
 

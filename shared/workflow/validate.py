@@ -71,6 +71,14 @@ def validate_workflow(
     declared: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
     problems += _check_steps(steps, kinds, declared)
     problems += _check_defaults(declared)
+    if document.get("on") and not isinstance(declared.get("event"), dict):
+        problems.append(
+            Problem(
+                "$.on",
+                'a triggered workflow declares the input "event" ({"type": "object"}): '
+                "each run gets its event there",
+            )
+        )
     effective: dict[str, Any] = {}
     if spec is not None and inputs is not None:
         effective, input_problems = check_inputs(spec, inputs)

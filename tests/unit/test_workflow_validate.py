@@ -10,6 +10,7 @@ import pytest
 from shared.workflow import dag
 from shared.workflow.kinds import STEP_KINDS, StepKind
 from shared.workflow.spec import WorkflowSpec, json_schema
+from shared.workflow.templates import render
 from shared.workflow.validate import coerce_input, validate_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,3 +164,17 @@ def test_every_shipped_workflow_is_valid() -> None:
         result = validate_workflow(json.loads(path.read_text()), inputs={}, kinds=kinds)
         assert result.problems == [], f"{path}: {result.problems}"
         assert isinstance(result.spec, WorkflowSpec)
+
+
+def test_a_triggered_workflow_declares_its_event_input_and_templates_read_it() -> None:
+    step = {"id": "log", "uses": "audit.log", "with": {"message": "{{ event.data.region }}"}}
+    base = {"name": "t", "on": [{"event": "sale", "where": {"data.region": "north"}}]}
+    missing = validate_workflow({**base, "steps": [step]})
+    declared = validate_workflow({**base, "inputs": {"event": {"type": "object"}}, "steps": [step]})
+    assert any(p.path == "$.on" and '"event"' in p.message for p in missing.problems)
+    assert declared.ok, declared.problems
+    assert render(step["with"], {"event": {"data": {"region": "north"}}}, {}) == {
+        "message": "north"
+    }
+    bad = validate_workflow({**base, "on": [{"event": "Sale!"}], "steps": [step]})
+    assert any(p.path.startswith("$.on[0].event") for p in bad.problems)
