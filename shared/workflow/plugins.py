@@ -6,9 +6,9 @@
     {"runid": ..., "step": ..., "attempt": n, "params": <the rendered with>}
 
 with an `Idempotency-Key: <run>:<step>` header (the same for every attempt). A 2xx JSON
-object is the step's output; a 4xx fails the step at once with the body's `message` (or
-`error`, or the text); a 5xx, a connection error or a timeout fails the attempt, retried by
-the step's retry policy.
+object is the step's output (checked against the plugin's output schema, when it declared
+one); a 4xx fails the step at once with the body's `message` (or `error`, or the text); a
+5xx, a connection error or a timeout fails the attempt, retried by the step's retry policy.
 """
 
 from collections.abc import Awaitable, Callable
@@ -18,6 +18,7 @@ import httpx
 
 from shared.workflow.kinds import StepKind
 from shared.workflow.steps import StepContext, StepFailed, StepFunction, StepOutput
+from shared.workflow.validate import schema_problems
 
 PLUGIN_OWNER = "ingest"
 """The service that calls HTTP plugins."""
@@ -54,6 +55,11 @@ def plugin_step(kind_of: Callable[[str], Awaitable[StepKind | None]]) -> StepFun
             raise StepFailed(
                 f"{ctx.uses} answered {answer.status_code} without a JSON object: {said}"
             )
+        if kind.output_schema is not None:
+            wrong = schema_problems(kind.output_schema, output, "output", ctx.uses)
+            if wrong:
+                problems = "; ".join(str(p) for p in wrong)
+                raise StepFailed(f"{ctx.uses} answered an output its schema refuses: {problems}")
         if isinstance(output.get("message"), str):
             ctx.log.info(output["message"], plugin=kind.url)
         return output

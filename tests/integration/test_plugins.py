@@ -141,6 +141,39 @@ async def test_a_plugin_retried_on_503_completes_on_attempt_3(
     assert any("unknown key 'custmer' (did you mean 'customer'?)" in p for p in problems)
 
 
+async def test_an_output_outside_the_declared_schema_fails_the_step(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    cli = cli_of(settings, tmp_path)
+    output_schema = tmp_path / "output.json"
+    output_schema.write_text(json.dumps({"type": "object", "required": ["invoice"]}))
+    client = await nats.connect(settings.nats_url)
+    try:
+        async with (
+            plugin_server([(200, {"invoce": "inv-1"})]) as (url, _),
+            workflow_services(settings),
+        ):
+            registered = await cli(
+                "plugin",
+                "register",
+                "billing.typo",
+                "--url",
+                url,
+                "--output-schema",
+                str(output_schema),
+            )
+            assert registered.exit_code == 0, registered.output
+            runid = await request_run(client.jetstream(), workflow("billing.typo"), {})
+            run = await wait_run_ended(db, runid, within=30)
+    finally:
+        await client.close()
+    assert run["status"] == "failed"
+    assert (
+        "billing.typo answered an output its schema refuses: output: billing.typo needs "
+        "'invoice'" in run["reason"]
+    )
+
+
 async def test_a_plugin_answering_400_fails_the_step_at_once(
     settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:

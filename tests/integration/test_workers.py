@@ -27,7 +27,14 @@ from shared.settings import Settings
 from shared.workflow import events as ev
 from shared.workflow.kinds import StepKind
 from shared.workflow.registry import open_registry
-from tests.support import settings_env, start_process, stop_process, wait_for
+from tests.support import (
+    CliInThread,
+    printed_json,
+    settings_env,
+    start_process,
+    stop_process,
+    wait_for,
+)
 from tests.workflow_support import step_rows, wait_run_ended, workflow_services
 
 pytestmark = pytest.mark.integration
@@ -79,7 +86,7 @@ async def events_of(db: asyncpg.Connection, runid: str, event_type: str) -> list
     )
 
 
-MIXED = {
+MIXED: dict[str, Any] = {
     "name": "mixed",
     "inputs": {"n": {"type": "integer", "default": 5}},
     "steps": [
@@ -122,9 +129,20 @@ async def test_a_workflow_mixing_worker_and_built_in_steps(
             assert "acme" in await registry.live_workers()
             runid = await request_run(js, MIXED, {"n": 5})
             run = await wait_run_ended(db, runid, within=60)
+            # The command line sees the registered kinds and checks steps against them.
+            cli = CliInThread(tmp_path, CHOREO_NATS_URL=settings.nats_url)
+            listed = printed_json((await cli("steps", "--json")).stdout)
+            assert {k["uses"]: k["origin"] for k in listed}["acme.double"] == "worker"
+            assert "worker (running)" in (await cli("steps")).stdout
+            bad = tmp_path / "bad.json"
+            typo = {"id": "one", "uses": "acme.double", "with": {"n": 1, "nn": 2}}
+            bad.write_text(json.dumps({"name": "typo", "steps": [typo]}))
+            refused = await cli("validate", str(bad))
     finally:
         await client.close()
     assert run["status"] == "completed", run
+    assert refused.exit_code == 2
+    assert "$.steps[0].with.nn: unknown key 'nn' (did you mean 'n'?)" in refused.stderr
     outputs = outputs_of(run)
     assert outputs["one"] == {"n": 2}
     assert outputs["two"] == {"n": 10}
