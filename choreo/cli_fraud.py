@@ -234,15 +234,30 @@ def train(
             "`choreo fraud promote` or `shadow` can name.",
         ),
     ] = False,
+    from_lake: Annotated[
+        bool,
+        typer.Option(
+            "--from-lake",
+            help="Train on the stack's raw lake instead: the transactions received "
+            "(raw/events/transaction/) and the labels received (raw/events/fraud_label/), "
+            "and publish the model as a version (--out: also write it there).",
+        ),
+    ] = False,
     json_out: Json = False,
 ) -> None:
     """Train the fraud model on generated data (deterministic) and write its model file.
 
     Each seed's data is replayed through the scorer with its labels fed back a day after
-    each payment, as the fraud service receives confirmed fraud.
+    each payment, as the fraud service receives confirmed fraud. With --from-lake, it
+    learns from what the stack received instead: each transaction is fraud if a label says
+    so, and its inputs see the labels reported by its time.
     """
     from choreo.fraud_model import train as fit
     from services.fraud.domain import MODEL_PATH
+
+    if from_lake:
+        _train_from_lake(data_dir, out, json_out)
+        return
 
     try:
         training_seeds = [int(seed) for seed in seeds.split(",")]
@@ -278,6 +293,36 @@ def train(
             f"ROC AUC {_figure(holdout['roc_auc'])}, precision {_figure(holdout['precision'])}, "
             f"recall {_figure(holdout['recall'])}."
         )
+
+
+def _train_from_lake(data_dir: Path, out: Path | None, json_out: bool) -> None:
+    import asyncio
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from choreo.cli_fraud_models import train_from_lake
+    from choreo.client import ClientSettings
+
+    errors.print("… reading the raw lake's transactions and labels, then fitting")
+    try:
+        model, uri = asyncio.run(train_from_lake(ClientSettings.load(data_dir)))
+    except ValueError as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    except (BotoCoreError, ClientError, OSError) as exc:
+        errors.print(f"[red]cannot read the lake or store the model: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    if out is not None:
+        out.write_text(json.dumps(model.to_dict(), indent=2) + "\n")
+    training = model.about["training"]
+    if json_out:
+        console.print_json(json.dumps({"model": model.version, "uri": uri, **model.about}))
+        return
+    console.print(
+        f"Published {model.version} to {uri}: {training['transactions']} transactions, "
+        f"{training['frauds']} confirmed fraud. `choreo fraud shadow {model.version}` runs it "
+        "beside the active model; `choreo fraud promote` makes it the active one."
+    )
 
 
 @fraud.command()

@@ -241,3 +241,41 @@ async def _verdicts(js: Any, subject: str) -> list[dict[str, Any]]:
     finally:
         await subscription.unsubscribe()
         await js.delete_consumer("FRAUD", name)
+
+
+async def lake_events(s3: Any, bucket: str, event_type: str) -> list[dict[str, Any]]:
+    """The data of every `event_type` event in the raw lake (`events/<type>/`, gzip'd NDJSON
+    of envelopes, as the lander writes them), in key order."""
+    import gzip
+
+    from shared.envelope import Event
+    from shared.lake import KEY_ROOT
+
+    found: list[dict[str, Any]] = []
+    paginator = s3.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=bucket, Prefix=f"{KEY_ROOT}/{event_type}/"):
+        for item in page.get("Contents", []):
+            body = await (await s3.get_object(Bucket=bucket, Key=item["Key"]))["Body"].read()
+            text = gzip.decompress(body) if item["Key"].endswith(".gz") else body
+            for line in text.decode("utf-8").splitlines():
+                if line.strip():
+                    data = Event.from_bytes(line).data
+                    if isinstance(data, dict):
+                        found.append(data)
+    return found
+
+
+async def train_from_lake(settings: ClientSettings) -> tuple[Any, str]:
+    """Fit a model on the raw lake's transactions and labels and publish it: (model, uri)."""
+    from choreo.fraud_model import train_on_received
+    from services.fraud.feedback import Label
+    from shared.fraud_models import ModelStore
+    from shared.s3 import s3_client
+
+    async with s3_client(settings) as s3:
+        transactions = await lake_events(s3, settings.bucket_raw, "transaction")
+        labels = [Label.parse(d) for d in await lake_events(s3, settings.bucket_raw, "fraud_label")]
+        source = f"s3://{settings.bucket_raw}/events/"
+        model = await asyncio.to_thread(train_on_received, transactions, labels, None, source)
+        uri = await ModelStore(s3, settings.bucket_curated).publish(model.version, model.to_dict())
+    return model, uri

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -111,7 +111,9 @@ def fit(x: Matrix, y: Matrix, l2: float = L2) -> tuple[Matrix, Matrix, Matrix, f
     """Means, scales, weights and intercept of an L2-penalized logistic regression."""
     means = x.mean(axis=0)
     scales = x.std(axis=0)
-    scales[scales == 0] = 1.0  # a constant input: weight 0 under the penalty, harmless
+    # A constant input (or one whose spread rounds to 0 in the file): weight 0 under the
+    # penalty, harmless.
+    scales[scales < 1e-9] = 1.0
     z = np.hstack([np.ones((len(x), 1)), (x - means) / scales])
     beta = np.zeros(z.shape[1])
     penalty = np.full(z.shape[1], l2)
@@ -214,3 +216,62 @@ def fitted_model(x: Matrix, y: Matrix, training: dict[str, Any], data: str) -> M
 def _rounded(values: Matrix) -> tuple[float, ...]:
     """Ten decimals: far below any effect on a score, and the file diffs stay readable."""
     return tuple(round(float(v), 10) for v in values)
+
+
+def from_reports(
+    timed: Sequence[tuple[float, str, dict[str, Any]]], labels: Sequence[FeedbackLabel]
+) -> Iterator[dict[str, Any] | FeedbackLabel]:
+    """The transactions (time order), each preceded by the labels reported by its time,
+    as the fraud service received them."""
+    reports = sorted(labels, key=lambda lb: lb.reported_at)
+    at = 0
+    for ts, _, tx in timed:
+        while at < len(reports) and reports[at].reported_at <= ts:
+            yield reports[at]
+            at += 1
+        yield tx
+
+
+def train_on_received(
+    transactions: Sequence[dict[str, Any]],
+    labels: Sequence[FeedbackLabel],
+    cfg: ScoringConfig | None = None,
+    source: str = "lake",
+) -> Model:
+    """A model fitted on transactions as received (the raw lake) and the labels received.
+
+    The target is what the labels say in the end (a transaction with a fraud label is
+    fraud, every other one legitimate: confirmed legitimate or never reported); the inputs
+    see only the labels reported by each transaction's time, as the service does. ValueError
+    when the data cannot train a model (no fraud, or no legitimate payment).
+    """
+    cfg = cfg or ScoringConfig()
+    fraud = {lb.transaction_id for lb in labels if lb.is_fraud}
+    parsed = sorted(
+        ((Tx.parse(tx).ts, n, tx) for n, tx in enumerate(transactions)), key=lambda k: k[:2]
+    )
+    timed = [(ts, str(tx["transaction_id"]), tx) for ts, _, tx in parsed]
+    y = np.array([float(tx_id in fraud) for _, tx_id, _ in timed])
+    if not 0 < y.sum() < len(y):
+        raise ValueError(
+            f"{source}: {len(y)} transactions, {int(y.sum())} of them confirmed fraud: "
+            "a model needs both fraud and legitimate payments"
+        )
+    state = State()
+    rows = []
+    for item in from_reports(timed, labels):
+        if isinstance(item, FeedbackLabel):
+            state.feedback.learn(item)
+            continue
+        tx = Tx.parse(item)
+        f, _ = assess(tx, state, cfg)
+        rows.append([f["inputs"][name] for name in INPUTS])
+        record(tx, state)
+    training = {
+        "source": source,
+        "transactions": len(y),
+        "frauds": int(y.sum()),
+        "labels": len(labels),
+        "l2": L2,
+    }
+    return fitted_model(np.array(rows, dtype=np.float64), y, training, f"{source} (as received)")

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from choreo.fraud_model import train_on_received
 from services.fraud.domain import DAY, HOUR, Scorer, ScoringConfig, decide
 from services.fraud.feedback import LABEL_HORIZON, Label, interleave
 from tests.unit.test_fraud_domain import T0, fired, tx
@@ -156,3 +157,12 @@ def test_interleave_reports_each_label_after_the_delay_in_time_order() -> None:
 def test_a_reported_at_is_read_as_utc_seconds() -> None:
     parsed = Label.parse(label("t", 0))
     assert datetime.fromtimestamp(parsed.reported_at, UTC) == T0
+
+
+def test_training_on_received_data_needs_fraud_and_legitimate_payments() -> None:
+    payments = [tx(i * HOUR, card=f"c{i}", tx_id=f"p{i}") for i in range(20)]
+    with pytest.raises(ValueError, match="20 transactions, 0 of them confirmed fraud"):
+        train_on_received(payments, [])
+    model = train_on_received(payments, [Label("p3", True, (T0 + timedelta(days=1)).timestamp())])
+    assert model.about["training"]["frauds"] == 1
+    assert model.version.startswith("fraud-lr-")
