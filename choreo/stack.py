@@ -82,8 +82,10 @@ class ServiceProcess(ServerProcess):
         *,
         python: str = sys.executable,
         cwd: Path | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.port = port
+        self.health_port = health_port  # its CHOREO_HEALTH_PORT, if given one
         super().__init__(
             name,
             [python, "-m", module or f"services.{name}"],
@@ -103,8 +105,10 @@ class ServiceProcess(ServerProcess):
 
     def is_alive(self, timeout: float) -> bool:
         # Liveness, not readiness: a service waiting for NATS is alive; one whose event
-        # loop is blocked answers 503 (its watchdog) or not at all.
-        answer = http_get(f"{self.url}/healthz", timeout=timeout)
+        # loop is blocked answers 503 (its watchdog) or not at all. The health port answers
+        # from a thread, so a loop that is only saturated is not taken for a hung one.
+        port = self.health_port or self.port
+        answer = http_get(f"http://127.0.0.1:{port}/healthz", timeout=timeout)
         return answer is not None and answer[0] == 200
 
 
@@ -270,9 +274,14 @@ class Stack:
             ),
         }
         self._service_ports = {name: free_port() for name in PROCESSES}
+        self._health_ports = {name: free_port() for name in PROCESSES}
         for name in PROCESSES:
             service = ServiceProcess(
-                name, self._service_ports[name], self.service_env(name), self.logs / f"{name}.log"
+                name,
+                self._service_ports[name],
+                self.service_env(name),
+                self.logs / f"{name}.log",
+                health_port=self._health_ports[name],
             )
             self.parts[name] = Part(service, "service", service.url)
         self.state = StackState(supervisor_pid=os.getpid(), data_dir=str(self.root))
@@ -309,6 +318,7 @@ class Stack:
                 "CHOREO_S3_ENDPOINT_URL": self.s3.endpoint_url,
                 "CHOREO_HTTP_HOST": "127.0.0.1",
                 "CHOREO_HTTP_PORT": str(self._service_ports[name]),
+                "CHOREO_HEALTH_PORT": str(self._health_ports[name]),
                 "CHOREO_LOG_FORMAT": "json",
                 "CHOREO_LOG_LEVEL": os.environ.get("CHOREO_LOG_LEVEL", "INFO"),
                 "PYTHONUNBUFFERED": "1",

@@ -32,7 +32,7 @@ from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.subjects import SERVICE_PERMISSIONS
 from shared.tracing import configure as configure_tracing
-from shared.watchdog import LoopWatchdog
+from shared.watchdog import LoopWatchdog, serve_health
 from shared.workflow.runtime import Choreography
 
 log = structlog.get_logger(__name__)
@@ -79,6 +79,7 @@ class Service:
     metrics: Metrics
     http: FastAPI
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    watchdog: LoopWatchdog | None = None
 
 
 def build_service(
@@ -117,10 +118,10 @@ def build_service(
         # handlers finish; close the resources (a final flush may still ack over NATS);
         # drain and close the NATS connection.
         async with AsyncExitStack() as stack:
-            await broker.connect()
-            stack.push_async_callback(broker.stop)
             ticking = asyncio.create_task(watchdog.run())
             stack.callback(ticking.cancel)
+            await broker.connect()
+            stack.push_async_callback(broker.stop)
             js = jetstream(broker)
             await ensure_streams(js, settings)
             for resource in resources:
@@ -185,7 +186,7 @@ def build_service(
         consumed=[_subject(s) for s in broker.subscribers],
         published=permissions.publish if permissions else (),
     )
-    return Service(name, settings, broker, metrics, app, all_checks)
+    return Service(name, settings, broker, metrics, app, all_checks, watchdog)
 
 
 def _test_hooks() -> APIRouter:
@@ -262,4 +263,9 @@ def serve_forever(service: Service) -> None:
         timeout_graceful_shutdown=HTTP_SHUTDOWN_TIMEOUT_S,
         lifespan="on",
     )
+    if service.watchdog is not None and service.settings.health_port:
+        # Liveness answered from a thread: a saturated (not blocked) loop still says alive.
+        serve_health(
+            service.watchdog, service.name, service.settings.http_host, service.settings.health_port
+        )
     uvicorn.Server(config).run()

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # /healthz fails while the event loop is (or just was) blocked longer than this
     # (shared/watchdog.py): the supervisor, or Kubernetes, then restarts the process.
     loop_stall_s: float = Field(default=5.0, gt=0)
+    # A second port answering only GET /healthz, from a thread of its own (shared/watchdog.py):
+    # a liveness probe there is answered at once even while the event loop is saturated.
+    # 0: none (probes use the HTTP port's /healthz).
+    health_port: int = 0
     # Routes for fault tests (`POST /testing/block-loop`); refused in prod.
     test_hooks: bool = False
 

@@ -7,11 +7,21 @@ for one bound's time after a tick came that late, so that a probe answered just 
 long block (before the next tick) does not report a healthy loop. The embedded stack's
 supervisor restarts a service whose `/healthz` fails several probes in a row; Kubernetes'
 liveness probe does the same.
+
+A probe of the service's own `/healthz` waits for the event loop like any request, so a
+loop that is only saturated (busy, every task late by a second or two) can miss a probe's
+timeout and get a working process restarted when it is busiest. With CHOREO_HEALTH_PORT
+set, `serve_health` answers `GET /healthz` from a thread of its own on that port, at once,
+with the same verdict: alive while the loop keeps ticking, 503 once it stops. The embedded
+stack probes that port.
 """
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
 
@@ -56,3 +66,33 @@ class LoopWatchdog:
                 f"(bound {self.bound_s:g} s)"
             )
         return None
+
+
+def serve_health(watchdog: LoopWatchdog, service: str, host: str, port: int) -> ThreadingHTTPServer:
+    """Answer `GET /healthz` on `port` from a daemon thread, from `watchdog`'s verdict."""
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/healthz":
+                self._answer(404, {"detail": "only GET /healthz here"})
+                return
+            problem = watchdog.problem()
+            if problem is None:
+                self._answer(200, {"status": "ok", "service": service})
+            else:
+                self._answer(503, {"status": "stalled", "service": service, "detail": problem})
+
+        def _answer(self, status: int, body: dict[str, str]) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *_: object) -> None:  # probes every few seconds: no log lines
+            pass
+
+    server = ThreadingHTTPServer((host, port), Health)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server

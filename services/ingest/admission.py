@@ -8,11 +8,12 @@ that delay on `data.in`), before anything of it is published, so a refusal is
 all-or-nothing like a 422.
 
 The bound adapts (Little's law): the events ingest completed over the last few seconds
-give its throughput, and new work is admitted while `in flight + new <= throughput x
-target latency`, so that what is admitted is answered within about the target. It never
-drops below `min_in_flight` (a burst after a quiet spell, or a first request, is not
-refused for lack of a measurement) nor rises above `max_in_flight`. A request arriving
-while nothing is in flight is always admitted, whatever its size.
+give its throughput, and new work is admitted while `in flight < throughput x target
+latency`, so that what is admitted is answered within about the target. It never drops
+below `min_in_flight` (a burst after a quiet spell, or a first request, is not refused for
+lack of a measurement) nor rises above `max_in_flight`. Work is admitted whole while there
+is room, so in flight can pass the bound by one request: a big batch is never starved by a
+stream of small ones (it would be if it had to fit under the bound).
 """
 
 import math
@@ -110,8 +111,8 @@ class Admission:
         return max(1, min(MAX_RETRY_AFTER_S, math.ceil(drain)))
 
     def full(self) -> bool:
-        """True when no more work can come in now (checked before reading a body)."""
-        return self.in_flight > 0 and self.in_flight >= self.limit()
+        """True when no more work can come in now (also checked before reading a body)."""
+        return self.in_flight >= self.limit()
 
     def refuse(self, source: Source) -> Overloaded:
         """Count a refusal and describe it."""
@@ -124,8 +125,7 @@ class Admission:
 
         The block calls the function it is given once the events are stored: they count
         towards the throughput. Work that fails or is refused by validation does not."""
-        limit = self.limit()
-        if self.in_flight > 0 and self.in_flight + events > limit:
+        if self.full():
             raise self.refuse(source)
         self.in_flight += events
         done = False

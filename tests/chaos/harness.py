@@ -16,11 +16,12 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import signal
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,17 +40,26 @@ from tests.support import choreo, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
+RATE = float(os.environ.get("CHOREO_CHAOS_RATE", "500"))
+BEFORE_S = 4.0  # load before the fault
+AFTER_S = 4.0  # load after the fault ended
 SESSION_ROWS: list["Row"] = []  # printed at the end of the test run (tests/chaos/conftest.py)
 
 
 class ChaosStack:
     """An embedded stack of our own, and the faults a test can inject into it."""
 
-    def __init__(self, sync_interval: str | None = None, nats_cluster: int = 1) -> None:
+    def __init__(
+        self,
+        sync_interval: str | None = None,
+        nats_cluster: int = 1,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        """`settings`: CHOREO_* variables for `choreo up` (the supervisor and services)."""
         self.data_dir = Path(tempfile.mkdtemp(prefix="choreo-chaos-"))
         args = ["up", "--json"] + (["--sync-interval", sync_interval] if sync_interval else [])
         args += ["--nats-cluster", str(nats_cluster)]
-        choreo(*args, data_dir=self.data_dir)
+        choreo(*args, data_dir=self.data_dir, env=settings)
         self.env = stack_env(self.data_dir)
 
     def down(self) -> None:
@@ -71,6 +81,37 @@ class ChaosStack:
         before = self.parts()[part]
         os.kill(before["pid"], signal.SIGKILL)
         await self.wait_ready(part, other_than=before["pid"])
+
+    async def hang(self, part: str) -> float:
+        """SIGSTOP the part (alive and silent, for good); return the seconds until the
+        supervisor had killed it and had it ready again."""
+        before = self.parts()[part]["pid"]
+        os.kill(before, signal.SIGSTOP)
+        return await self._restarted(part, before)
+
+    async def block_loop(self, service: str) -> float:
+        """Block a service's event loop for good (its test hook: the stack runs with
+        CHOREO_TEST_HOOKS); return the seconds until it was restarted and ready."""
+        before = self.parts()[service]
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(f"{before['url']}/testing/block-loop?seconds=3600")
+            answer.raise_for_status()
+        return await self._restarted(service, before["pid"])
+
+    async def _restarted(self, part: str, pid: int) -> float:
+        started = time.monotonic()
+        try:
+            await self.wait_ready(part, other_than=pid)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # never leave a stopped process
+                os.kill(pid, signal.SIGKILL)
+        return time.monotonic() - started
+
+    def crashes(self, part: str) -> list[dict[str, Any]]:
+        """The crash reports the supervisor recorded for `part` (stack.json)."""
+        state = json.loads((self.data_dir / "stack.json").read_text())
+        found: list[dict[str, Any]] = state["parts"][part]["crashes"]
+        return found
 
     async def wait_ready(self, part: str, other_than: int | None = None) -> None:
         deadline = time.monotonic() + 90
@@ -107,17 +148,21 @@ class Producer:
     ingest_url: str
     rate: float
     batch: int = 50
+    max_outstanding: int = 64  # batches awaiting their answer (while ingest is down, ...)
     acked: set[str] = field(default_factory=set)
     sent: int = 0
     reposts: int = 0
     refused: int = 0  # 429s (each followed by a re-post after Retry-After)
+    accepted_s: list[float] = field(default_factory=list)  # each 202: its post to its answer
+    refused_s: list[float] = field(default_factory=list)  # each 429: its post to its answer
+    failures: Counter[str] = field(default_factory=Counter)  # why posts were repeated
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, tag: str) -> None:
-        transactions, _ = generate(max(100, int(self.rate * 120)), seed=len(tag))
+        transactions, _ = generate(min(max(100, int(self.rate * 120)), 60_000), seed=len(tag))
         interval = self.batch / self.rate
         pending: set[asyncio.Task[None]] = set()
-        gate = asyncio.Semaphore(64)  # outstanding batches while ingest is down
+        gate = asyncio.Semaphore(self.max_outstanding)
         async with httpx.AsyncClient(base_url=self.ingest_url, timeout=10) as http:
             started = time.monotonic()
             n = 0
@@ -151,26 +196,32 @@ class Producer:
         body = "\n".join(lines)
         try:
             for attempt in range(200):
+                posted = time.monotonic()
                 try:
                     answer = await http.post(
                         "/v1/events",
                         content=body,
                         headers={"content-type": "application/x-ndjson"},
                     )
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     answer = None
+                    self.failures[type(exc).__name__] += 1
                 if answer is not None and answer.status_code == 202:
                     self.acked.update(answer.json()["ids"])
+                    self.accepted_s.append(time.monotonic() - posted)
                     return
                 if answer is not None and answer.status_code == 429:
                     # At capacity, nothing published: the same batch after Retry-After.
                     delay = retry_after_s(answer.headers)
                     assert delay is not None, f"a 429 without Retry-After: {answer.headers}"
                     self.refused += 1
+                    self.refused_s.append(time.monotonic() - posted)
                     await asyncio.sleep(delay)
                     continue
                 if answer is not None and answer.status_code < 500:
                     raise AssertionError(f"ingest refused a valid batch: {answer.text}")
+                if answer is not None:
+                    self.failures[str(answer.status_code)] += 1
                 self.reposts += 1
                 await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
             raise AssertionError("a batch was never acknowledged")
@@ -333,6 +384,31 @@ async def measure(
         reposts=producer.reposts,
         drain_s=round(time.monotonic() - drain_from, 1),
     )
+
+
+async def under_load(
+    name: str,
+    stack: ChaosStack,
+    fault: Callable[[], Awaitable[None]],
+    producer: Producer | None = None,
+) -> Row:
+    """Load at RATE (or `producer`'s), the fault after BEFORE_S, load for AFTER_S more, then
+    the tally, recorded; every acknowledged event must be everywhere exactly once."""
+    redelivered = await redeliveries(stack.env)
+    producer = producer or Producer(stack.env["CHOREO_INGEST_URL"], RATE)
+    load = asyncio.create_task(producer.run(re.sub(r"[^A-Za-z0-9]+", "-", name)))
+    await asyncio.sleep(BEFORE_S)
+    await fault()
+    fault_ended = time.monotonic()
+    await asyncio.sleep(AFTER_S)
+    producer.stop()
+    await load
+    row = await measure(name, stack, producer, fault_ended, redelivered)
+    record(row)
+    print(row)
+    assert row.acknowledged > 0
+    assert (row.lost, row.not_in_lake, row.not_scored, row.duplicated) == (0, 0, 0, 0), row
+    return row
 
 
 def record(row: Row) -> None:

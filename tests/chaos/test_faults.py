@@ -9,20 +9,14 @@ Rate: CHOREO_CHAOS_RATE events/s (default 500).
 """
 
 import asyncio
-import os
-import re
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from shared.subjects import SERVICES
-from tests.chaos.harness import ChaosStack, Producer, Row, measure, record, redeliveries
+from tests.chaos.harness import ChaosStack, under_load
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
-RATE = float(os.environ.get("CHOREO_CHAOS_RATE", "500"))
-BEFORE_S = 4.0  # load before the fault
-AFTER_S = 4.0  # load after the fault ended
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +24,6 @@ def stack() -> Iterator[ChaosStack]:
     running = ChaosStack()
     yield running
     running.down()
-
-
-async def under_load(name: str, stack: ChaosStack, fault: Callable[[], Awaitable[None]]) -> Row:
-    redelivered = await redeliveries(stack.env)
-    producer = Producer(stack.env["CHOREO_INGEST_URL"], RATE)
-    load = asyncio.create_task(producer.run(re.sub(r"[^A-Za-z0-9]+", "-", name)))
-    await asyncio.sleep(BEFORE_S)
-    await fault()
-    fault_ended = time.monotonic()
-    await asyncio.sleep(AFTER_S)
-    producer.stop()
-    await load
-    row = await measure(name, stack, producer, fault_ended, redelivered)
-    record(row)
-    print(row)
-    assert row.acknowledged > 0
-    assert (row.lost, row.not_in_lake, row.not_scored, row.duplicated) == (0, 0, 0, 0), row
-    return row
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -68,7 +68,7 @@ async def test_a_batch_past_the_bound_is_naked_with_the_delay_and_nothing_publis
     batch = [Delivery(n) for n in range(1, 4)]
     messages = cast(list[Msg], batch)
 
-    with admission.admit(9, "http"):  # HTTP work holds 9 of the 10
+    with admission.admit(10, "http"):  # HTTP work holds all 10
         await handler.handle(messages)
     assert publisher.published == []
     assert [d.settled for d in batch] == [[("nak", 1)]] * 3

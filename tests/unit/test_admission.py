@@ -51,6 +51,14 @@ def test_past_the_minimum_bound_new_work_is_refused_until_some_drains() -> None:
     assert (shed(a, "http"), shed(a, "data.in")) == (0, 1)
 
 
+def test_a_big_batch_is_admitted_whole_while_there_is_room() -> None:
+    """Else a stream of small requests, never leaving ingest idle, would starve it."""
+    a = admission(Clock())
+    with a.admit(99, "http"), a.admit(900, "http"):
+        assert a.in_flight == 999
+        assert a.full()
+
+
 def test_the_bound_follows_the_measured_throughput() -> None:
     clock = Clock()
     a = admission(clock)
