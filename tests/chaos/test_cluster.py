@@ -14,8 +14,7 @@ import pytest
 
 from shared.subjects import DATA
 from shared.workflow.state import BUCKET as RUNS_BUCKET
-from tests.chaos.harness import ChaosStack, connect_jetstream
-from tests.chaos.test_faults import under_load
+from tests.chaos.harness import ChaosStack, connect_jetstream, under_load
 from tests.support import choreo
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
