@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 
 from choreo.client import retry_after_s
 from choreo.generate import generate
+from choreo.stackctl import hold_file
 from shared.subjects import DATA, DLQ, FRAUD
 from tests.server_support import stack_s3
 from tests.support import choreo, stack_env
@@ -136,6 +137,15 @@ class ChaosStack:
 
     def stop(self, part: str) -> None:
         choreo("stop", part, data_dir=self.data_dir)
+
+    def kill_and_hold(self, part: str) -> None:
+        """SIGKILL the part (its whole process group: PostgreSQL's backends too) and keep it
+        down until `start(part)`, as a crash that takes a while to recover from."""
+        pid = self.parts()[part]["pid"]
+        hold = hold_file(self.data_dir, part)
+        hold.parent.mkdir(exist_ok=True)
+        hold.touch()  # first: the supervisor must not restart it meanwhile
+        os.killpg(pid, signal.SIGKILL)
 
     def start(self, part: str) -> None:
         choreo("start", part, "--wait", "90", data_dir=self.data_dir)

@@ -54,6 +54,26 @@ async def test_a_server_stopped_for_10_s(stack: ChaosStack, server: str) -> None
     await under_load(f"{server} stopped 10 s", stack, outage)
 
 
+async def test_postgres_sigkilled_and_restarted(stack: ChaosStack) -> None:
+    """SIGKILL of PostgreSQL's whole process group (not a clean stop), then a restart: it
+    recovers from its WAL, and audit's failed inserts are retried."""
+
+    async def crash() -> None:
+        await asyncio.to_thread(stack.kill_and_hold, "postgres")
+        await asyncio.to_thread(stack.start, "postgres")
+
+    await under_load("SIGKILL postgres, restarted", stack, crash)
+
+
+async def test_s3_sigkilled_and_down_10_s(stack: ChaosStack) -> None:
+    async def outage() -> None:
+        await asyncio.to_thread(stack.kill_and_hold, "s3")
+        await asyncio.sleep(10)
+        await asyncio.to_thread(stack.start, "s3")
+
+    await under_load("SIGKILL s3, down 10 s", stack, outage)
+
+
 async def test_nats_server_killed_with_sync_always() -> None:
     durable = ChaosStack(sync_interval="always")
     try:
