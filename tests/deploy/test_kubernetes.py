@@ -98,6 +98,9 @@ def test_each_service_runs_its_module_with_its_probes_and_secrets(
         assert container["command"] == ["python", "-m", f"services.{service}"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        # Liveness on the port answered from a thread (CHOREO_HEALTH_PORT in the ConfigMap).
+        assert container["livenessProbe"]["httpGet"]["port"] == "health"
+        assert {"name": "health", "containerPort": 8001} in container["ports"]
         refs = [r["secretRef"]["name"] for r in container["envFrom"] if "secretRef" in r]
         assert len(refs) == 1, refs
         assert refs[0].startswith(f"choreo-{service}"), refs
