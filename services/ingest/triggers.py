@@ -81,8 +81,9 @@ class EventTriggers:
         for msg in messages:
             try:
                 event = Event.from_bytes(msg.data)
-            except ValidationError:
-                await msg.ack()  # not an event: the audit service dead-letters it
+            except ValidationError as exc:
+                # Like every consumer of DATA: dead-lettered with the reason, not retried.
+                await self.choreo.settler.dead_letter(msg, f"not a valid event envelope: {exc}")
                 continue
             stored = msg.metadata.timestamp.timestamp()
             # An event stored before the workflow was deployed does not trigger it.

@@ -64,7 +64,10 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
         elif change == 3:
             step["id"] = draw(st.sampled_from(["renamed", "Bad Id", "", "x" * 70]))
         elif change == 4:
-            step["needs"] = [*step.get("needs", []), draw(st.sampled_from(["ghost", step["id"]]))]
+            # A step drawn from json_values may have no id, or needs that are not a list.
+            needs = step.get("needs")
+            needed = draw(st.sampled_from(["ghost", step.get("id", "ghost")]))
+            step["needs"] = [*(needs if isinstance(needs, list) else []), needed]
         elif change == 5:
             step["uses"] = draw(kinds)
         elif change == 6:
