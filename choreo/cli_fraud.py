@@ -222,6 +222,13 @@ def train(
             "(`choreo generate transactions --generator`); each one's held-out seed is scored."
         ),
     ] = "choreo",
+    feedback_delay: Annotated[
+        str,
+        typer.Option(
+            help="How long after a payment its label reaches the scorer in training (and in "
+            "the held-out figures): the delay the labels will have where the model runs."
+        ),
+    ] = "1d",
     out: Annotated[
         Path | None,
         typer.Option(help="The model file [default: services/fraud/model.json, the shipped one]."),
@@ -259,6 +266,12 @@ def train(
         _train_from_lake(data_dir, out, json_out)
         return
 
+    from shared.durations import FORMS, duration_seconds
+
+    delay = duration_seconds(feedback_delay)
+    if delay is None:
+        errors.print(f"[red]--feedback-delay: need a duration ({FORMS}), got {feedback_delay!r}")
+        raise typer.Exit(2)
     try:
         training_seeds = [int(seed) for seed in seeds.split(",")]
     except ValueError as exc:
@@ -271,6 +284,7 @@ def train(
             holdout_seed,
             progress=lambda m: errors.print(f"… {m}"),
             generators=generators.split(","),
+            feedback_delay=float(delay),
         )
     except ValueError as exc:
         errors.print(f"[red]{exc}[/red]")
@@ -289,7 +303,7 @@ def train(
     console.print(f"Wrote {model.version} to {path}" + (f" and {uri}." if uri else "."))
     for name, holdout in model.about["holdouts"].items():
         console.print(
-            f"Held-out seed {holdout_seed} of {name} (one-day feedback): "
+            f"Held-out seed {holdout_seed} of {name} (feedback after {feedback_delay}): "
             f"ROC AUC {_figure(holdout['roc_auc'])}, precision {_figure(holdout['precision'])}, "
             f"recall {_figure(holdout['recall'])}."
         )

@@ -91,10 +91,12 @@ def replay(
 
 
 def labelled_inputs(
-    data: tuple[list[dict[str, Any]], list[dict[str, Any]]], cfg: ScoringConfig
+    data: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    cfg: ScoringConfig,
+    feedback_delay: float = FEEDBACK_DELAY,
 ) -> tuple[Matrix, Matrix]:
     """Inputs and 0/1 labels of one labelled data set (transactions, labels), in the order
-    the scorer replays it, its labels fed back after FEEDBACK_DELAY."""
+    the scorer replays it, its labels fed back `feedback_delay` seconds after each payment."""
     transactions, labels = data
     fraud = {lb["transaction_id"]: lb["is_fraud"] for lb in labels}
     ordered = [
@@ -104,7 +106,7 @@ def labelled_inputs(
         )
     ]
     y = np.array([float(fraud[tx["transaction_id"]]) for tx in ordered])
-    return replay(ordered, cfg, fraud), y
+    return replay(ordered, cfg, fraud, feedback_delay), y
 
 
 def fit(x: Matrix, y: Matrix, l2: float = L2) -> tuple[Matrix, Matrix, Matrix, float]:
@@ -136,6 +138,7 @@ def train(
     cfg: ScoringConfig | None = None,
     progress: Callable[[str], None] = lambda _: None,
     generators: Sequence[str] = ("choreo",),
+    feedback_delay: float = FEEDBACK_DELAY,
 ) -> Model:
     """Fit on the training seeds of each generator; the model file records how, and its
     figures on each generator's held-out seed."""
@@ -149,7 +152,7 @@ def train(
     for name in generators:
         for seed in seeds:
             progress(f"generating and replaying {name} seed {seed} (n={n})")
-            parts.append(labelled_inputs(GENERATORS[name](n, seed), cfg))
+            parts.append(labelled_inputs(GENERATORS[name](n, seed), cfg, feedback_delay))
     x = np.vstack([part[0] for part in parts])
     y = np.concatenate([part[1] for part in parts])
     progress(f"fitting on {len(y)} transactions ({int(y.sum())} fraudulent)")
@@ -162,7 +165,7 @@ def train(
             "seeds": list(seeds),
             "l2": L2,
             "transactions": len(y),
-            "feedback_delay_s": FEEDBACK_DELAY,
+            "feedback_delay_s": feedback_delay,
         },
         data_version(generators),
     )
@@ -175,13 +178,13 @@ def train(
             {lb["transaction_id"]: Label(lb["is_fraud"], lb["scenario"]) for lb in labels},
             cfg,
             model,
-            feedback_delay=FEEDBACK_DELAY,
+            feedback_delay=feedback_delay,
         )
         holdouts[name] = {
             "generator": name,
             "n": n,
             "seed": holdout_seed,
-            "feedback_delay_s": FEEDBACK_DELAY,
+            "feedback_delay_s": feedback_delay,
             **report.summary(),
         }
     about = {**model.about, "holdout": holdouts[generators[0]], "holdouts": holdouts}
