@@ -55,9 +55,12 @@ class ChaosStack:
         sync_interval: str | None = None,
         nats_cluster: int = 1,
         settings: dict[str, str] | None = None,
+        before_up: Callable[[Path], None] = lambda _: None,
     ) -> None:
-        """`settings`: CHOREO_* variables for `choreo up` (the supervisor and services)."""
+        """`settings`: CHOREO_* variables for `choreo up` (the supervisor and services);
+        `before_up` prepares the data dir before the stack starts in it."""
         self.data_dir = Path(tempfile.mkdtemp(prefix="choreo-chaos-"))
+        before_up(self.data_dir)
         args = ["up", "--json"] + (["--sync-interval", sync_interval] if sync_interval else [])
         args += ["--nats-cluster", str(nats_cluster)]
         choreo(*args, data_dir=self.data_dir, env=settings)

@@ -6,8 +6,11 @@ nothing duplicated. Rate: CHOREO_CHAOS_RATE events/s (default 500)."""
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,48 @@ async def _current(cluster: ChaosStack, node: str, within: float = 120) -> None:
                 return
             await asyncio.sleep(0.2)
         raise AssertionError(f"{node} did not catch up with {DATA.name} in {within} s")
+
+
+SMALL_STORE = "12m"
+
+
+def _mount(*args: str, check: bool = True) -> None:
+    tool = "umount" if args[0] == "-l" else "mount"
+    subprocess.run([shutil.which(tool) or f"/bin/{tool}", *args], check=check)
+
+
+def _small_store(node: str) -> Callable[[Path], None]:
+    """Mount a small tmpfs where `node` keeps its JetStream store, before the stack starts."""
+
+    def mount(data_dir: Path) -> None:
+        store = data_dir / node
+        store.mkdir()
+        _mount("-t", "tmpfs", "-o", f"size={SMALL_STORE}", "tmpfs", str(store))
+
+    return mount
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+async def test_a_node_whose_store_fills_up(tmp_path: Path) -> None:
+    node = "nats-3"
+    full = ChaosStack(nats_cluster=3, before_up=_small_store(node))
+    store = full.data_dir / node
+    try:
+
+        async def fill_then_grow() -> None:
+            # The load fills the small store within seconds; the other two nodes go on.
+            await asyncio.sleep(20)
+            await asyncio.to_thread(_mount, "-o", "remount,size=512m", str(store))
+            await asyncio.to_thread(full.stop, node)
+            await asyncio.to_thread(full.start, node)
+            await _current(full, node)
+
+        await under_load(f"cluster: {node} store full ({SMALL_STORE} tmpfs)", full, fill_then_grow)
+        log = (full.data_dir / "logs" / f"{node}.log").read_text(errors="replace")
+        said = [line for line in log.splitlines() if "resource" in line.lower() or "space" in line]
+        assert said, f"{node} never said its store was full"
+        print(f"{node} said: {said[0]}")
+    finally:
+        await asyncio.to_thread(full.down)
+        await asyncio.to_thread(_mount, "-l", str(store), check=False)
+        shutil.rmtree(full.data_dir, ignore_errors=True)
