@@ -3,13 +3,14 @@ the services' HTTP APIs and JetStream; the actions publish the same run commands
 does. Nothing here writes the database or the lake."""
 
 import asyncio
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import RedirectResponse, StreamingResponse
 from nats.js import JetStreamContext
+from pydantic import BaseModel, Field, JsonValue
 
 from services.console.live import Hub, sse
 from services.console.settings import SERVICE_URLS
@@ -17,6 +18,7 @@ from services.console.upstream import Upstream
 from shared.jetstream import EventPublisher
 from shared.subjects import DLQ
 from shared.workflow import events as ev
+from shared.workflow.deployments import Deployed
 
 SOURCE = "choreo/console"
 PAGE = 50
@@ -26,11 +28,22 @@ FINISHED = ("completed", "failed", "cancelled")
 HEALTH_TIMEOUT_S = 2.0
 
 
+class RunForm(BaseModel):
+    inputs: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+def _dag(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    """A workflow's steps as the DAG drawing needs them."""
+    keys = ("id", "uses", "needs", "with")
+    return [{k: s.get(k) for k in keys} for s in workflow.get("steps") or [] if isinstance(s, dict)]
+
+
 def api_router(
     upstream: Callable[[], Upstream],
     js: Callable[[], JetStreamContext],
     publisher: EventPublisher,
     hub: Hub,
+    deployments: Callable[[], Awaitable[list[Deployed]]],
 ) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["console"])
 
@@ -64,12 +77,9 @@ def api_router(
         )
         requested = next((e for e in events or [] if e["type"] == ev.RUN_REQUESTED), None)
         data = requested["data"] if requested and isinstance(requested["data"], dict) else {}
-        workflow = data.get("workflow") if isinstance(data.get("workflow"), dict) else None
-        steps = []
-        for step in (workflow or {}).get("steps", []):
-            if isinstance(step, dict):
-                steps.append({k: step.get(k) for k in ("id", "uses", "needs", "with")})
-        return {"run": found, "dag": steps, "events": events or []}
+        workflow = data.get("workflow")
+        dag = _dag(workflow) if isinstance(workflow, dict) else []
+        return {"run": found, "dag": dag, "events": events or []}
 
     @router.post("/runs/{runid}/cancel", status_code=202, summary="Cancel a run")
     async def cancel(runid: str) -> dict[str, Any]:
@@ -135,6 +145,50 @@ def api_router(
             upstream().get("audit", "/v1/audit/fraud/summary", {"since": since}),
         )
         return {"alerts": alerts, "summary": summary}
+
+    @router.get("/workflows", summary="Deployed workflows (latest versions) and schedules")
+    async def workflows() -> dict[str, Any]:
+        deployed, schedules = await asyncio.gather(
+            deployments(), upstream().get("ingest", "/v1/schedules")
+        )
+        listed = [
+            {
+                "name": d.name,
+                "version": d.version,
+                "deployed_at": d.deployed_at,
+                "description": d.workflow.get("description"),
+                "inputs": d.workflow.get("inputs") or {},
+                "dag": _dag(d.workflow),
+            }
+            for d in deployed
+        ]
+        return {"workflows": listed, "schedules": schedules}
+
+    @router.post("/workflows/{name}/run", status_code=202, summary="Run a deployed workflow")
+    async def run_workflow(name: str, body: RunForm) -> dict[str, Any]:
+        started: dict[str, Any] = await upstream().post(
+            "ingest", "/v1/runs", {"workflow": name, "inputs": body.inputs}
+        )
+        return started
+
+    @router.post("/schedules/{name}/{action}", summary="Pause or resume a schedule")
+    async def schedule(name: str, action: Literal["pause", "resume"]) -> dict[str, Any]:
+        changed: dict[str, Any] = await upstream().post("ingest", f"/v1/schedules/{name}/{action}")
+        return changed
+
+    @router.get("/dlq", summary="Dead letters, oldest first")
+    async def dead_letters(service: str | None = None, since: str | None = None) -> Any:
+        return await upstream().get(
+            "ingest", "/v1/dlq", {"service": service, "since": since, "limit": 500}
+        )
+
+    @router.get("/dlq/{seq}", summary="One dead letter, with its payload")
+    async def dead_letter(seq: str) -> Any:
+        return await upstream().get("ingest", f"/v1/dlq/{seq}")
+
+    @router.post("/dlq/{seq}/replay", summary="Replay a dead letter to its original subject")
+    async def replay(seq: str, force: bool = False) -> Any:
+        return await upstream().post("ingest", f"/v1/dlq/{seq}/replay", force=force or None)
 
     @router.get("/system", summary="Each part's health, streams, consumer lag, DLQ depth")
     async def system() -> dict[str, Any]:

@@ -1,10 +1,11 @@
-"""The web console: runs (live), a run's DAG, events, the lake, fraud alerts and the
-system's health, in the browser.
+"""The web console: runs (live), a run's DAG, workflows and schedules, events, the lake,
+fraud alerts, dead letters and the system's health, in the browser.
 
 A part of its own rather than a module of audit: it reads several services (audit, store,
 ingest) and JetStream, holds long-lived browser connections (server-sent events), and must
 be able to stay up, or be left out, independently of the audit trail's writer. It writes
-nothing itself: actions publish the same run commands the CLI publishes.
+nothing itself: Cancel and Retry publish the same run commands the CLI publishes; Run,
+schedules and dead letters go through ingest's API.
 """
 
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from shared.jetstream import EventPublisher, jetstream
 from shared.metrics import Metrics
 from shared.service import Service, build_service, create_broker
 from shared.slot import Slot
+from shared.workflow.deployments import Deployed, Deployments, open_bucket
 
 NAME = "console"
 STATIC = Path(__file__).parent / "static"
@@ -55,6 +57,10 @@ def create_app(settings: ConsoleSettings | None = None) -> Service:
             upstream.set(Upstream(settings, client))
             yield
 
+    async def deployed() -> list[Deployed]:
+        bucket = await open_bucket(jetstream(broker), settings)
+        return await Deployments(bucket).latest_all()
+
     service = build_service(
         NAME,
         settings,
@@ -63,7 +69,11 @@ def create_app(settings: ConsoleSettings | None = None) -> Service:
         resources=[http_client],
         routers=[
             api_router(
-                upstream.get, lambda: jetstream(broker), EventPublisher(broker, metrics), hub
+                upstream.get,
+                lambda: jetstream(broker),
+                EventPublisher(broker, metrics),
+                hub,
+                deployed,
             ),
             pages_router(settings),
         ],

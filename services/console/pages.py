@@ -10,7 +10,14 @@ from fastapi.responses import HTMLResponse
 from services.console.auth import sign_in
 from services.console.settings import ConsoleSettings
 
-NAV = (("/", "Runs"), ("/lake", "Lake"), ("/fraud", "Fraud"), ("/system", "System"))
+NAV = (
+    ("/", "Runs"),
+    ("/workflows", "Workflows"),
+    ("/lake", "Lake"),
+    ("/fraud", "Fraud"),
+    ("/dlq", "Dead letters"),
+    ("/system", "System"),
+)
 
 
 def shell(page: str, title: str, arg: str = "", body: str = "") -> HTMLResponse:
@@ -56,6 +63,14 @@ def pages_router(settings: ConsoleSettings) -> APIRouter:
     @router.get("/fraud")
     async def fraud_page() -> HTMLResponse:
         return shell("fraud", "Fraud")
+
+    @router.get("/workflows")
+    async def workflows_page() -> HTMLResponse:
+        return shell("workflows", "Workflows")
+
+    @router.get("/dlq")
+    async def dlq_page() -> HTMLResponse:
+        return shell("dlq", "Dead letters")
 
     @router.get("/system")
     async def system_page() -> HTMLResponse:

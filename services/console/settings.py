@@ -26,6 +26,9 @@ class ConsoleSettings(Settings):
     # strips from what clients send). In dev the console binds loopback and needs neither.
     console_api_key: SecretStr | None = None
     console_trusted_header: str | None = None
+    # The key the console sends ingest (`X-API-Key`) when CHOREO_INGEST_API_KEYS are set:
+    # its run, schedule and dead-letter APIs.
+    console_ingest_api_key: SecretStr | None = None
     # Seconds an upstream read may take before the page shows it as failed.
     console_upstream_timeout_s: float = 5.0
 

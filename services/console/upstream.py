@@ -20,12 +20,25 @@ class Upstream:
         return url
 
     async def response(
-        self, service: str, path: str, params: dict[str, Any] | None = None
+        self,
+        service: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        method: str = "GET",
+        body: Any = None,
     ) -> httpx.Response:
-        """GET `path` of a service; its 4xx answers pass through, failures are a 502."""
+        """A request to a service (GET unless said); its 4xx answers pass through with
+        their message, failures are a 502 naming the service."""
         query = {k: v for k, v in (params or {}).items() if v not in (None, "")}
+        headers = {}
+        key = self.settings.console_ingest_api_key
+        if service == "ingest" and key is not None:
+            headers["X-API-Key"] = key.get_secret_value()
         try:
-            answer = await self.client.get(f"{self.url(service)}{path}", params=query)
+            answer = await self.client.request(
+                method, f"{self.url(service)}{path}", params=query, json=body, headers=headers
+            )
         except httpx.HTTPError as exc:
             raise HTTPException(
                 502, f"the {service} service did not answer ({type(exc).__name__})"
@@ -39,6 +52,10 @@ class Upstream:
 
     async def get(self, service: str, path: str, params: dict[str, Any] | None = None) -> Any:
         return (await self.response(service, path, params)).json()
+
+    async def post(self, service: str, path: str, body: Any = None, **params: Any) -> Any:
+        answer = await self.response(service, path, params, method="POST", body=body)
+        return answer.json() if answer.content else None
 
     async def find(self, service: str, path: str) -> Any:
         """Like get, but None when the service answers 404."""

@@ -347,3 +347,78 @@ def test_actions_need_the_csrf_token(url: str, env: dict[str, str]) -> None:
     )
     assert allowed.status_code == 404  # past the guard: no such run in the audit trail
     assert env["CHOREO_NATS_PASSWORD"] not in page.text
+
+
+def test_a_deployed_workflow_runs_from_its_form(
+    browser: WebDriver, env: dict[str, str], url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    document = {
+        **workflow("deployed"),
+        "name": "console-deployed",
+        "inputs": {"label": {"type": "string", "default": "x"}},
+    }
+    document["steps"][2]["with"]["message"] = "label {{ inputs.label }}"
+    file = tmp_path / "workflow.json"
+    file.write_text(json.dumps(document))
+    choreo("deploy", str(file), data_dir=data_dir)
+    browser.get(f"{url}/workflows")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#dag-console-deployed g.node"))
+    form = browser.find_element(By.CSS_SELECTOR, "form[data-workflow='console-deployed']")
+    field = form.find_element(By.NAME, "label")
+    field.clear()
+    field.send_keys("from the form")
+    form.find_element(By.TAG_NAME, "button").click()
+    wait(browser, lambda d: "/runs/" in d.current_url)
+    wait(browser, lambda d: run_status(d) == "completed")
+    # The log step's rendered `with` holds the input typed into the form.
+    wait(
+        browser,
+        lambda d: (
+            "label from the form"
+            in d.execute_script("return document.querySelector('#step-log').textContent")
+        ),
+    )
+
+
+def test_a_dead_letter_is_listed_shown_and_replayed(
+    browser: WebDriver, env: dict[str, str], url: str
+) -> None:
+    bad = json.dumps({"id": f"console-{uuid7()}", "data": {"no_such_field": 1}}).encode()
+
+    async def publish() -> None:
+        client = await nats.connect(
+            env["CHOREO_NATS_URL"],
+            user=env["CHOREO_NATS_USER"],
+            password=env["CHOREO_NATS_PASSWORD"],
+        )
+        try:
+            await client.jetstream().publish("data.in.sale", bad)
+        finally:
+            await client.close()
+
+    asyncio.run(publish())
+    browser.get(f"{url}/dlq")
+
+    def row(driver: WebDriver) -> Any:
+        for candidate in driver.find_elements(By.CSS_SELECTOR, "#dlq-table tbody tr"):
+            if (
+                "data.in.sale" in candidate.text
+                and not candidate.find_element(By.CSS_SELECTOR, ".replayed").text
+            ):
+                return candidate
+        driver.refresh()
+        return None
+
+    found = wait(browser, row)
+    ident = found.get_attribute("data-dlq")
+    found.find_element(By.CSS_SELECTOR, "button.show").click()
+    payload = wait(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f"tr[data-dlq='{ident}'] pre.payload").text,
+    )
+    assert "no_such_field" in payload
+    browser.find_element(By.CSS_SELECTOR, f"tr[data-dlq='{ident}'] button.replay").click()
+    wait(
+        browser,
+        lambda d: d.find_element(By.CSS_SELECTOR, f"tr[data-dlq='{ident}'] .replayed").text,
+    )

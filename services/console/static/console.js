@@ -42,8 +42,10 @@ function cookie(name) {
   return found ? decodeURIComponent(found.slice(name.length + 1)) : "";
 }
 
-function post(path) {
-  return api(path, { method: "POST", headers: { "x-choreo-csrf": cookie("choreo_csrf") } });
+function post(path, body) {
+  const headers = { "x-choreo-csrf": cookie("choreo_csrf") };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  return api(path, { method: "POST", headers, body: body === undefined ? undefined : JSON.stringify(body) });
 }
 
 function fail(where, error) {
@@ -186,10 +188,10 @@ function layout(dag) {
   return { place, width, height };
 }
 
-function drawDag(dag, states) {
+function drawDag(dag, states, id = "dag") {
   if (!dag.length) return el("p", {}, "The workflow's definition is not in the audit trail (yet).");
   const { place, width, height } = layout(dag);
-  const graph = svg("svg", { id: "dag", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "the run's steps and their dependencies" });
+  const graph = svg("svg", { id, class: "dag-graph", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "the run's steps and their dependencies" });
   for (const step of dag) {
     for (const need of step.needs || []) {
       const a = place[need], b = place[step.id];
@@ -441,5 +443,104 @@ async function goPage() {
   main.replaceChildren(el("p", { class: "error" }, `No run and no event ${id}.`));
 }
 
-const PAGES = { runs: runsPage, run: runPage, event: eventPage, lake: lakePage, fraud: fraudPage, system: systemPage, go: goPage };
+// ---- Workflows and schedules -----------------------------------------------------------
+
+function inputField(name, spec) {
+  const type = (spec && spec.type) || "string";
+  const attrs = { name, "data-type": type, "aria-label": name };
+  if (type === "boolean") return el("input", { ...attrs, type: "checkbox", checked: spec.default === true });
+  const shown = spec && spec.default !== undefined ? (typeof spec.default === "string" ? spec.default : JSON.stringify(spec.default)) : "";
+  return el("input", { ...attrs, type: type === "number" || type === "integer" ? "number" : "text", step: type === "number" ? "any" : null, value: shown, placeholder: type });
+}
+
+function inputValue(field) {
+  const type = field.dataset.type;
+  if (type === "boolean") return field.checked;
+  if (field.value === "") return undefined;
+  if (type === "number" || type === "integer") return Number(field.value);
+  if (type === "object" || type === "array") return JSON.parse(field.value);
+  return field.value;
+}
+
+async function workflowsPage() {
+  const where = el("div", { id: "workflows" });
+  main.replaceChildren(el("h1", {}, "Workflows"), where);
+  let data;
+  try { data = await api("/api/workflows"); } catch (error) { fail(where, error); return; }
+  if (!data.workflows.length) where.append(el("p", {}, "No deployed workflow: `choreo deploy FILE` deploys one."));
+  for (const w of data.workflows) {
+    const note = el("span", { class: "note", role: "status" });
+    const form = el("form", { class: "run-form", "data-workflow": w.name },
+      Object.entries(w.inputs).map(([name, spec]) => el("label", { title: (spec && spec.description) || "" }, `${name} `, inputField(name, spec))),
+      el("button", {}, "Run"), note);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const inputs = {};
+      try {
+        for (const field of form.querySelectorAll("input[name]")) {
+          const v = inputValue(field);
+          if (v !== undefined) inputs[field.name] = v;
+        }
+        const started = await post(`/api/workflows/${encodeURIComponent(w.name)}/run`, { inputs });
+        location.assign(`/runs/${encodeURIComponent(started.runid)}`);
+      } catch (error) { note.textContent = String(error.message); }
+    });
+    where.append(el("section", { class: "workflow", id: `workflow-${w.name}` },
+      el("h2", {}, `${w.name} `, el("small", {}, `version ${w.version} · deployed ${when(w.deployed_at * 1000)}`)),
+      w.description ? el("p", {}, w.description) : null,
+      el("div", { class: "dag" }, drawDag(w.dag, {}, `dag-${w.name}`)), form,
+      el("p", {}, el("a", { href: `/?workflow=${encodeURIComponent(w.name)}` }, "Its runs →"))));
+  }
+  where.append(el("h2", {}, "Schedules"));
+  if (!data.schedules.length) { where.append(el("p", {}, "No schedule: `choreo schedule create` makes one.")); return; }
+  where.append(table(["schedule", "workflow", "when", "state", "next fire", "last fire", "last run", "skipped", ""],
+    data.schedules.map((sc) => el("tr", { "data-schedule": sc.name },
+      el("td", {}, sc.name), el("td", {}, sc.workflow), el("td", {}, sc.cron ? `${sc.cron} (${sc.timezone})` : `every ${sc.every}`),
+      el("td", {}, badge(sc.state)), el("td", {}, when(sc.next_fire)), el("td", {}, when(sc.last_fire)),
+      el("td", {}, sc.last_run ? el("a", { href: `/runs/${encodeURIComponent(sc.last_run)}` }, sc.last_run) : ""),
+      el("td", {}, String(sc.skipped)),
+      el("td", {}, el("button", { class: "schedule-action", onclick: async () => {
+        await post(`/api/schedules/${encodeURIComponent(sc.name)}/${sc.state === "paused" ? "resume" : "pause"}`).catch((error) => alert(error.message));
+        workflowsPage();
+      } }, sc.state === "paused" ? "Resume" : "Pause"))))));
+}
+
+// ---- Dead letters -----------------------------------------------------------------------
+
+async function dlqPage() {
+  const params = new URLSearchParams(location.search);
+  const where = el("div", { id: "dlq" });
+  main.replaceChildren(el("h1", {}, "Dead letters"), el("p", {}, "What a service gave up on, with the reason; Replay publishes it again to its original subject."), where);
+  async function load() {
+    let letters;
+    try { letters = await api(`/api/dlq?${params}`); } catch (error) { fail(where, error); return; }
+    if (!letters.length) { where.replaceChildren(el("p", {}, "No dead letters.")); return; }
+    where.replaceChildren(table(["id", "service", "time", "subject", "reason", "deliveries", "replayed", ""],
+      letters.map((d) => {
+        const detail = el("pre", { class: "payload", hidden: true });
+        const note = el("span", { class: "note", role: "status" });
+        return el("tr", { "data-dlq": d.id },
+          el("td", {}, String(d.id)), el("td", {}, d.service), el("td", {}, when(d.time)), el("td", {}, d.subject),
+          el("td", {}, d.reason), el("td", {}, String(d.deliveries ?? "")), el("td", { class: "replayed" }, when(d.replayed_at)),
+          el("td", {},
+            el("button", { class: "show", onclick: async () => {
+              try {
+                const full = await api(`/api/dlq/${encodeURIComponent(d.id)}`);
+                detail.textContent = `${JSON.stringify(full.headers || {}, null, 1)}\n${full.payload}`;
+                detail.hidden = !detail.hidden;
+              } catch (error) { note.textContent = String(error.message); }
+            } }, "Show"), " ",
+            el("button", { class: "replay", onclick: async () => {
+              try {
+                const done = await post(`/api/dlq/${encodeURIComponent(d.id)}/replay${d.replayed_at ? "?force=true" : ""}`);
+                note.textContent = done.replayed ? "replayed" : "already replayed";
+                setTimeout(load, 500);
+              } catch (error) { note.textContent = String(error.message); }
+            } }, d.replayed_at ? "Replay again" : "Replay"), note, detail));
+      }), { id: "dlq-table" }));
+  }
+  await load();
+}
+
+const PAGES = { workflows: workflowsPage, dlq: dlqPage, runs: runsPage, run: runPage, event: eventPage, lake: lakePage, fraud: fraudPage, system: systemPage, go: goPage };
 if (PAGES[body.dataset.page]) PAGES[body.dataset.page]();
