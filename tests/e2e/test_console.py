@@ -363,6 +363,7 @@ def test_a_deployed_workflow_runs_from_its_form(
     choreo("deploy", str(file), data_dir=data_dir)
     browser.get(f"{url}/workflows")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#dag-console-deployed g.node"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#dag-console-deployed path.edge")) == 2
     form = browser.find_element(By.CSS_SELECTOR, "form[data-workflow='console-deployed']")
     field = form.find_element(By.NAME, "label")
     field.clear()

@@ -202,11 +202,11 @@ function drawDag(dag, states, id = "dag") {
   }
   for (const step of dag) {
     const p = place[step.id];
-    const state = states[step.id] || "waiting";
+    const state = states ? states[step.id] || "waiting" : "";  // null: a definition, not a run
     const node = svg("g", { class: `node state-${state}`, "data-step": step.id, "data-state": state, transform: `translate(${p.x},${p.y})`, tabindex: 0 },
       svg("rect", { width: NODE_W, height: NODE_H, rx: 6 }),
       svg("text", { x: 8, y: 18, class: "step-id" }, step.id),
-      svg("text", { x: 8, y: 35, class: "step-uses" }, `${step.uses || ""} · ${state}`));
+      svg("text", { x: 8, y: 35, class: "step-uses" }, state ? `${step.uses || ""} · ${state}` : step.uses || ""));
     node.addEventListener("click", () => {
       const detail = document.getElementById(`step-${step.id}`);
       if (detail) { detail.open = true; detail.scrollIntoView({ block: "nearest" }); }
@@ -466,7 +466,11 @@ async function workflowsPage() {
   const where = el("div", { id: "workflows" });
   main.replaceChildren(el("h1", {}, "Workflows"), where);
   let data;
-  try { data = await api("/api/workflows"); } catch (error) { fail(where, error); return; }
+  try { data = await api("/api/workflows"); } catch (error) {
+    fail(where, error);
+    setTimeout(workflowsPage, 3000);  // a service that did not answer: try again
+    return;
+  }
   if (!data.workflows.length) where.append(el("p", {}, "No deployed workflow: `choreo deploy FILE` deploys one."));
   for (const w of data.workflows) {
     const note = el("span", { class: "note", role: "status" });
@@ -488,7 +492,7 @@ async function workflowsPage() {
     where.append(el("section", { class: "workflow", id: `workflow-${w.name}` },
       el("h2", {}, `${w.name} `, el("small", {}, `version ${w.version} · deployed ${when(w.deployed_at * 1000)}`)),
       w.description ? el("p", {}, w.description) : null,
-      el("div", { class: "dag" }, drawDag(w.dag, {}, `dag-${w.name}`)), form,
+      el("div", { class: "dag" }, drawDag(w.dag, null, `dag-${w.name}`)), form,
       el("p", {}, el("a", { href: `/?workflow=${encodeURIComponent(w.name)}` }, "Its runs →"))));
   }
   where.append(el("h2", {}, "Schedules"));
