@@ -112,12 +112,15 @@ def events_router(
     async def post_events(request: Request) -> JSONResponse:
         if api_keys and not _authorised(request, api_keys):
             return _problem(401, "missing or invalid API key (header X-API-Key)")
-        if admission.full():  # refused before its body is even read: the cheapest answer
-            return _overloaded(admission.refuse("http"))
         declared = int(request.headers.get("content-length") or 0)
         if declared > settings.ingest_max_body_bytes:
             return _problem(413, _too_large(declared, settings.ingest_max_body_bytes))
         body = await request.body()
+        # Refused before its body is parsed: the cheapest answer. (The body is read first:
+        # a server that answers without reading it must close the connection, and a client
+        # sending its next request on it meanwhile gets no answer at all.)
+        if admission.full():
+            return _overloaded(admission.refuse("http"))
         if len(body) > settings.ingest_max_body_bytes:
             return _problem(413, _too_large(len(body), settings.ingest_max_body_bytes))
         try:
