@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -76,10 +76,16 @@ def replay(
 ) -> Matrix:
     """The model inputs of each transaction, in the order given, as the scorer sees them;
     with `truth`, each label is fed back `feedback_delay` seconds after its transaction."""
+    timed = ((Tx.parse(tx).ts, tx["transaction_id"], tx) for tx in transactions)
+    return inputs_of(interleave(timed, truth or {}, feedback_delay), cfg)
+
+
+def inputs_of(stream: Iterable[dict[str, Any] | FeedbackLabel], cfg: ScoringConfig) -> Matrix:
+    """The model inputs of each transaction of `stream`, as a fresh scorer sees them, the
+    labels among them learnt as they come."""
     state = State()
     rows = []
-    timed = ((Tx.parse(tx).ts, tx["transaction_id"], tx) for tx in transactions)
-    for item in interleave(timed, truth or {}, feedback_delay):
+    for item in stream:
         if isinstance(item, FeedbackLabel):
             state.feedback.learn(item)
             continue
@@ -260,16 +266,7 @@ def train_on_received(
             f"{source}: {len(y)} transactions, {int(y.sum())} of them confirmed fraud: "
             "a model needs both fraud and legitimate payments"
         )
-    state = State()
-    rows = []
-    for item in from_reports(timed, labels):
-        if isinstance(item, FeedbackLabel):
-            state.feedback.learn(item)
-            continue
-        tx = Tx.parse(item)
-        f, _ = assess(tx, state, cfg)
-        rows.append([f["inputs"][name] for name in INPUTS])
-        record(tx, state)
+    x = inputs_of(from_reports(timed, labels), cfg)
     training = {
         "source": source,
         "transactions": len(y),
@@ -277,4 +274,4 @@ def train_on_received(
         "labels": len(labels),
         "l2": L2,
     }
-    return fitted_model(np.array(rows, dtype=np.float64), y, training, f"{source} (as received)")
+    return fitted_model(x, y, training, f"{source} (as received)")
