@@ -24,6 +24,7 @@ from services.store.preview import (
     parquet_preview,
     text_lines,
 )
+from tests.support import choreo
 
 
 async def chunks(data: bytes, size: int = 7) -> AsyncIterator[bytes]:
@@ -171,3 +172,16 @@ def test_actions_need_the_csrf_header_matching_the_cookie() -> None:
         "/api/runs/r/cancel", headers={"x-choreo-csrf": token, "origin": "http://evil.example"}
     )
     assert cross.status_code == 403
+
+
+def test_choreo_open_prints_the_page_of_the_running_console(tmp_path: Path) -> None:
+    (tmp_path / "env").write_text("CHOREO_CONSOLE_URL=http://127.0.0.1:9/\n")
+    shown = choreo("open", "--print", data_dir=tmp_path)
+    assert shown.stdout.strip() == "http://127.0.0.1:9/"
+    run = choreo("open", "01a2-run id", "--print", data_dir=tmp_path)
+    assert run.stdout.strip() == "http://127.0.0.1:9/go?id=01a2-run%20id"
+    assert choreo("open", "lake", "--print", data_dir=tmp_path).stdout.strip().endswith("/lake")
+    (tmp_path / "env").write_text("")
+    missing = choreo("open", "--print", data_dir=tmp_path, check=False)
+    assert missing.returncode == 1
+    assert "choreo up" in missing.stderr
