@@ -23,6 +23,7 @@ def audit_steps(
         await store().log_message(
             ctx.idempotency_key, ctx.runid, ctx.step, message, ctx.params.get("details")
         )
+        ctx.log.info("logged to the audit trail", event_id=ctx.idempotency_key)
         return {"event_id": ctx.idempotency_key}
 
     @steps.kind("notify.publish")

@@ -146,6 +146,7 @@ def fraud_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Fra
                 ContentType=content_type,
                 Metadata=metadata,
             )
+        ctx.log.info("scored", scored=len(lines), skipped=skipped, alerts=len(alerts))
         return {
             **summary,
             "uri": s3_uri(target, f"{prefix}/alerts.json"),

@@ -90,6 +90,7 @@ def ingest_steps(
                 path = Path(tmp) / "rows.parquet"
                 await asyncio.to_thread(_jsonl_to_parquet, rows_path, path, columns)
             uri = await land(ctx, f"rows.{fmt}", path, QUERY_FORMATS[fmt], f"postgres:{name}")
+        ctx.log.info("queried", source=name, rows=rows, uri=uri)
         return {"uri": uri, "rows": rows, "columns": list(columns), "format": fmt}
 
     @steps.kind("ingest.file")
@@ -122,6 +123,7 @@ def ingest_steps(
                 fmt, "application/x-ndjson"
             )
             uri = await land(ctx, name, source, content_type, origin)
+        ctx.log.info("landed", rows=rows, format=fmt, uri=uri)
         return {"uri": uri, "rows": rows, "format": fmt}
 
     @steps.kind("ingest.http_fetch")
@@ -148,6 +150,7 @@ def ingest_steps(
                 size = await _save(got.aiter_bytes(FETCH_CHUNK), body)
                 content_type = got.headers.get("content-type", "application/octet-stream")
             uri = await land(ctx, "body", body, content_type, url)
+        ctx.log.info("fetched", status=got.status_code, bytes=size, uri=uri)
         return {"uri": uri, "bytes": size, "status": got.status_code, "content_type": content_type}
 
 

@@ -49,6 +49,7 @@ def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings:
             Body=(json.dumps(result, indent=2) + "\n").encode(),
             ContentType="application/json",
         )
+        ctx.log.info("ran pipeline", pipeline=name, rows=len(rows), rejected=rejected)
         return {
             "uri": s3_uri(bucket, target_key),
             "rows": len(rows),

@@ -107,6 +107,7 @@ def register_sql_steps(
                     },
                 )
                 uris[name] = s3_uri(bucket, keys[name])
+        ctx.log.info("ran SQL", rows=dict(result.rows), rejected=result.rejected)
         if len(uris) == 1:
             (name,) = uris
             return {
