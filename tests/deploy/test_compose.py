@@ -173,3 +173,42 @@ def test_the_placeholder_check_names_each_placeholder_and_passes_real_secrets(
         command, env=real, cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert passed.returncode == 0, passed.stderr
+
+
+def test_the_cluster_profile_runs_three_nats_nodes_and_r3_streams(tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    cluster = [
+        "NATS_CONF=nats-cluster.conf",
+        "CHOREO_NATS_URL=nats://nats:4222,nats://nats-2:4222,nats://nats-3:4222",
+        "CHOREO_STREAM_REPLICAS=3",
+    ]
+    env_file.write_text(ENV_EXAMPLE.read_text() + "\n".join(cluster) + "\n")
+    result = compose(
+        tmp_path / "cluster",
+        "--profile",
+        "cluster",
+        "config",
+        "--format",
+        "json",
+        env_file=env_file,
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    nodes = ["nats", "nats-2", "nats-3"]
+    names = [services[n]["environment"]["NATS_SERVER_NAME"] for n in nodes]
+    assert names == ["nats-1", "nats-2", "nats-3"]
+    for node in nodes:
+        assert services[node]["command"] == ["-c", "/etc/nats/nats-cluster.conf"]
+    stores = {v["source"] for n in nodes for v in services[n]["volumes"] if v["target"] == "/data"}
+    assert len(stores) == 3, "each node keeps its own store"
+    for name in SERVICES:
+        env = services[name]["environment"]
+        assert env["CHOREO_NATS_URL"].split(",") == [f"nats://{n}:4222" for n in nodes]
+        assert env["CHOREO_STREAM_REPLICAS"] == "3"
+    # Without the profile: one server, one replica.
+    single = compose(tmp_path / "single", "config", "--format", "json")
+    assert single.returncode == 0, single.stderr
+    one = json.loads(single.stdout)["services"]
+    assert "nats-2" not in one
+    assert one["nats"]["command"] == ["-c", "/etc/nats/nats.conf"]
+    assert one["ingest"]["environment"]["CHOREO_STREAM_REPLICAS"] == "1"

@@ -12,6 +12,7 @@ from tests.deploy.support import ROOT, tool
 NATS_CONFIGS = [
     ROOT / "deploy" / "nats" / "nats.conf",
     ROOT / "k8s" / "base" / "nats" / "nats.conf",
+    ROOT / "deploy" / "nats" / "nats-cluster.conf",
 ]
 
 
@@ -22,7 +23,10 @@ def test_generated_files_are_current() -> None:
 @pytest.mark.parametrize("config", NATS_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_nats_server_accepts_the_config_with_every_password_set(config: Path) -> None:
     users = ["admin", *SERVICE_PERMISSIONS]
-    env = {password_variable(u): f"pw-{u}" for u in users} | {"POD_NAME": "nats-0"}
+    env = {password_variable(u): f"pw-{u}" for u in users} | {
+        "POD_NAME": "nats-0",
+        "NATS_SERVER_NAME": "nats-2",
+    }
     server = tool("nats-server")
     ok = subprocess.run(
         [str(server), "-c", str(config), "-t"], env=env, capture_output=True, text=True, check=False
