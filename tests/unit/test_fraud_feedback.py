@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from choreo.fraud_model import train_on_received
-from services.fraud.domain import DAY, HOUR, Scorer, ScoringConfig, decide
+from choreo.fraud_model import fitted_model, labelled_inputs, train_on_received
+from choreo.generate_handbook import generate_handbook
+from services.fraud.domain import DAY, HOUR, Scored, Scorer, ScoringConfig, decide
 from services.fraud.feedback import LABEL_HORIZON, Label, interleave
 from tests.unit.test_fraud_domain import T0, fired, tx
 
@@ -166,3 +167,26 @@ def test_training_on_received_data_needs_fraud_and_legitimate_payments() -> None
     model = train_on_received(payments, [Label("p3", True, (T0 + timedelta(days=1)).timestamp())])
     assert model.about["training"]["frauds"] == 1
     assert model.version.startswith("fraud-lr-")
+
+
+def test_a_model_trained_where_terminals_stay_compromised_flags_the_next_payment() -> None:
+    """Trained on the Handbook's generator (terminals compromised for 28 days), the model
+    flags the next payment at a terminal whose payments of the last days were confirmed
+    fraud, and allows the very same payment when those labels were never received."""
+    x, y = labelled_inputs(generate_handbook(20_000, 1), ScoringConfig())
+    model = fitted_model(x, y, {"n": 20_000}, "handbook")
+
+    def next_payment(with_labels: bool) -> Scored:
+        scorer = Scorer(model=model)
+        for day in range(7):
+            for c in range(3):  # regular customers elsewhere
+                scorer.score(tx(day * DAY + c * HOUR, card=f"r{c}", terminal=f"home-{c}"))
+            scorer.score(tx(day * DAY + 5 * HOUR, card=f"v{day}", terminal="shop", tx_id=f"v{day}"))
+            if with_labels and day > 0:
+                scorer.learn(label(f"v{day - 1}", day * DAY))  # reported a day later
+        return scorer.score(tx(7 * DAY + HOUR, card="next", terminal="shop", tx_id="after"))
+
+    flagged, blind = next_payment(True), next_payment(False)
+    assert flagged.decision == "block"
+    assert "confirmed_terminal: 6 confirmed frauds at the terminal within 7 days" in fired(flagged)
+    assert blind.decision == "allow"
