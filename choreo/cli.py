@@ -573,7 +573,8 @@ def print_stack(state: StackState, data_dir: Path) -> None:
         )
     console.print(table)
     streams = stackctl.stream_leaders(data_dir)
-    if streams:
+    # A single nats-server reports no leaders: the line is for a cluster.
+    if any(s["leader"] for s in streams.values()):
         leaders = ", ".join(
             f"{name} {s['leader']} (R{s['replicas']})" for name, s in streams.items()
         )

