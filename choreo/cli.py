@@ -55,6 +55,7 @@ def main() -> None:
     import choreo.cli_logs
     import choreo.cli_objects
     import choreo.cli_plugins
+    import choreo.cli_put
     import choreo.cli_runs
     import choreo.cli_schedules
     import choreo.cli_steps  # noqa: F401

@@ -61,6 +61,9 @@ NOTIFY = StreamSpec(
     "NOTIFY", ("notify.>", "reports.>"), "notifications published by workflows (notify.publish)"
 )
 
+LAKE = StreamSpec("LAKE", ("lake.>",), "an event per object written to the lake")
+OBJECT_WRITTEN = "lake.object.written"
+
 SCHEDULES = StreamSpec(
     "SCHEDULES",
     ("schedule.>",),
@@ -69,7 +72,7 @@ SCHEDULES = StreamSpec(
 )
 SCHEDULE_FIRES_KEPT = 1_000
 
-STREAMS: tuple[StreamSpec, ...] = (DATA, DATA_IN, WORKFLOW, FRAUD, DLQ, NOTIFY, SCHEDULES)
+STREAMS: tuple[StreamSpec, ...] = (DATA, DATA_IN, WORKFLOW, FRAUD, DLQ, NOTIFY, SCHEDULES, LAKE)
 
 
 def stream_for(subject: str) -> StreamSpec:
@@ -173,7 +176,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
         buckets=(f"$KV.{SCHEDULE_STATE_BUCKET}.>", f"$KV.{DLQ_STATE_BUCKET}.>"),
     ),
     "transform": Permissions(publish=("wf.>", dlq_subject("transform"))),
-    "store": Permissions(publish=("wf.>", dlq_subject("store"))),
+    "store": Permissions(publish=("wf.>", dlq_subject("store"), "lake.>")),
     "audit": Permissions(
         publish=("wf.>", dlq_subject("audit"), *NOTIFY.subjects),
         subscribe=(AUDIT_EVENT_LOOKUP,),

@@ -15,7 +15,7 @@ from services.ingest.runs_api import api_key_guard, runs_router
 from services.ingest.schedules import ScheduleFires
 from services.ingest.settings import IngestSettings
 from services.ingest.steps import ingest_steps
-from services.ingest.triggers import EventTriggers
+from services.ingest.triggers import Triggers
 from shared.jetstream import jetstream
 from shared.metrics import Metrics
 from shared.s3 import open_s3
@@ -57,7 +57,7 @@ def create_app(
     fires = ScheduleFires(choreography, metrics)
     fires.subscribe(broker, settings)
     dead_letters = DeadLetterApi(settings, metrics)
-    EventTriggers(choreography, metrics, fires.deployments).subscribe(broker, settings)
+    Triggers(choreography, metrics, fires.deployments).subscribe(broker, settings)
     admission = Admission(
         metrics,
         min_in_flight=settings.ingest_min_in_flight,

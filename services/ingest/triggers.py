@@ -15,27 +15,29 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shared.consumer import BatchMessage, batch_subscription
 from shared.envelope import Event
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.slot import Slot
-from shared.subjects import DATA
+from shared.subjects import DATA, LAKE
 from shared.workflow import events as ev
 from shared.workflow.deployments import Deployed, Deployments
 from shared.workflow.runtime import Choreography
-from shared.workflow.spec import EventTrigger
+from shared.workflow.spec import Trigger
 from shared.workflow.triggers import admit, is_paused, matches, trigger_run_id
 
 log = structlog.get_logger(__name__)
 DURABLE = "ingest-triggers"
+OBJECT_DURABLE = "ingest-object-triggers"
+TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
 # When a workflow's run slots are all taken, the event comes back after this.
 WAIT_S = 1.0
 
 
-class EventTriggers:
+class Triggers:
     """Starts the runs that events trigger."""
 
     def __init__(
@@ -44,7 +46,7 @@ class EventTriggers:
         self.choreo = choreography
         self.metrics = metrics
         self._deployments = deployments
-        self._cached: list[tuple[Deployed, list[EventTrigger]]] = []
+        self._cached: list[tuple[Deployed, list[Trigger]]] = []
         self._cached_at = 0.0  # wall-clock time of the last read of the deployments
         self.started = Counter(
             "choreo_trigger_runs",
@@ -57,17 +59,24 @@ class EventTriggers:
             self.started.labels(metrics.service, outcome)
 
     def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
-        subscription = batch_subscription(DATA, DURABLE, settings)
-        # Created for the first time, it starts at the stream's end: the events stored before
-        # triggers existed start nothing.
-        subscription["config"].deliver_policy = DeliverPolicy.NEW
-        broker.subscriber(
-            **subscription,
-            title="ingest/triggers",
-            description="Starts a run of each deployed workflow whose `on` matches an event.",
-        )(self.on_batch)
+        for stream, durable, what, handler in (
+            (DATA, DURABLE, "an event", self.on_batch),
+            (LAKE, OBJECT_DURABLE, "an object written to the lake", self.on_object_batch),
+        ):
+            subscription = batch_subscription(stream, durable, settings)
+            # Created for the first time, it starts at the stream's end: what was stored
+            # before triggers existed starts nothing.
+            subscription["config"].deliver_policy = DeliverPolicy.NEW
+            broker.subscriber(
+                **subscription,
+                title=f"ingest/{durable}",
+                description=f"Starts a run of each deployed workflow whose `on` matches {what}.",
+            )(handler)
 
     async def on_batch(self, msg: BatchMessage) -> None:
+        await self.handle(msg.raw_message)
+
+    async def on_object_batch(self, msg: BatchMessage) -> None:
         await self.handle(msg.raw_message)
 
     async def handle(self, messages: Sequence[Msg]) -> None:
@@ -100,7 +109,7 @@ class EventTriggers:
                 await msg.ack()
 
     async def _start_runs(
-        self, event: Event, triggered: list[tuple[Deployed, list[EventTrigger]]]
+        self, event: Event, triggered: list[tuple[Deployed, list[Trigger]]]
     ) -> bool:
         """Request the event's runs; True when one must wait for a free slot."""
         waiting = False
@@ -132,7 +141,7 @@ class EventTriggers:
             self._count("started")
         return waiting
 
-    async def _triggered(self, newest: float) -> list[tuple[Deployed, list[EventTrigger]]]:
+    async def _triggered(self, newest: float) -> list[tuple[Deployed, list[Trigger]]]:
         """The deployed workflows with triggers, as of after the newest event was stored (a
         workflow deployed before an event must see it)."""
         if newest >= self._cached_at:
@@ -140,7 +149,7 @@ class EventTriggers:
             found = []
             for deployed in await self._store().latest_all():
                 raw = deployed.workflow.get("on") or []
-                triggers = [EventTrigger.model_validate(t) for t in raw if isinstance(t, dict)]
+                triggers = [TRIGGER.validate_python(t) for t in raw if isinstance(t, dict)]
                 if triggers:
                     found.append((deployed, triggers))
             self._cached, self._cached_at = found, reading

@@ -15,6 +15,7 @@ from services.store.lander import FlushPolicy
 from services.store.settings import StoreSettings
 from services.store.steps import store_steps
 from shared.consumer import BatchMessage, batch_subscription
+from shared.envelope import Event
 from shared.lake import layer_buckets
 from shared.metrics import Metrics
 from shared.s3 import open_s3, s3_client
@@ -50,7 +51,11 @@ def create_app(
     client: Slot[S3Client] = Slot("the S3 client")
     signer: Slot[S3Client] = Slot("the S3 presigning client")
     steps = steps if steps is not None else StepRegistry(NAME)
-    store_steps(steps, client.get, config)
+
+    async def announce(event: Event) -> None:
+        await choreography.publisher.publish(event.type, event)
+
+    store_steps(steps, client.get, config, announce)
     choreography = Choreography.create(NAME, config, broker, metrics, steps)
 
     @asynccontextmanager

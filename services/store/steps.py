@@ -6,10 +6,12 @@ happens once however often the step runs.
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from shared.envelope import Event
 from shared.lake import LAYERS, layer_bucket, relative_key
+from shared.objects import object_written
 from shared.s3 import parse_s3_uri, s3_uri
 from shared.settings import Settings
 from shared.workflow.steps import StepContext, StepFailed, StepOutput, StepRegistry
@@ -18,8 +20,25 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
 
 
-def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Settings) -> None:
-    """Register store's step kinds on `steps`."""
+Announce = Callable[[Event], Awaitable[None]]
+
+
+def store_steps(
+    steps: StepRegistry,
+    s3: Callable[[], "S3Client"],
+    settings: Settings,
+    announce: Announce | None = None,
+) -> None:
+    """Register store's step kinds on `steps`; `announce` publishes the
+    `lake.object.written` event of each object they write."""
+
+    async def written(bucket: str, key: str, size: int | None, version: str, by: str) -> None:
+        if announce is not None:
+            await announce(
+                object_written(
+                    bucket, key, size=size, version=version, source="choreo/store", by=by
+                )
+            )
 
     def bucket_of(params: dict[str, Any]) -> str:
         if "bucket" in params:
@@ -45,6 +64,7 @@ def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Set
             Metadata=_lineage(ctx, sha256),
         )
         ctx.log.info("wrote", uri=s3_uri(bucket, key), bytes=len(body))
+        await written(bucket, key, len(body), sha256, "store.put")
         return {
             "uri": s3_uri(bucket, key),
             "etag": response["ETag"].strip('"'),
@@ -74,6 +94,7 @@ def store_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Set
             MetadataDirective="REPLACE",
         )
         ctx.log.info("promoted", source=s3_uri(source_bucket, source_key), uri=s3_uri(bucket, key))
+        await written(bucket, key, None, sha256, "store.promote")
         return {"uri": s3_uri(bucket, key), "sha256": sha256}
 
 

@@ -74,6 +74,18 @@ class EventTrigger(BaseModel):
     )
 
 
+class ObjectTrigger(BaseModel):
+    """Start a run for each object written to the lake whose `bucket/key` matches `object`
+    (`*` within a path segment, `**` across segments)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    object: str = Field(min_length=1, description="a glob over bucket/key: raw/files/**.csv")
+
+
+Trigger = EventTrigger | ObjectTrigger
+
+
 class WorkflowSpec(BaseModel):
     """A workflow: inputs, defaults and a DAG of steps."""
 
@@ -86,7 +98,7 @@ class WorkflowSpec(BaseModel):
     inputs: dict[InputName, InputSpec] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
     steps: list[StepSpec] = Field(min_length=1)
-    on: list[EventTrigger] = Field(
+    on: list[Trigger] = Field(
         default_factory=list,
         description="once deployed, every matching event starts one run (its input `event`)",
     )

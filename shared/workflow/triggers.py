@@ -1,6 +1,6 @@
-"""Event triggers: a deployed workflow whose `on` names an event type (with equality
-filters in `where`) runs once for every matching event, with the event as its input
-`event`.
+"""Triggers: a deployed workflow whose `on` names an event type (with equality filters in
+`where`), or a glob over the lake's objects, runs once for every matching event (for an
+object: its `lake.object.written` event), with the event as its input `event`.
 
 The run id derives from the workflow's name and the event's id, so a redelivered or
 re-sent event starts no second run. `max_concurrent: N` bounds the runs triggers keep
@@ -9,8 +9,10 @@ compare-and-set; an event that finds N running waits in its stream (handed back 
 delay), it is never dropped. Triggers of a workflow pause and resume (`paused.<workflow>`).
 """
 
+import functools
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -19,7 +21,8 @@ from nats.js.kv import KeyValue
 
 from shared.envelope import Event
 from shared.kv import dump, get_entry
-from shared.workflow.spec import EventTrigger
+from shared.subjects import OBJECT_WRITTEN
+from shared.workflow.spec import ObjectTrigger, Trigger
 from shared.workflow.state import RunStore
 
 # A run requested but not in the run-state bucket yet counts as running for this long (an
@@ -38,12 +41,26 @@ def field_at(event: dict[str, Any], path: str) -> Any:
     return current
 
 
-def matches(trigger: EventTrigger, event: Event) -> bool:
-    """The event is of the trigger's type and every `where` field equals its value."""
+def matches(trigger: Trigger, event: Event) -> bool:
+    """An event trigger: the event is of its type and every `where` field equals its value.
+    An object trigger: the event is a `lake.object.written` whose bucket/key matches."""
+    if isinstance(trigger, ObjectTrigger):
+        if event.type != OBJECT_WRITTEN or not isinstance(event.data, dict):
+            return False
+        path = f"{event.data.get('bucket')}/{event.data.get('key')}"
+        return glob_pattern(trigger.object).fullmatch(path) is not None
     if event.type != trigger.event:
         return False
     body = event.model_dump(mode="json")
     return all(field_at(body, path) == value for path, value in trigger.where.items())
+
+
+@functools.lru_cache(maxsize=256)
+def glob_pattern(glob: str) -> re.Pattern[str]:
+    """`**` spans path segments, `*` and `?` stay within one."""
+    parts = re.split(r"(\*\*|\*|\?)", glob)
+    wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(wild.get(p, re.escape(p)) for p in parts))
 
 
 def trigger_run_id(workflow: str, event_id: str) -> str:

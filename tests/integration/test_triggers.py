@@ -2,10 +2,12 @@
 are re-sent), non-matching ones none; the event is readable in templates; max_concurrent
 queues runs, never more at once; triggers pause and resume."""
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,6 +16,9 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
+# Importing the command module registers its command.
+import choreo.cli_put  # noqa: F401
+from choreo.runs import request_run
 from services.audit.app import create_app as audit_app
 from services.ingest.app import create_app as ingest_app
 from services.ingest.settings import IngestSettings
@@ -24,11 +29,12 @@ from shared.ids import uuid7
 from shared.settings import Settings
 from shared.workflow.deployments import Deployments, open_bucket
 from shared.workflow.triggers import set_paused
-from tests.support import serve, wait_for
+from tests.support import CliInThread, serve, wait_for
 from tests.workflow_support import TEST_KINDS
 from tests.workflow_support import test_steps as kinds_for_tests
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -192,3 +198,107 @@ async def test_max_concurrent_queues_runs_and_pause_stops_them(
     await post(ingest, [sale(f"r-{tag}", region)])
     resumed = await wait_for(lambda: runs_of(db, name), lambda rows: len(rows) == 7, within=60)
     assert len(resumed) == 7  # the event sent while paused started nothing
+
+
+async def test_uploaded_csvs_and_objects_the_store_writes_start_one_run_each(
+    ingest: httpx.AsyncClient,
+    deployments: Deployments,
+    db: asyncpg.Connection,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    name = f"trig-{uuid7()[-10:]}"
+    tag = uuid7()[-12:]
+    step = {"id": "log", "uses": "audit.log", "with": {"message": "got {{ event.data.uri }}"}}
+    document = {
+        "name": name,
+        "inputs": {"event": {"type": "object"}},
+        "on": [{"object": f"raw/files/{tag}/**.csv"}],
+        "steps": [step],
+    }
+    await deployments.deploy(name, document)
+    assert settings.s3_access_key is not None
+    assert settings.s3_secret_key is not None
+    cli = CliInThread(
+        tmp_path,
+        CHOREO_NATS_URL=settings.nats_url,
+        CHOREO_S3_ENDPOINT_URL=str(settings.s3_endpoint_url),
+        CHOREO_S3_ACCESS_KEY=settings.s3_access_key.get_secret_value(),
+        CHOREO_S3_SECRET_KEY=settings.s3_secret_key.get_secret_value(),
+    )
+    files = []
+    for n, where in enumerate(["a.csv", "deep/b.csv", "c.csv", "not-a-csv.txt"]):
+        csv = tmp_path / f"customers-{n}.csv"
+        csv.write_text(f"id,name\n{n},customer {n}\n")
+        files.append(csv)
+        put = await cli("put", str(csv), f"s3://raw/files/{tag}/{where}")
+        assert put.exit_code == 0, put.output
+    # The same upload again: the same event, no second run.
+    assert (await cli("put", str(files[0]), f"s3://raw/files/{tag}/a.csv")).exit_code == 0
+    # A store.put step writing below the prefix starts one too.
+    writer = {
+        "name": f"writer-{tag}",
+        "steps": [
+            {
+                "id": "put",
+                "uses": "store.put",
+                "with": {"bucket": "raw", "key": f"files/{tag}/from-step.csv", "text": "id\n1\n"},
+            }
+        ],
+    }
+    client = await nats.connect(settings.nats_url)
+    try:
+        await request_run(client.jetstream(), writer, {})
+    finally:
+        await client.close()
+
+    done = await wait_for(
+        lambda: runs_of(db, name),
+        lambda rows: len(rows) >= 4 and all(r["status"] == "completed" for r in rows),
+        within=90,
+        interval=0.5,
+    )
+    await asyncio.sleep(2)
+    assert len(await runs_of(db, name)) == len(done) == 4
+    logged = await db.fetch("SELECT message FROM audit_log WHERE message LIKE $1", f"got %{tag}%")
+    assert sorted(r["message"].rsplit("/", 1)[1] for r in logged) == [
+        "a.csv",
+        "b.csv",
+        "c.csv",
+        "from-step.csv",
+    ]
+
+
+async def test_three_uploaded_csvs_give_three_medallion_runs(
+    ingest: httpx.AsyncClient,
+    deployments: Deployments,
+    db: asyncpg.Connection,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    example = ROOT / "workflows" / "customer-medallion-upload" / "workflow.json"
+    document = json.loads(example.read_text())
+    name = document["name"] = f"medallion-{uuid7()[-10:]}"
+    tag = uuid7()[-12:]
+    document["on"] = [{"object": f"raw/files/{tag}/**.csv"}]  # this test's uploads only
+    await deployments.deploy(name, document)
+    assert settings.s3_access_key is not None
+    assert settings.s3_secret_key is not None
+    cli = CliInThread(
+        tmp_path,
+        CHOREO_NATS_URL=settings.nats_url,
+        CHOREO_S3_ENDPOINT_URL=str(settings.s3_endpoint_url),
+        CHOREO_S3_ACCESS_KEY=settings.s3_access_key.get_secret_value(),
+        CHOREO_S3_SECRET_KEY=settings.s3_secret_key.get_secret_value(),
+    )
+    customers = ROOT / "workflows" / "customer-medallion" / "customers.csv"
+    for n in range(3):
+        put = await cli("put", str(customers), f"s3://raw/files/{tag}/customers-{n}.csv")
+        assert put.exit_code == 0, put.output
+    done = await wait_for(
+        lambda: runs_of(db, name),
+        lambda rows: len(rows) == 3 and all(r["status"] != "running" for r in rows),
+        within=180,
+        interval=0.5,
+    )
+    assert [r["status"] for r in done] == ["completed"] * 3, done
