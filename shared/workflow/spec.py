@@ -6,7 +6,7 @@ editors can validate workflow files as they are written.
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, JsonValue, StringConstraints, Tag
 
 STEP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 INPUT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -83,7 +83,18 @@ class ObjectTrigger(BaseModel):
     object: str = Field(min_length=1, description="a glob over bucket/key: raw/files/**.csv")
 
 
-Trigger = EventTrigger | ObjectTrigger
+def _trigger_kind(value: Any) -> str:
+    """Which trigger a value is: one with `object` is an object trigger (so validation
+    reports against that shape only, not against both)."""
+    if isinstance(value, dict):
+        return "object" if "object" in value else "event"
+    return "object" if isinstance(value, ObjectTrigger) else "event"
+
+
+Trigger = Annotated[
+    Annotated[EventTrigger, Tag("event")] | Annotated[ObjectTrigger, Tag("object")],
+    Discriminator(_trigger_kind),
+]
 
 
 class WorkflowSpec(BaseModel):
