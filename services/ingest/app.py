@@ -39,10 +39,13 @@ def create_app(
     kinds: Mapping[str, StepKind] = STEP_KINDS,
     steps: StepRegistry | None = None,
     registry: SchemaRegistry | None = None,
+    triggers: bool = True,
 ) -> Service:
     """`kinds`: the step kinds workflows may use (the shipped ones unless extended);
     `steps`: extra step kinds of this service; `registry`: the event schemas (by default
-    the shipped ones plus CHOREO_INGEST_SCHEMA_DIR's)."""
+    the shipped ones plus CHOREO_INGEST_SCHEMA_DIR's); `triggers`: whether events and lake
+    objects start the runs deployed workflows' `on` asks for (off only in handler tests, whose in-memory
+    messages carry no JetStream metadata)."""
     settings = settings or IngestSettings.load()
     registry = registry or load_registry(settings.ingest_schema_dir)
     metrics = Metrics(NAME)
@@ -57,7 +60,8 @@ def create_app(
     fires = ScheduleFires(choreography, metrics)
     fires.subscribe(broker, settings)
     dead_letters = DeadLetterApi(settings, metrics)
-    Triggers(choreography, metrics, fires.deployments).subscribe(broker, settings)
+    if triggers:
+        Triggers(choreography, metrics, fires.deployments).subscribe(broker, settings)
     admission = Admission(
         metrics,
         min_in_flight=settings.ingest_min_in_flight,
