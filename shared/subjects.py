@@ -21,6 +21,8 @@ FRAUD_SCORED = "fraud.scored"
 FRAUD_ALERT = "fraud.alert"
 FRAUD_SHADOW = "fraud.shadow"  # a candidate model's verdict, recorded, never alerting
 FRAUD_STATE_BUCKET = "choreo_fraud"
+DEPLOYMENTS_BUCKET = "choreo_workflows"
+"""JetStream KV of the deployed workflows (shared/workflow/deployments.py)."""
 DLQ_STATE_BUCKET = "choreo_dlq"
 """JetStream KV of the dead letters replayed (shared/dlq.py)."""
 SCHEDULE_STATE_BUCKET = "choreo_schedules"
@@ -173,7 +175,13 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             # Replaying a dead letter of the NATS entry point (GET /v1/dlq).
             f"{DATA_IN_PREFIX}>",
         ),
-        buckets=(f"$KV.{SCHEDULE_STATE_BUCKET}.>", f"$KV.{DLQ_STATE_BUCKET}.>"),
+        # Schedule state, replayed dead letters, and the run slots of max_concurrent
+        # (active.<workflow> in the deployments bucket).
+        buckets=(
+            f"$KV.{SCHEDULE_STATE_BUCKET}.>",
+            f"$KV.{DLQ_STATE_BUCKET}.>",
+            f"$KV.{DEPLOYMENTS_BUCKET}.>",
+        ),
     ),
     "transform": Permissions(publish=("wf.>", dlq_subject("transform"))),
     "store": Permissions(publish=("wf.>", dlq_subject("store"), "lake.>")),

@@ -23,8 +23,9 @@ from nats.js.kv import KeyValue
 from shared import kv
 from shared.kv import dump, get_entry, keys_matching
 from shared.settings import Settings
+from shared.subjects import DEPLOYMENTS_BUCKET
 
-BUCKET = "choreo_workflows"
+BUCKET = DEPLOYMENTS_BUCKET
 REFERENCE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,62})(?:@(?P<version>[1-9][0-9]{0,8}))?$")
 
 

@@ -14,7 +14,8 @@ over a live fire start one run: the run request's message id is the run id (JetS
 de-duplication), and a run id already in the run-state bucket is not requested again.
 
 Pausing replaces the definition by a message without schedule headers (the server stops
-firing it); resuming publishes the definition again; deleting purges the subject.
+firing it); resuming publishes the definition again; deleting replaces it by an empty
+message.
 """
 
 import json
@@ -228,6 +229,7 @@ class Schedules:
         return ScheduleSpec.model_validate_json(message.data)
 
     async def names(self) -> list[str]:
+        """Names with a definition subject (a deleted one's is empty: `get` gives None)."""
         info = await self.js.stream_info(SCHEDULES.name, subjects_filter=f"{DEFINITION_PREFIX}>")
         return sorted(s.removeprefix(DEFINITION_PREFIX) for s in (info.state.subjects or {}))
 
@@ -241,9 +243,11 @@ class Schedules:
         return spec
 
     async def delete(self, name: str) -> bool:
+        """Replace the schedule by an empty message (nats-server stops firing it; services
+        may not purge Choreo's streams) and forget its state."""
         if await self.get(name) is None:
             return False
-        await self.js.purge_stream(SCHEDULES.name, subject=f"{DEFINITION_PREFIX}{name}")
+        await self.js.publish(f"{DEFINITION_PREFIX}{name}", b"", stream=SCHEDULES.name)
         for key in (f"last.{name}", f"skipped.{name}"):
             await self.state.purge(key)
         return True
