@@ -27,6 +27,7 @@ class ClusterPeer:
 
     name: str
     route_port: int
+    host: str = "127.0.0.1"  # where the node listens (another address in a test's netns)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ class NatsServer(ServerProcess):
         start_timeout: float = 30.0,
         cluster: Cluster | None = None,
         node_name: str = "nats",
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host
         self.cluster = cluster
         self.node_name = node_name
         self.data_dir = data_dir.absolute()
@@ -74,11 +77,11 @@ class NatsServer(ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
-        return f"http://127.0.0.1:{self.monitor_port}"
+        return f"http://{self.host}:{self.monitor_port}"
 
     def is_ready(self) -> bool:
         return self.is_alive(0.5)
@@ -105,8 +108,8 @@ class NatsServer(ServerProcess):
         """The nats.conf text; strings are JSON-quoted, which the NATS parser reads as-is."""
         lines = [
             f"server_name: {_q(self.node_name)}",
-            f"listen: {_q(f'127.0.0.1:{self.port}')}",
-            f"http: {_q(f'127.0.0.1:{self.monitor_port}')}",
+            f"listen: {_q(f'{self.host}:{self.port}')}",
+            f"http: {_q(f'{self.host}:{self.monitor_port}')}",
             "jetstream {",
             f"  store_dir: {_q(str(self.data_dir / 'jetstream'))}",
             f"  sync_interval: {_q(self.sync_interval)}",
@@ -124,14 +127,14 @@ class NatsServer(ServerProcess):
         me = next(node for node in cluster.nodes if node.name == self.node_name)
         password = cluster.route_password
         routes = [
-            _q(f"nats-route://route:{password}@127.0.0.1:{node.route_port}")
+            _q(f"nats-route://route:{password}@{node.host}:{node.route_port}")
             for node in cluster.nodes
             if node.name != self.node_name
         ]
         return [
             "cluster {",
             f"  name: {_q(cluster.name)}",
-            f"  listen: {_q(f'127.0.0.1:{me.route_port}')}",
+            f"  listen: {_q(f'{me.host}:{me.route_port}')}",
             f"  authorization {{ user: route, password: {_q(password)} }}",
             f"  routes: [{', '.join(routes)}]",
             "}",
