@@ -44,8 +44,8 @@ def create_app(
     """`kinds`: the step kinds workflows may use (the shipped ones unless extended);
     `steps`: extra step kinds of this service; `registry`: the event schemas (by default
     the shipped ones plus CHOREO_INGEST_SCHEMA_DIR's); `triggers`: whether events and lake
-    objects start the runs deployed workflows' `on` asks for (off only in handler tests, whose in-memory
-    messages carry no JetStream metadata)."""
+    objects start the runs deployed workflows' `on` asks for (off only in handler tests,
+    whose in-memory messages carry no JetStream metadata)."""
     settings = settings or IngestSettings.load()
     registry = registry or load_registry(settings.ingest_schema_dir)
     metrics = Metrics(NAME)
