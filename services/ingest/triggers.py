@@ -87,6 +87,11 @@ class Triggers:
             for msg in messages:
                 await self.choreo.settler.retry(msg, exc)
             return
+        if not triggered:
+            # No deployed workflow has a trigger: nothing to parse or match.
+            for msg in messages:
+                await msg.ack()
+            return
         for msg in messages:
             try:
                 event = Event.from_bytes(msg.data)
