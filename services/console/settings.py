@@ -1,10 +1,11 @@
 """Settings of the console (`CHOREO_CONSOLE_*` and the URLs of the services it reads)."""
 
+from collections.abc import Iterable
 from typing import Self
 
 from pydantic import SecretStr, model_validator
 
-from shared.settings import PLACEHOLDER_SECRETS, Settings
+from shared.settings import Settings, is_placeholder
 
 # The parts whose health the System page shows, by the URL settings that name them.
 SERVICE_URLS = ("ingest", "transform", "store", "audit", "fraud")
@@ -37,14 +38,20 @@ class ConsoleSettings(Settings):
         if self.environment != "prod":
             return self
         key = self.console_api_key.get_secret_value() if self.console_api_key else None
-        if key is not None and (key.lower() in PLACEHOLDER_SECRETS or len(key) < 16):
-            raise ValueError("CHOREO_CONSOLE_API_KEY: a placeholder or shorter than 16 chars")
+        # A placeholder is refused with the other secrets (Settings); a short key here.
+        if key is not None and not is_placeholder(key) and len(key) < 16:
+            raise ValueError("CHOREO_CONSOLE_API_KEY: shorter than 16 characters")
         if key is None and not self.console_trusted_header:
             raise ValueError(
                 "the console needs authentication in prod: set CHOREO_CONSOLE_API_KEY or "
                 "CHOREO_CONSOLE_TRUSTED_HEADER (the header your auth proxy sets)"
             )
         return self
+
+    def secrets(self) -> Iterable[tuple[str, SecretStr | None]]:
+        yield from super().secrets()
+        yield "CHOREO_CONSOLE_API_KEY", self.console_api_key
+        yield "CHOREO_CONSOLE_INGEST_API_KEY", self.console_ingest_api_key
 
     def service_url(self, name: str) -> str | None:
         url: str | None = getattr(self, f"{name}_url")

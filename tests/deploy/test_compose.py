@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from services.console.settings import ConsoleSettings
 from services.fraud.settings import FraudSettings
 from services.ingest.settings import IngestSettings
 from services.store.settings import StoreSettings
 from services.transform.settings import TransformSettings
 from shared.settings import Settings
-from shared.subjects import SERVICES
+from shared.subjects import CONSOLE, SERVICES
 from tests.deploy.support import ROOT, tool
 
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -88,6 +89,25 @@ def test_every_service_runs_its_own_module(config: dict[str, Any]) -> None:
         assert importlib.util.find_spec(f"services.{name}.__main__") is not None, name
 
 
+def test_the_console_reads_the_services_as_its_own_user(config: dict[str, Any]) -> None:
+    console = config["services"][CONSOLE]
+    assert console["command"] == ["python", "-m", "services.console"]
+    env = console["environment"]
+    assert env["CHOREO_NATS_USER"] == CONSOLE
+    assert (
+        env["CHOREO_NATS_PASSWORD"]
+        == config["services"]["nats"]["environment"]["NATS_CONSOLE_PASSWORD"]
+    )
+    for service in SERVICES:
+        assert env[f"CHOREO_{service.upper()}_URL"] == f"http://{service}:8000"
+    # Its key for ingest's run and dead-letter APIs is one ingest accepts.
+    accepted = config["services"]["ingest"]["environment"]["CHOREO_INGEST_API_KEYS"]
+    assert env["CHOREO_CONSOLE_INGEST_API_KEY"] in accepted.split(",")
+    assert not {"CHOREO_S3_ACCESS_KEY", "CHOREO_S3_SECRET_KEY", "CHOREO_DATABASE_URL"} & set(env)
+    # Published on the host's loopback only.
+    assert [p["host_ip"] for p in console["ports"]] == ["127.0.0.1"]
+
+
 def test_every_container_has_a_healthcheck_and_waits_for_healthy_dependencies(
     config: dict[str, Any],
 ) -> None:
@@ -118,6 +138,7 @@ SETTINGS: dict[str, type[Settings]] = {
     "store": StoreSettings,
     "fraud": FraudSettings,
     "audit": Settings,
+    CONSOLE: ConsoleSettings,
 }
 
 
@@ -126,7 +147,7 @@ def _published(env: dict[str, str]) -> set[str]:
     return {name for name, value in env.items() if "replace-me" in str(value)}
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", [*SERVICES, CONSOLE])
 def test_a_service_refuses_every_published_placeholder_in_prod(
     config: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.render import main, password_variable
-from shared.subjects import SERVICE_PERMISSIONS
+from deploy.render import NATS_USERS, main, password_variable
 from tests.deploy.support import ROOT, tool
 
 NATS_CONFIGS = [
@@ -22,7 +21,7 @@ def test_generated_files_are_current() -> None:
 
 @pytest.mark.parametrize("config", NATS_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_nats_server_accepts_the_config_with_every_password_set(config: Path) -> None:
-    users = ["admin", *SERVICE_PERMISSIONS]
+    users = ["admin", *NATS_USERS]
     env = {password_variable(u): f"pw-{u}" for u in users} | {
         "POD_NAME": "nats-0",
         "NATS_SERVER_NAME": "nats-2",
@@ -39,3 +38,8 @@ def test_nats_server_accepts_the_config_with_every_password_set(config: Path) ->
     )
     assert unset.returncode != 0
     assert password_variable("audit") in unset.stderr + unset.stdout
+
+
+def test_the_console_has_its_own_nats_user_in_every_config() -> None:
+    for config in NATS_CONFIGS:
+        assert '{user: "console", password: $NATS_CONSOLE_PASSWORD,' in config.read_text()

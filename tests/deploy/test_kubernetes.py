@@ -4,6 +4,7 @@ every workload has probes, limits, a restricted security context and its secrets
 The custom resources (KEDA's ScaledObject, the Prometheus Operator's ServiceMonitor) have no
 schema in kubernetes-validate; they are checked here for what Choreo relies on instead."""
 
+import base64
 import subprocess
 from typing import Any
 
@@ -11,7 +12,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # no type informatio
 import pytest
 import yaml
 
-from shared.subjects import SERVICES, STREAMS
+from shared.subjects import CONSOLE, SERVICES, STREAMS
 from tests.deploy.support import ROOT, tool
 
 KUBERNETES_VERSION = "1.32.0"
@@ -113,6 +114,39 @@ def test_each_service_runs_its_module_with_its_probes_and_secrets(
             assert refs[0] in secrets
 
 
+def test_the_console_reads_the_services_as_its_own_user(manifests: list[Manifest]) -> None:
+    console = by_kind(manifests, "Deployment")[CONSOLE]
+    container = console["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "services.console"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["CHOREO_NATS_USER"] == CONSOLE
+    assert env["CHOREO_NATS_PASSWORD"]["secretKeyRef"]["key"] == "NATS_CONSOLE_PASSWORD"
+    services = by_kind(manifests, "Service")
+    for service in SERVICES:
+        assert env[f"CHOREO_{service.upper()}_URL"] == f"http://{service}:8000"
+        assert service in services
+    refs = [r["secretRef"]["name"] for r in container["envFrom"] if "secretRef" in r]
+    assert len(refs) == 1
+    assert refs[0].startswith("choreo-console"), refs  # dev's generated name has a hash
+    secrets = {s["metadata"]["name"]: s for s in manifests if s["kind"] == "Secret"}
+    if secrets:  # dev: its key for ingest is one ingest accepts
+        key = _secret_value(secrets, "choreo-console", "CHOREO_CONSOLE_INGEST_API_KEY")
+        accepted = _secret_value(secrets, "choreo-ingest", "CHOREO_INGEST_API_KEYS")
+        assert key in accepted.split(",")
+        assert _secret_value(secrets, "choreo-nats", "NATS_CONSOLE_PASSWORD")
+    # Reachable: egress to the services' APIs and NATS, ingress from clients.
+    policies = by_kind(manifests, "NetworkPolicy")
+    egress = policies["console-to-services"]["spec"]["egress"]
+    assert {p["port"] for rule in egress for p in rule["ports"]} == {8000, 8222}
+    assert "clients-to-console" in policies
+
+
+def _secret_value(secrets: dict[str, Manifest], prefix: str, key: str) -> str:
+    secret = next(s for name, s in secrets.items() if name.startswith(prefix))
+    return base64.b64decode(secret["data"][key]).decode()
+
+
 def test_store_and_fraud_scale_their_steps_without_the_single_writers(
     manifests: list[Manifest],
 ) -> None:
@@ -194,7 +228,7 @@ def test_every_pod_has_a_disruption_budget_and_traffic_is_denied_by_default(
         for b in manifests
         if b["kind"] == "PodDisruptionBudget"
     ]
-    assert set(SERVICES) | set(STEP_REPLICAS) | {"nats"} <= set(budgets)
+    assert set(SERVICES) | set(STEP_REPLICAS) | {CONSOLE, "nats"} <= set(budgets)
     policies = by_kind(manifests, "NetworkPolicy")
     deny = policies["default-deny"]["spec"]
     assert deny["podSelector"] == {}
@@ -210,5 +244,5 @@ def test_prometheus_scrapes_every_service(manifests: list[Manifest]) -> None:
     scraped = {
         n for n, s in services.items() if selector.items() <= s["metadata"]["labels"].items()
     }
-    assert scraped == set(SERVICES) | set(STEP_REPLICAS)
+    assert scraped == set(SERVICES) | set(STEP_REPLICAS) | {CONSOLE}
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"

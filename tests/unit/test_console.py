@@ -119,8 +119,14 @@ def test_a_run_page_gets_its_runs_events_and_the_list_only_run_changes() -> None
 def test_prod_refuses_to_start_without_authentication() -> None:
     with pytest.raises(ValidationError, match="CHOREO_CONSOLE_API_KEY or"):
         ConsoleSettings(environment="prod")
-    with pytest.raises(ValidationError, match="placeholder or shorter"):
+    with pytest.raises(ValidationError, match=r"placeholder secrets .*CHOREO_CONSOLE_API_KEY"):
         ConsoleSettings(environment="prod", console_api_key=SecretStr("changeme"))
+    # .env.example's placeholders are long enough; they are refused all the same.
+    published = SecretStr("replace-me-console-api-key")
+    with pytest.raises(ValidationError, match=r"placeholder secrets .*CHOREO_CONSOLE_API_KEY"):
+        ConsoleSettings(environment="prod", console_api_key=published)
+    with pytest.raises(ValidationError, match="shorter than 16"):
+        ConsoleSettings(environment="prod", console_api_key=SecretStr("a1b2c3d4e5"))
     assert ConsoleSettings(environment="prod", console_trusted_header="X-Forwarded-User")
 
 
