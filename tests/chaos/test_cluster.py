@@ -105,7 +105,7 @@ def _small_store(node: str) -> Callable[[Path], None]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-async def test_a_node_whose_store_fills_up(tmp_path: Path) -> None:
+async def test_a_node_whose_store_fills_up() -> None:
     node = "nats-3"
     full = ChaosStack(nats_cluster=3, before_up=_small_store(node))
     store = full.data_dir / node
