@@ -4,6 +4,7 @@ does. Nothing here writes the database or the lake."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -38,12 +39,53 @@ def _dag(workflow: dict[str, Any]) -> list[dict[str, Any]]:
     return [{k: s.get(k) for k in keys} for s in workflow.get("steps") or [] if isinstance(s, dict)]
 
 
+@dataclass(frozen=True)
+class DeployedWorkflow:
+    """A deployed workflow as the Workflows page shows it."""
+
+    versions: list[Deployed]  # every stored version, oldest first (at least the latest)
+    triggers_paused: bool
+
+
+def _trigger(trigger: dict[str, Any]) -> dict[str, Any]:
+    """An entry of `on`: an object trigger's glob, or an event trigger's type and `where`."""
+    if "object" in trigger:
+        return {"object": trigger["object"]}
+    return {"event": trigger.get("event"), "where": trigger.get("where") or {}}
+
+
+def workflow_listing(deployed: DeployedWorkflow) -> dict[str, Any]:
+    """The latest version's description, inputs, DAG and triggers, and every version."""
+    latest = deployed.versions[-1]
+    spec = latest.workflow
+    return {
+        "name": latest.name,
+        "version": latest.version,
+        "deployed_at": latest.deployed_at,
+        "description": spec.get("description"),
+        "inputs": spec.get("inputs") or {},
+        "dag": _dag(spec),
+        "versions": [
+            {
+                "version": d.version,
+                "deployed_at": d.deployed_at,
+                "digest": d.digest,
+                "steps": len(d.workflow.get("steps") or []),
+            }
+            for d in reversed(deployed.versions)
+        ],
+        "triggers": [_trigger(t) for t in spec.get("on") or [] if isinstance(t, dict)],
+        "max_concurrent": spec.get("max_concurrent"),
+        "triggers_paused": deployed.triggers_paused,
+    }
+
+
 def api_router(
     upstream: Callable[[], Upstream],
     js: Callable[[], JetStreamContext],
     publisher: EventPublisher,
     hub: Hub,
-    deployments: Callable[[], Awaitable[list[Deployed]]],
+    deployments: Callable[[], Awaitable[list[DeployedWorkflow]]],
 ) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["console"])
 
@@ -146,23 +188,12 @@ def api_router(
         )
         return {"alerts": alerts, "summary": summary}
 
-    @router.get("/workflows", summary="Deployed workflows (latest versions) and schedules")
+    @router.get("/workflows", summary="Deployed workflows, their versions and triggers; schedules")
     async def workflows() -> dict[str, Any]:
         deployed, schedules = await asyncio.gather(
             deployments(), upstream().get("ingest", "/v1/schedules")
         )
-        listed = [
-            {
-                "name": d.name,
-                "version": d.version,
-                "deployed_at": d.deployed_at,
-                "description": d.workflow.get("description"),
-                "inputs": d.workflow.get("inputs") or {},
-                "dag": _dag(d.workflow),
-            }
-            for d in deployed
-        ]
-        return {"workflows": listed, "schedules": schedules}
+        return {"workflows": [workflow_listing(d) for d in deployed], "schedules": schedules}
 
     @router.post("/workflows/{name}/run", status_code=202, summary="Run a deployed workflow")
     async def run_workflow(name: str, body: RunForm) -> dict[str, Any]:

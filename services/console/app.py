@@ -17,7 +17,7 @@ import httpx
 from fastapi import Response
 from fastapi.staticfiles import StaticFiles
 
-from services.console.api import api_router
+from services.console.api import DeployedWorkflow, api_router
 from services.console.auth import guard
 from services.console.live import Hub, summary
 from services.console.pages import pages_router
@@ -28,7 +28,8 @@ from shared.jetstream import EventPublisher, jetstream
 from shared.metrics import Metrics
 from shared.service import Service, build_service, create_broker
 from shared.slot import Slot
-from shared.workflow.deployments import Deployed, Deployments, open_bucket
+from shared.workflow.deployments import Deployments, open_bucket
+from shared.workflow.triggers import is_paused
 
 NAME = "console"
 STATIC = Path(__file__).parent / "static"
@@ -57,9 +58,15 @@ def create_app(settings: ConsoleSettings | None = None) -> Service:
             upstream.set(Upstream(settings, client))
             yield
 
-    async def deployed() -> list[Deployed]:
-        bucket = await open_bucket(jetstream(broker), settings)
-        return await Deployments(bucket).latest_all()
+    async def deployed() -> list[DeployedWorkflow]:
+        store = Deployments(await open_bucket(jetstream(broker), settings))
+        found = []
+        for latest in await store.latest_all():
+            # A version deployed since latest_all read the pointer is left for the next read.
+            versions = [d for d in await store.versions(latest.name) if d.version <= latest.version]
+            paused = await is_paused(store.kv, latest.name)
+            found.append(DeployedWorkflow(versions or [latest], paused))
+        return found
 
     service = build_service(
         NAME,

@@ -21,7 +21,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import kv
-from shared.kv import dump, get_entry, keys_matching
+from shared.kv import dump, get_entry, keys_matching, values_matching
 from shared.settings import Settings
 from shared.subjects import DEPLOYMENTS_BUCKET
 
@@ -133,6 +133,12 @@ class Deployments:
             except DeploymentError:
                 continue  # undeployed meanwhile
         return found
+
+    async def versions(self, name: str) -> list[Deployed]:
+        """Every stored version of `name`, oldest first (none once it is undeployed)."""
+        stored = await values_matching(self.kv, f"v.{name}.*")
+        found = [Deployed(**json.loads(value)) for value in stored.values()]
+        return sorted(found, key=lambda deployed: deployed.version)
 
     async def undeploy(self, name: str) -> int:
         """Remove every version of `name`; how many there were (0: nothing deployed). The

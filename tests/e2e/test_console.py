@@ -359,11 +359,38 @@ def test_a_deployed_workflow_runs_from_its_form(
     }
     document["steps"][2]["with"]["message"] = "label {{ inputs.label }}"
     file = tmp_path / "workflow.json"
+    # Two versions: the page lists both, newest first.
+    file.write_text(json.dumps({**document, "description": "the first version"}))
+    choreo("deploy", str(file), data_dir=data_dir)
     file.write_text(json.dumps(document))
     choreo("deploy", str(file), data_dir=data_dir)
+    # A workflow with triggers (which nothing in these tests matches), paused.
+    triggered = {
+        **workflow("triggered"),
+        "name": "console-triggered",
+        "inputs": {"event": {"type": "object"}},
+        "on": [
+            {"event": "console_never", "where": {"data.region": "eu"}},
+            {"object": "raw/console-never/**.csv"},
+        ],
+    }
+    file.write_text(json.dumps(triggered))
+    choreo("deploy", str(file), data_dir=data_dir)
+    choreo("trigger", "pause", "console-triggered", data_dir=data_dir)
     browser.get(f"{url}/workflows")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#dag-console-deployed g.node"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#dag-console-deployed path.edge")) == 2
+    versions = browser.find_elements(
+        By.CSS_SELECTOR, "#workflow-console-deployed .versions tr[data-version]"
+    )
+    assert [v.get_attribute("data-version") for v in versions] == ["2", "1"]
+    section = browser.find_element(By.ID, "workflow-console-triggered")
+    rows = section.find_elements(By.CSS_SELECTOR, ".triggers tr[data-trigger]")
+    assert [r.get_attribute("textContent") for r in rows] == [
+        'event console_neverdata.region = "eu"',
+        "object writtenraw/console-never/**.csv",
+    ]
+    assert section.find_element(By.CSS_SELECTOR, ".triggers .badge").text == "paused"
     form = browser.find_element(By.CSS_SELECTOR, "form[data-workflow='console-deployed']")
     field = form.find_element(By.NAME, "label")
     field.clear()

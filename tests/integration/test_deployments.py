@@ -56,6 +56,11 @@ async def test_a_changed_document_is_a_new_version_an_unchanged_one_is_not(
     assert (await store.resolve(name)).workflow == workflow(name, "two")
     assert (await store.resolve(f"{name}@1")).workflow == workflow(name, "one")
     assert name in [d.name for d in await store.latest_all()]
+    versions = await store.versions(name)
+    assert [(d.version, d.workflow) for d in versions] == [
+        (1, workflow(name, "one")),
+        (2, workflow(name, "two")),
+    ]
     with pytest.raises(DeploymentError, match="no version 7: the latest is 2"):
         await store.resolve(f"{name}@7")
     with pytest.raises(ValueError, match="NAME or NAME@VERSION"):
@@ -66,6 +71,7 @@ async def test_a_changed_document_is_a_new_version_an_unchanged_one_is_not(
     with pytest.raises(DeploymentError, match="is deployed"):
         await store.resolve(name)
     assert name not in [d.name for d in await store.latest_all()]
+    assert await store.versions(name) == []
     # Numbers are never reused: a recorded NAME@1 keeps meaning what it ran.
     again, _ = await store.deploy(name, workflow(name, "three"))
     assert again.version == 3

@@ -4,6 +4,7 @@ import gzip
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
 from services.audit.domain import RunCursor
+from services.console.api import DeployedWorkflow, workflow_listing
 from services.console.auth import CSRF_COOKIE, guard
 from services.console.live import wanted
 from services.console.settings import ConsoleSettings
@@ -24,6 +26,7 @@ from services.store.preview import (
     parquet_preview,
     text_lines,
 )
+from shared.workflow.deployments import Deployed, digest
 from tests.support import choreo
 
 
@@ -114,6 +117,45 @@ def test_a_run_page_gets_its_runs_events_and_the_list_only_run_changes() -> None
     assert not wanted(run, "r1")
     assert wanted(run, None)
     assert not wanted(step, None)
+
+
+def _version(version: int, workflow: dict[str, Any]) -> Deployed:
+    return Deployed("orders", version, digest(workflow), 1_700_000_000.0 + version, workflow)
+
+
+def test_the_workflows_page_lists_every_version_and_the_latest_triggers() -> None:
+    first = {"name": "orders", "steps": [{"id": "a", "uses": "audit.log"}]}
+    latest = {
+        "name": "orders",
+        "description": "each order",
+        "steps": [
+            {"id": "a", "uses": "audit.log"},
+            {"id": "b", "uses": "audit.log", "needs": ["a"]},
+        ],
+        "on": [
+            {"event": "order_placed", "where": {"data.region": "eu"}},
+            {"event": "order_cancelled"},
+            {"object": "raw/files/**.csv"},
+        ],
+        "max_concurrent": 2,
+    }
+    listed = workflow_listing(DeployedWorkflow([_version(1, first), _version(2, latest)], True))
+
+    assert (listed["name"], listed["version"], listed["description"]) == ("orders", 2, "each order")
+    assert [s["id"] for s in listed["dag"]] == ["a", "b"]
+    # Newest first, each with what tells it apart.
+    assert [(v["version"], v["steps"]) for v in listed["versions"]] == [(2, 2), (1, 1)]
+    assert listed["versions"][1]["digest"] == digest(first)
+    assert listed["triggers"] == [
+        {"event": "order_placed", "where": {"data.region": "eu"}},
+        {"event": "order_cancelled", "where": {}},
+        {"object": "raw/files/**.csv"},
+    ]
+    assert (listed["max_concurrent"], listed["triggers_paused"]) == (2, True)
+
+    untriggered = workflow_listing(DeployedWorkflow([_version(1, first)], False))
+    assert (untriggered["triggers"], untriggered["max_concurrent"]) == ([], None)
+    assert [v["version"] for v in untriggered["versions"]] == [1]
 
 
 def test_prod_refuses_to_start_without_authentication() -> None:

@@ -462,6 +462,26 @@ function inputValue(field) {
   return field.value;
 }
 
+function triggersOf(w) {
+  if (!w.triggers.length) return el("p", { class: "triggers" }, "No trigger: it runs when asked (Run, `choreo run`, a schedule).");
+  const state = w.triggers_paused ? "paused" : "active";
+  const limit = w.max_concurrent ? ` · at most ${w.max_concurrent} triggered runs at once` : "";
+  return el("div", { class: "triggers" },
+    el("p", {}, "Triggers ", badge(state), limit),
+    table(["on", "matching"], w.triggers.map((t) => el("tr", { "data-trigger": t.object !== undefined ? "object" : "event" },
+      el("td", {}, t.object !== undefined ? "object written" : `event ${t.event}`),
+      el("td", {}, t.object !== undefined ? t.object
+        : Object.entries(t.where).map(([path, value]) => `${path} = ${JSON.stringify(value)}`).join(", ") || "every event of the type")))));
+}
+
+function versionsOf(w) {
+  return el("details", { class: "versions" },
+    el("summary", {}, `${w.versions.length} version${w.versions.length === 1 ? "" : "s"}`),
+    table(["version", "deployed", "steps", "digest"], w.versions.map((v) => el("tr", { "data-version": String(v.version) },
+      el("td", {}, `${w.name}@${v.version}`), el("td", {}, when(v.deployed_at * 1000)),
+      el("td", {}, String(v.steps)), el("td", { title: v.digest }, v.digest.slice(0, 12))))));
+}
+
 async function workflowsPage() {
   const where = el("div", { id: "workflows" });
   main.replaceChildren(el("h1", {}, "Workflows"), where);
@@ -492,7 +512,7 @@ async function workflowsPage() {
     where.append(el("section", { class: "workflow", id: `workflow-${w.name}` },
       el("h2", {}, `${w.name} `, el("small", {}, `version ${w.version} · deployed ${when(w.deployed_at * 1000)}`)),
       w.description ? el("p", {}, w.description) : null,
-      el("div", { class: "dag" }, drawDag(w.dag, null, `dag-${w.name}`)), form,
+      el("div", { class: "dag" }, drawDag(w.dag, null, `dag-${w.name}`)), triggersOf(w), form, versionsOf(w),
       el("p", {}, el("a", { href: `/?workflow=${encodeURIComponent(w.name)}` }, "Its runs →"))));
   }
   where.append(el("h2", {}, "Schedules"));
