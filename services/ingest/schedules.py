@@ -31,9 +31,12 @@ from shared.workflow.schedules import (
     parse_next,
     start_fire,
 )
+from shared.workflow.triggers import admit
 
 log = structlog.get_logger(__name__)
 DURABLE = "ingest-schedules"
+# A fire whose workflow has max_concurrent runs going comes back after this.
+QUEUED_RETRY_S = 1.0
 
 
 class ScheduleFires:
@@ -47,11 +50,11 @@ class ScheduleFires:
             "choreo_schedule_fires",
             "Schedule fires handled, by outcome: started (a run was requested), exists (its "
             "run was requested before: a redelivery or a backfill), skipped (--overlap skip "
-            "and the previous run still ran).",
+            "and the previous run still ran), queued (max_concurrent reached: it waits).",
             ["service", "outcome"],
             registry=metrics.registry,
         )
-        for outcome in ("started", "exists", "skipped"):
+        for outcome in ("started", "exists", "skipped", "queued"):
             self.fires.labels(metrics.service, outcome)
         self.service = metrics.service
 
@@ -82,6 +85,14 @@ class ScheduleFires:
         except Exception as exc:
             await settler.retry(raw, exc)
             return
+        limit = deployed.workflow.get("max_concurrent")
+        store = self.deployments.get()
+
+        async def slot(runid: str) -> bool:
+            if not isinstance(limit, int):
+                return True
+            return await admit(store.kv, self.choreo.store, deployed.name, runid, limit)
+
         try:
             outcome = await start_fire(
                 fire,
@@ -91,13 +102,17 @@ class ScheduleFires:
                 deployed.version,
                 self._publish,
                 source=self.choreo.source,
+                admit=slot,
             )
         except Exception as exc:
             log.warning("schedule fire failed, will retry", schedule=spec.name, error=repr(exc))
             await settler.retry(raw, exc)
             return
-        await raw.ack()
         self.fires.labels(self.service, outcome).inc()
+        if outcome == "queued":
+            await raw.nak(delay=QUEUED_RETRY_S)  # waits for a run slot, never dropped
+            return
+        await raw.ack()
         log.info("schedule fired", schedule=spec.name, runid=fire.runid, outcome=outcome)
 
     async def _publish(self, event: Event) -> None:

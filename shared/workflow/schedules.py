@@ -46,7 +46,7 @@ FIRE_PREFIX = "schedule.fire."
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 SCHEDULE_TEMPLATE = re.compile(r"\{\{\s*schedule\.(time|date)\s*\}\}")
 Overlap = Literal["skip", "allow"]
-Outcome = Literal["started", "exists", "skipped"]
+Outcome = Literal["started", "exists", "skipped", "queued"]
 
 
 class ScheduleSpec(BaseModel):
@@ -303,9 +303,11 @@ async def start_fire(
     *,
     source: str,
     check_overlap: bool = True,
+    admit: Callable[[str], Awaitable[bool]] | None = None,
 ) -> Outcome:
     """Request the fire's run, once: `exists` when its run id is known already, `skipped`
-    (and counted) when the schedule skips overlaps and its previous run still runs."""
+    (and counted) when the schedule skips overlaps and its previous run still runs,
+    `queued` when `admit` finds no free run slot (the workflow's max_concurrent)."""
     if await runs.run(fire.runid) is not None:
         return "exists"
     spec = fire.spec
@@ -315,6 +317,8 @@ async def start_fire(
         if previous is not None and previous.status == "running":
             await _count_skip(state, spec.name, fire)
             return "skipped"
+    if admit is not None and not await admit(fire.runid):
+        return "queued"
     await publish(
         ev.run_requested(
             workflow,

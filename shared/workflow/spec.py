@@ -114,7 +114,10 @@ class WorkflowSpec(BaseModel):
         description="once deployed, every matching event starts one run (its input `event`)",
     )
     max_concurrent: int | None = Field(
-        default=None, ge=1, le=1000, description="runs started by triggers at once; more wait"
+        default=None,
+        ge=1,
+        le=1000,
+        description="runs started by triggers and schedule fires at once; more wait",
     )
 
     def step(self, step_id: str) -> StepSpec:

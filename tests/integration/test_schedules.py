@@ -219,3 +219,36 @@ async def test_overlap_skip_never_runs_two_at_once_and_counts_the_skipped_fires(
     assert 2 <= len(ran) <= 4, ran
     assert listed[name].skipped >= 8 - 1 - 2 * len(ran), listed[name]
     assert listed[name].skipped >= 3
+
+
+async def test_max_concurrent_queues_fires_and_runs_every_one(
+    settings: Settings, js: JetStreamContext, db: asyncpg.Connection
+) -> None:
+    slow = {"id": "nap", "uses": "transform.sleep", "with": {"seconds": 1.5}}
+    workflow = await deploy(js, settings, **slow)
+    deployments = Deployments(await open_bucket(js, settings))
+    document = (await deployments.resolve(workflow)).workflow
+    await deployments.deploy(workflow, {**document, "max_concurrent": 1})
+    name = f"s-{uuid7()[-10:]}"
+    store = Schedules(js, await open_state(js, settings))
+    spec = ScheduleSpec(name=name, workflow=workflow, every="1s", inputs={"day": "today"})
+    async with workflow_services(settings):
+        await store.put(spec)
+        await asyncio.sleep(5)
+        await store.set_paused(name, True)
+        await asyncio.sleep(1.5)
+        info = await js.stream_info("SCHEDULES", subjects_filter=f"schedule.fire.{name}")
+        fired = (info.state.subjects or {}).get(f"schedule.fire.{name}", 0)
+        ran = await wait_for(
+            lambda: runs_of(db, name),
+            lambda rows: len(rows) >= fired and all(r["status"] == "completed" for r in rows),
+            within=90,
+            interval=0.5,
+        )
+        await store.delete(name)
+    # Every stored fire ran (the queued ones later), never two at once.
+    assert 4 <= fired <= 6
+    assert len(ran) == fired
+    ordered = sorted(ran, key=lambda r: r["started_at"])
+    for before, after in itertools.pairwise(ordered):
+        assert after["started_at"] >= before["ended_at"], (before, after)
