@@ -3,6 +3,7 @@ a pipe, validation of inputs, step order, takeovers and skipped steps as shown."
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +59,15 @@ def test_plural(count: int, noun: str, many: str | None, expected: str) -> None:
 
 def test_shell_completion() -> None:
     choreo = str(Path(sys.executable).parent / "choreo")  # the installed command
+    # As a user types it in bash: the shell is detected from the parent process, so bash is
+    # kept as the parent (`&& :` stops bash from replacing itself with the command).
+    bash = shutil.which("bash")
+    assert bash is not None
     script = subprocess.run(
-        [choreo, "--show-completion", "bash"], capture_output=True, text=True, check=True
+        [bash, "-c", '"$0" --show-completion && :', choreo],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "_CHOREO_COMPLETE=complete_bash" in script.stdout
     # What the script asks the command when a user types `choreo ru<TAB>`.
