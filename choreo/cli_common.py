@@ -105,11 +105,14 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
     return f"{count} {noun if count == 1 else many or noun + 's'}"
 
 
-def read_audit(settings: ClientSettings, path: str, **kwargs: Any) -> Any:
-    """GET the audit read API at `path`; on failure print why and exit 1."""
+def read_audit(settings: ClientSettings, path: str, *, missing: Any = None, **kwargs: Any) -> Any:
+    """GET the audit read API at `path`; `missing`, when given, is what a 404 stands for;
+    on any other failure print why and exit 1."""
     try:
         return request("GET", f"{settings.audit_url}{path}", **kwargs).json()
     except ClientError as exc:
+        if missing is not None and exc.status == 404:
+            return missing
         errors.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
 

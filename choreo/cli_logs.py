@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from choreo.cli_common import DataDir, app, console, read_audit
+from choreo.cli_common import DataDir, app, console, errors, read_audit
 from choreo.cli_runs import _run_async
 from choreo.client import ClientSettings
 from choreo.follow import connect
@@ -76,7 +76,14 @@ def logs(
 
             sub = await client.subscribe("wf.>", cb=on_message)
             seen: set[str] = set()
-            past = await asyncio.to_thread(read_audit, settings, f"/v1/audit/runs/{runid}/events")
+            # A run that has just started may have no audited events yet: follow it anyway.
+            past: list[dict[str, Any]] = await asyncio.to_thread(
+                read_audit, settings, f"/v1/audit/runs/{runid}/events", missing=[]
+            )
+            if not past:
+                errors.print(
+                    f"[dim]No events of run {runid} audited yet: waiting (Ctrl-C stops).[/dim]"
+                )
             for line in log_lines(past, step):
                 _print(line, json_out)
             seen.update(e["id"] for e in past)

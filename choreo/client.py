@@ -49,7 +49,12 @@ class ClientSettings(Settings):
 
 
 class ClientError(Exception):
-    """A request the user made could not be done; the message says why and what to do."""
+    """A request the user made could not be done; the message says why and what to do.
+    `status` is the HTTP status of the answer, when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def request(
@@ -71,7 +76,10 @@ def request(
         on_busy(delay)
         time.sleep(delay)
     if response.status_code >= 400:
-        raise ClientError(f"{method} {url} answered {response.status_code}: {response.text}")
+        raise ClientError(
+            f"{method} {url} answered {response.status_code}: {response.text}",
+            response.status_code,
+        )
     return response
 
 

@@ -34,7 +34,8 @@ def summary(event: Event) -> dict[str, Any]:
         "id": event.id,
         "type": event.type,
         "runid": event.runid,
-        "stepid": event.stepid or data.get("step"),
+        # A run's end names the step that ended it (`data.step`): it is still the run's event.
+        "stepid": event.stepid or (data.get("step") if event.type.startswith("wf.step.") else None),
         "attempt": event.attempt,
         "source": event.source,
         "time": event.time.isoformat(),

@@ -15,7 +15,9 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from shared.envelope import Event
+from shared.settings import Settings
 from shared.subjects import DLQ, FRAUD, SERVICES, dlq_subject, subject_matches
+from shared.workflow.deployments import Deployments, open_bucket
 from tests.samples import TRANSACTION
 from tests.support import wait_for
 
@@ -29,6 +31,19 @@ MALFORMED = {
     "JSON, not an envelope": b'{"a": 1}',
     "a JSON array": b"[1, 2, 3]",
     "invalid UTF-8": b"\xff\xfe\x00garbage",
+}
+
+# Deployed for the test so that ingest's trigger consumers read every event (with no
+# triggered workflow deployed they acknowledge without reading); it matches nothing.
+WATCHER = "malformed-watch"
+TRIGGERED = {
+    "name": WATCHER,
+    "inputs": {"event": {"type": "object"}},
+    "on": [
+        {"event": "sale", "where": {"data.region": "no-such-region"}},
+        {"object": "no-such-prefix/**"},
+    ],
+    "steps": [{"id": "log", "uses": "audit.log", "with": {"message": "never runs"}}],
 }
 
 
@@ -84,6 +99,8 @@ async def test_malformed_messages_are_dead_lettered_with_a_reason_and_consumers_
     assert len(subjects) >= 10
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
+    deployments = Deployments(await open_bucket(js, Settings(nats_url=nats_url)))
+    await deployments.deploy(WATCHER, TRIGGERED)
     try:
         await wait_for(lambda: _ready(js, found), bool, within=60)
         expected: dict[str, set[tuple[str, int]]] = defaultdict(set)
@@ -138,6 +155,7 @@ async def test_malformed_messages_are_dead_lettered_with_a_reason_and_consumers_
 
         assert await wait_for(scored, bool, within=60), f"no {FRAUD.name} score of {valid.id}"
     finally:
+        await deployments.undeploy(WATCHER)
         await nc.close()
 
 

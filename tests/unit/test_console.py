@@ -15,7 +15,7 @@ from pydantic import SecretStr, ValidationError
 from services.audit.domain import RunCursor
 from services.console.api import DeployedWorkflow, workflow_listing
 from services.console.auth import CSRF_COOKIE, guard
-from services.console.live import wanted
+from services.console.live import summary, wanted
 from services.console.settings import ConsoleSettings
 from services.store.preview import (
     NotPreviewable,
@@ -26,6 +26,8 @@ from services.store.preview import (
     parquet_preview,
     text_lines,
 )
+from shared.envelope import Event
+from shared.workflow import events as ev
 from shared.workflow.deployments import Deployed, digest
 from tests.support import choreo
 
@@ -233,3 +235,18 @@ def test_choreo_open_prints_the_page_of_the_running_console(tmp_path: Path) -> N
     missing = choreo("open", "--print", data_dir=tmp_path, check=False)
     assert missing.returncode == 1
     assert "choreo up" in missing.stderr
+
+
+def test_a_runs_end_is_the_runs_event_though_it_names_the_step_that_ended_it() -> None:
+    ended = Event(
+        type=ev.RUN_FAILED,
+        source="tests",
+        runid="r-1",
+        data={"name": "w", "generation": 1, "step": "promote", "reason": "boom"},
+    )
+    assert summary(ended)["stepid"] is None
+    assert summary(ended)["state"] == "failed"
+    skipped = Event(
+        type=ev.STEP_SKIPPED, source="tests", runid="r-1", data={"step": "log", "generation": 1}
+    )
+    assert summary(skipped)["stepid"] == "log"
