@@ -54,6 +54,9 @@ def workflow(key: str, source: str | None = None, attempts: int = 1) -> dict[str
             {
                 "id": "land",
                 "uses": "store.put",
+                # A write that fails on a loaded machine is tried again: the failure these
+                # tests make is promote's, never land's.
+                "retry": {"max_attempts": 3, "backoff_s": [1]},
                 "with": {"layer": "raw", "key": f"console/{key}.json", "data": [{"n": 1}]},
             },
             {
