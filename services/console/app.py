@@ -47,6 +47,9 @@ def create_app(settings: ConsoleSettings | None = None) -> Service:
         title="console/live",
         description="Every workflow event, forwarded to the open pages (core NATS: nothing "
         "is stored or acknowledged).",
+        # A JetStream publish is a request whose reply is the stream's ack: an answer from
+        # here would reach the publisher first and fail its publish.
+        no_reply=True,
     )
     async def on_workflow_event(body: dict[str, Any]) -> None:
         hub.publish(summary(Event.model_validate(body)))

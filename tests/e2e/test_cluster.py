@@ -58,7 +58,7 @@ def test_three_nodes_run_and_every_stream_has_three_replicas(
 def test_a_workflow_runs_on_the_cluster(stack: dict[str, Any], data_dir: Path) -> None:
     workflow = ROOT / "workflows/minio-store/workflow.json"
     result = choreo("run", str(workflow), "--json", data_dir=data_dir, check=False)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     run = json.loads(result.stdout)
     assert run["status"] == "completed", run
     assert set(run["steps"].values()) == {"completed"}

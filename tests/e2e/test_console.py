@@ -6,6 +6,7 @@ README's screenshot of a run page (docs/images/console-run.png) is written here.
 """
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from choreo.runs import request_run
 from shared.ids import uuid7
+from shared.workflow.events import run_requested
 from shared.workflow.validate import validate_workflow
 from tests.server_support import stack_s3
 from tests.support import choreo, stack_env
@@ -171,6 +173,35 @@ def run_status(driver: WebDriver) -> str:
         "const b = document.querySelector('#run-status .badge'); return b ? b.textContent : ''"
     )
     return found
+
+
+def test_a_workflow_event_is_answered_by_its_stream_alone(env: dict[str, str]) -> None:
+    """A JetStream publish is a request whose one reply must be the stream's ack: the
+    console's live feed (a core NATS subscriber of `wf.>`) must not answer it too, or a
+    publisher reading the first reply fails on an empty one."""
+    event = run_requested(workflow(uuid7()), {}, uuid7(), source="choreo/test")
+
+    async def replies() -> list[bytes]:
+        client = await nats.connect(
+            env["CHOREO_NATS_URL"],
+            user=env["CHOREO_NATS_USER"],
+            password=env["CHOREO_NATS_PASSWORD"],
+        )
+        try:
+            inbox = client.new_inbox()
+            subscription = await client.subscribe(inbox)
+            await client.publish(event.type, event.to_bytes(), reply=inbox, headers=event.headers())
+            received = [(await subscription.next_msg(timeout=10)).data]
+            with contextlib.suppress(nats.errors.TimeoutError):
+                while True:  # a second answer arrives within milliseconds, if at all
+                    received.append((await subscription.next_msg(timeout=1)).data)
+            return received
+        finally:
+            await client.close()
+
+    answers = asyncio.run(replies())
+    assert len(answers) == 1, answers
+    assert json.loads(answers[0])["stream"] == "WORKFLOW"
 
 
 def test_a_run_page_draws_the_dag_and_follows_it_live(
