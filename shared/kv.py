@@ -6,11 +6,15 @@ import json
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from shared.settings import Settings
+
+READ_TIMEOUT_S = 10.0
+"""How long a read of a bucket's current values waits for the next one the server sent."""
+MARKER_REASON = "Nats-Marker-Reason"
 
 
 async def ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -76,13 +80,39 @@ async def values_matching(kv: KeyValue, pattern: str) -> dict[str, bytes]:
 async def _current(
     kv: KeyValue, pattern: str, *, meta_only: bool = False
 ) -> dict[str, bytes | None]:
-    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=meta_only)
+    """The current entries under `pattern`, deleted ones left out.
+
+    nats-py's `watch()` is not used: it signals "no more current values" from a consumer
+    info read while the first values may be delivered but not yet handed to its callback,
+    and then misses them (seen under load: a step kind registered a moment before read as
+    unknown). Here the end is the server's own count: the consumer says how many values it
+    delivered, and the last one carries `num_pending == 0`. nats-py keeps the bucket's
+    stream, subject prefix and JetStream context private; they are read from it."""
+    prefix: str = kv._pre
+    subscription = await kv._js.subscribe(
+        prefix + pattern,
+        stream=kv._stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        headers_only=meta_only,
+        inactive_threshold=60.0,
+    )
     found: dict[str, bytes | None] = {}
     try:
-        async for entry in watcher:
-            if entry is None:  # the end of the current values
-                break
-            found[entry.key] = entry.value
+        info = await subscription.consumer_info()
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        if info.num_pending == 0 and not delivered:
+            return found
+        while True:
+            msg = await subscription.next_msg(timeout=READ_TIMEOUT_S)
+            if not _is_removal(msg.headers or {}):
+                found[msg.subject.removeprefix(prefix)] = msg.data
+            if msg.metadata.num_pending == 0:
+                return found
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-    return found
+        await subscription.unsubscribe()
+
+
+def _is_removal(headers: dict[str, str]) -> bool:
+    """A delete or purge marker: the client's own, or one the server placed (TTL, age)."""
+    return headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers
