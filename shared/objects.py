@@ -1,6 +1,7 @@
 """`lake.object.written`: the event the store publishes for each object it writes to the
-lake (the `store.put` and `store.promote` steps; `choreo put`), so workflows can run on
-uploads (`"on": [{"object": "raw/files/**.csv"}]`, shared/workflow/triggers.py).
+lake (the lake lander, the `store.put` and `store.promote` steps; `choreo put`), so
+workflows can run on uploads and landed events (`"on": [{"object": "raw/files/**.csv"}]`,
+shared/workflow/triggers.py).
 """
 
 import hashlib

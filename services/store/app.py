@@ -1,6 +1,7 @@
 """The store service: owns the lake's buckets (raw, staging, curated), lands every event of
 stream DATA in the raw bucket (the lake lander), runs the `store.put` and `store.promote`
-steps and presigns download URLs."""
+steps and presigns download URLs. Every object it writes is announced on
+`lake.object.written` (stream LAKE)."""
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -86,6 +87,7 @@ def create_app(
             FlushPolicy(config.lander_max_events, config.lander_max_bytes, config.lander_max_age_s),
             LakeMetrics(metrics.registry),
             config.ack_wait_s,
+            announce,
         )
 
         async def on_data(msg: BatchMessage) -> None:
@@ -102,7 +104,8 @@ def create_app(
             **subscription,
             title="store/lander",
             description="Lands every event of stream DATA in the raw bucket as gzip'd JSONL "
-            "objects: events/<type>/date=<YYYY-MM-DD>/<first-seq>-<last-seq>.jsonl.gz.",
+            "objects: events/<type>/date=<YYYY-MM-DD>/<first-seq>-<last-seq>.jsonl.gz, "
+            "each announced on lake.object.written.",
         )(on_data)
         resources.append(lander.running)  # after the S3 client: it closes first
 

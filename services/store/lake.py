@@ -4,15 +4,27 @@ What lands where, and why each event lands exactly once, is in `services/store/l
 Here: events arrive from the `store-lander` consumer in fetched batches, wait in a buffer
 until the flush policy says so (count, bytes or age; a background task watches the age),
 then one flush at a time: find which redelivered events have landed already, write one
-gzip'd JSONL object per group and run, and only then acknowledge (`Settler.handle_batch`:
-a failure naks the batch with backoff, an unparseable message goes to `dlq.store`).
+gzip'd JSONL object per group and run, announce each object (`lake.object.written`), and
+only then acknowledge (`Settler.handle_batch`: a failure naks the batch with backoff, an
+unparseable message goes to `dlq.store`).
+
+Announcing once per object
+--------------------------
+An object is announced after it is written and before its events are acknowledged. A
+lander that dies in between (or whose publish fails) gets the events again and finds them
+in the lake: it then announces again every object that covers a redelivered event. The
+event's id derives from the object's key (`announcement`), and a key is written once with
+one content (lander.py), so the repeat is the same event: JetStream drops it within the
+duplicate window, and past it a trigger finds the run it started (its run id derives from
+the event id). An object is thus announced at least once and acted on once.
 """
 
 import asyncio
 import gzip
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -29,7 +41,10 @@ from services.store.lander import (
     to_check,
 )
 from shared.consumer import Received, Settler
+from shared.envelope import Event
 from shared.lake import Group, seq_range
+from shared.objects import object_written
+from shared.subjects import DATA
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
@@ -41,6 +56,32 @@ CONTENT_TYPE = "application/gzip"
 # gzip's default level costs about twice the CPU of level 6 for a few % smaller objects.
 COMPRESS_LEVEL = 6
 PARALLEL_PUTS = 8
+
+Announce = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Landed:
+    """An object of the lake's `events/` prefix: its key, size and stream sequences."""
+
+    key: str
+    size: int
+    first: int
+    last: int
+
+
+def announcement(bucket: str, landed: Landed) -> Event:
+    """The `lake.object.written` event of a lander object. Its version is the object's
+    stream sequence range, which fixes the content (a key is written once), so the event
+    and its id are the same whenever the object is announced."""
+    return object_written(
+        bucket,
+        landed.key,
+        size=landed.size,
+        version=f"{DATA.name}:{landed.first}-{landed.last}",
+        source="choreo/store",
+        by="lander",
+    )
 
 
 class Lake:
@@ -71,10 +112,10 @@ class Lake:
         )
         return len(body)
 
-    async def landed(self, group: Group, seqs: Collection[int]) -> set[int]:
-        """Which of `seqs` (of `group`) an existing object covers: one bounded listing."""
+    async def landed(self, group: Group, seqs: Collection[int]) -> list[Landed]:
+        """The existing objects that cover one of `seqs` (of `group`): one bounded listing."""
         highest = max(seqs)
-        ranges: list[tuple[int, int]] = []
+        found: list[Landed] = []
         paginator = self._s3().get_paginator("list_objects_v2")
         pages = paginator.paginate(
             Bucket=self.bucket, Prefix=group.prefix, StartAfter=listing_start(group, min(seqs))
@@ -85,9 +126,10 @@ class Lake:
                 if span is None:
                     continue
                 if span[0] > highest:  # keys sort by first sequence: no later one covers
-                    return covered(seqs, ranges)
-                ranges.append(span)
-        return covered(seqs, ranges)
+                    return found
+                if covered(seqs, [span]):
+                    found.append(Landed(item["Key"], item.get("Size", 0), *span))
+        return found
 
 
 class LakeMetrics:
@@ -131,9 +173,11 @@ class LakeLander:
         policy: FlushPolicy,
         metrics: LakeMetrics,
         ack_wait_s: float,
+        announce: Announce,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settler = settler
+        self._announce = announce
         self._lake = lake
         self._policy = policy
         self._metrics = metrics
@@ -206,7 +250,8 @@ class LakeLander:
     async def _land(self, batch: list[Received]) -> None:
         checks = to_check(batch)
         found = await asyncio.gather(*(self._lake.landed(g, s) for g, s in checks.items()))
-        landed = set().union(*found)
+        covering = [obj for objects in found for obj in objects]
+        landed = covered(set().union(*checks.values()), [(obj.first, obj.last) for obj in covering])
         objects = plan(batch, landed)
         gate = asyncio.Semaphore(PARALLEL_PUTS)
 
@@ -225,6 +270,18 @@ class LakeLander:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+        # Before the ack: an object whose announcement is lost covers events that come back,
+        # and is announced again then (the module docstring).
+        written = [
+            Landed(obj.key, size, obj.first, obj.last)
+            for obj, size in zip(objects, outcomes, strict=True)
+            if isinstance(size, int)
+        ]
+        announced = {obj.key: obj for obj in [*covering, *written]}
+        bucket = self._lake.bucket
+        await asyncio.gather(
+            *(self._announce(announcement(bucket, obj)) for obj in announced.values())
+        )
         if landed:
             self._metrics.already.inc(len(landed))
             log.info("redelivered events already in the lake", events=len(landed))

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import nats
 import pytest
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from typer.testing import CliRunner
 
 import choreo.cli  # the other commands too: a one-command app would take `get` as URI
@@ -40,6 +42,7 @@ from shared.jetstream import ensure_streams
 from shared.lake import seq_range
 from shared.s3 import s3_client
 from shared.settings import Settings
+from shared.subjects import LAKE, OBJECT_WRITTEN
 from tests.server_support import dead_letter
 from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
@@ -194,7 +197,30 @@ class AckLostLake(Lake):
         return size
 
 
+async def announcements(js: JetStreamContext, prefix: str) -> list[dict[str, Any]]:
+    """The data of the `lake.object.written` events in stream LAKE for keys under `prefix`."""
+    sub = await js.pull_subscribe(
+        OBJECT_WRITTEN, stream=LAKE.name, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    )
+    found = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(500, timeout=0.5)
+            except (NatsTimeout, TimeoutError):
+                break
+            written = [json.loads(m.data)["data"] for m in batch]
+            found += [data for data in written if str(data["key"]).startswith(prefix)]
+            if batch[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
 async def test_a_batch_written_but_not_acknowledged_lands_once(settings: Settings) -> None:
+    """Also announced once: the write succeeded and the lander failed before announcing, so
+    every object is announced by the redelivery that finds it."""
     event_type = unique_type("acklost")
     events = make_events([event_type], 2_000)
     # Enough deliveries that a batch failing more than once is still retried, not dead-lettered.
@@ -213,6 +239,13 @@ async def test_a_batch_written_but_not_acknowledged_lands_once(settings: Setting
         if line.startswith("choreo_lake_events_already_landed_total")
     )
     assert already >= len(events)  # every event came back once and was found in the lake
+    async with jetstream(settings) as js:
+        announced = await wait_for(
+            lambda: announcements(js, f"events/{event_type}/"),
+            lambda found: len(found) >= len(lake.objects),
+        )
+    assert sorted(data["key"] for data in announced) == sorted(lake.objects)
+    assert {data["by"] for data in announced} == {"lander"}
 
 
 async def test_a_lander_killed_mid_stream_and_restarted_lands_everything_once(

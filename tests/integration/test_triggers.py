@@ -25,7 +25,10 @@ from services.ingest.settings import IngestSettings
 from services.store.app import create_app as store_app
 from services.store.settings import StoreSettings
 from services.transform.app import create_app as transform_app
+from shared.envelope import Event
 from shared.ids import uuid7
+from shared.lake import seq_range
+from shared.s3 import s3_client
 from shared.settings import Settings
 from shared.workflow.deployments import Deployments, open_bucket
 from shared.workflow.triggers import set_paused
@@ -200,6 +203,20 @@ async def test_max_concurrent_queues_runs_and_pause_stops_them(
     assert len(resumed) == 7  # the event sent while paused started nothing
 
 
+async def deploy_object_logger(deployments: Deployments, glob: str, message: str) -> str:
+    """Deploy a workflow that logs `message` for each object written under `glob`."""
+    name = f"trig-{uuid7()[-10:]}"
+    step = {"id": "log", "uses": "audit.log", "with": {"message": message}}
+    document = {
+        "name": name,
+        "inputs": {"event": {"type": "object"}},
+        "on": [{"object": glob}],
+        "steps": [step],
+    }
+    await deployments.deploy(name, document)
+    return name
+
+
 async def test_uploaded_csvs_and_objects_the_store_writes_start_one_run_each(
     ingest: httpx.AsyncClient,
     deployments: Deployments,
@@ -207,16 +224,10 @@ async def test_uploaded_csvs_and_objects_the_store_writes_start_one_run_each(
     settings: Settings,
     tmp_path: Path,
 ) -> None:
-    name = f"trig-{uuid7()[-10:]}"
     tag = uuid7()[-12:]
-    step = {"id": "log", "uses": "audit.log", "with": {"message": "got {{ event.data.uri }}"}}
-    document = {
-        "name": name,
-        "inputs": {"event": {"type": "object"}},
-        "on": [{"object": f"raw/files/{tag}/**.csv"}],
-        "steps": [step],
-    }
-    await deployments.deploy(name, document)
+    name = await deploy_object_logger(
+        deployments, f"raw/files/{tag}/**.csv", "got {{ event.data.uri }}"
+    )
     assert settings.s3_access_key is not None
     assert settings.s3_secret_key is not None
     cli = CliInThread(
@@ -302,3 +313,53 @@ async def test_three_uploaded_csvs_give_three_medallion_runs(
         interval=0.5,
     )
     assert [r["status"] for r in done] == ["completed"] * 3, done
+
+
+async def test_each_object_the_lander_writes_starts_one_run(
+    ingest: httpx.AsyncClient,
+    deployments: Deployments,
+    db: asyncpg.Connection,
+    settings: Settings,
+) -> None:
+    """`{"object": "raw/events/<type>/**"}`: a run per landed object, whatever the batches."""
+    event_type = f"landed_{uuid7()[-10:].replace('-', '')}"
+    name = await deploy_object_logger(
+        deployments, f"raw/events/{event_type}/**", "landed {{ event.data.key }}"
+    )
+    lander = StoreSettings.model_validate(
+        {**settings.model_dump(), "lander_max_events": 5, "lander_max_age_s": 0.3}
+    )
+    async with serve(store_app(lander)), s3_client(settings) as s3:
+        client = await nats.connect(settings.nats_url)
+        try:
+            js = client.jetstream()
+            for n in range(23):
+                event = Event(id=f"{event_type}-{n}", type=event_type, source="tests", data={})
+                await js.publish(f"data.{event_type}", event.to_bytes(), headers=event.headers())
+        finally:
+            await client.close()
+
+        async def keys() -> list[str]:
+            listed = await s3.list_objects_v2(
+                Bucket=settings.bucket_raw, Prefix=f"events/{event_type}/"
+            )
+            return sorted(item["Key"] for item in listed.get("Contents", []))
+
+        def events_in(found: list[str]) -> int:
+            return sum(b - a + 1 for a, b in (seq_range(k) or (0, -1) for k in found))
+
+        landed = await wait_for(keys, lambda found: events_in(found) == 23, within=60)
+    assert len(landed) >= 5  # at most 5 events per object
+
+    done = await wait_for(
+        lambda: runs_of(db, name),
+        lambda rows: len(rows) >= len(landed) and all(r["status"] == "completed" for r in rows),
+        within=120,
+        interval=0.5,
+    )
+    await asyncio.sleep(2)
+    assert len(await runs_of(db, name)) == len(done) == len(landed)
+    logged = await db.fetch(
+        "SELECT message FROM audit_log WHERE message LIKE $1", f"landed events/{event_type}/%"
+    )
+    assert sorted(r["message"].removeprefix("landed ") for r in logged) == landed

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
-from services.store.lake import Lake, LakeLander, LakeMetrics
+from services.store.lake import Lake, LakeLander, LakeMetrics, Landed
 from services.store.lander import (
     MAX_OBJECT_SPAN,
     Buffer,
@@ -192,24 +192,31 @@ class ModelLake:
     def __init__(self) -> None:
         self.objects: dict[str, tuple[int, ...]] = {}
 
-    def landed(self, group: Group, seqs: set[int]) -> set[int]:
+    def landed(self, group: Group, seqs: set[int]) -> dict[str, set[int]]:
+        """The keys that cover some of `seqs`, with the ones each covers."""
         start = listing_start(group, min(seqs))
         keys = sorted(k for k in self.objects if k.startswith(group.prefix) and k > start)
-        spans = [span for span in map(seq_range, keys) if span is not None]
-        return covered(seqs, spans)
+        found = {}
+        for key in keys:
+            span = seq_range(key)
+            if span is not None and (hits := covered(seqs, [span])):
+                found[key] = hits
+        return found
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_crashes_and_any_redelivery_order_land_every_event_exactly_once(seed: int) -> None:
     """Deliveries in any order and grouping (subsets, repeats, mixed with new ones); a
     lander that writes some, all or none of its objects and then acks none, some or all of
-    its batch. Every event must end up in exactly one object."""
+    its batch, having announced all, some or none of the objects it wrote or found. Every
+    event must end up in exactly one object, and every object be announced."""
     rng = random.Random(seed)
     types = ["sale", "refund", "transaction"]
     stream = [received(seq, rng.choice(types), day=rng.randrange(2)) for seq in range(1, 301)]
     deliveries = dict.fromkeys(range(1, 301), 0)
     acked: set[int] = set()
     lake = ModelLake()
+    announced: set[str] = set()
     rounds = 0
     while len(acked) < len(stream):
         rounds += 1
@@ -228,22 +235,31 @@ def test_crashes_and_any_redelivery_order_land_every_event_exactly_once(seed: in
             batch.append(Received(original.event, original.subject, "DATA", seq, deliveries[seq]))
 
         landed: set[int] = set()
+        covering: set[str] = set()
         for group, seqs in to_check(batch).items():
-            landed |= lake.landed(group, seqs)
+            for key, hits in lake.landed(group, seqs).items():
+                covering.add(key)
+                landed |= hits
         objects = plan(batch, landed)
         outcome = rng.random()
         written = objects if outcome < 0.8 else objects[: rng.randrange(len(objects) + 1)]
         for obj in written:
             assert obj.key not in lake.objects, "an object was overwritten"
             lake.objects[obj.key] = obj.seqs
-        if outcome < 0.6:
+        to_announce = sorted(covering | {obj.key for obj in objects})
+        if outcome < 0.5:
+            announced.update(to_announce)
             acked.update(chosen)  # the flush succeeded
+        elif outcome < 0.6:  # a crash while announcing: nothing acked
+            announced.update(rng.sample(to_announce, rng.randrange(len(to_announce) + 1)))
         elif outcome < 0.8:
+            announced.update(to_announce)
             acked.update(rng.sample(chosen, rng.randrange(len(chosen) + 1)))  # crash mid-acks
-        # else: a crash before or while writing: nothing acked
+        # else: a crash before or while writing: nothing announced, nothing acked
 
     landed_seqs = [seq for seqs in lake.objects.values() for seq in seqs]
     assert sorted(landed_seqs) == list(range(1, 301))
+    assert set(lake.objects) <= announced, "an object was never announced"
     for key, members in lake.objects.items():
         assert seq_range(key) == (members[0], members[-1])
         prefixes = {group_of(stream[s - 1].event).prefix for s in members}
@@ -275,9 +291,13 @@ class MemoryLake(Lake):
         self.objects[obj.key] = obj.seqs
         return 1
 
-    async def landed(self, group: Group, seqs: Collection[int]) -> set[int]:
-        spans = [seq_range(k) for k in self.objects if k.startswith(group.prefix)]
-        return covered(seqs, [s for s in spans if s is not None])
+    async def landed(self, group: Group, seqs: Collection[int]) -> list[Landed]:
+        found = []
+        for key in sorted(self.objects):
+            span = seq_range(key)
+            if key.startswith(group.prefix) and span is not None and covered(seqs, [span]):
+                found.append(Landed(key, 1, *span))
+        return found
 
 
 class Clock:
@@ -294,12 +314,39 @@ def delivery(nc: FakeNats, seq: int, *, deliveries: int = 1, data: bytes | None 
     return Msg(nc, "data.sale", reply, data if data is not None else event.to_bytes())  # type: ignore[arg-type]
 
 
-def make_lander(lake: Lake, policy: FlushPolicy, clock: Clock) -> tuple[LakeLander, Metrics]:
+class Announcements:
+    """The `lake.object.written` events the lander publishes; fails while `down`."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.down = False
+
+    async def __call__(self, event: Event) -> None:
+        if self.down:
+            raise ConnectionError("NATS is down (test)")
+        self.events.append(event)
+
+    def keys(self) -> list[str]:
+        return [str(event.model_dump()["data"]["key"]) for event in self.events]
+
+
+def make_lander(
+    lake: Lake, policy: FlushPolicy, clock: Clock, announce: Announcements | None = None
+) -> tuple[LakeLander, Metrics]:
     settings = Settings(environment="test", max_deliver=3, retry_backoff_s=(0.5,))
     metrics = Metrics("store")
     publisher = EventPublisher(create_broker(settings, "store"), metrics)  # never connected
     settler = Settler("store", publisher, metrics, settings)
-    return LakeLander(settler, lake, policy, LakeMetrics(metrics.registry), 30.0, clock), metrics
+    lander = LakeLander(
+        settler,
+        lake,
+        policy,
+        LakeMetrics(metrics.registry),
+        30.0,
+        announce or Announcements(),
+        clock,
+    )
+    return lander, metrics
 
 
 def flushes(metrics: Metrics, reason: str) -> float:
@@ -369,3 +416,40 @@ async def test_a_failed_write_naks_the_batch_with_backoff() -> None:
     lander, _ = make_lander(lake, FlushPolicy(2, 10**6, 1.0), clock)
     await lander.receive([delivery(nc, 1), delivery(nc, 2)])
     assert set(nc.settled.values()) == {b'-NAK {"delay": 500000000}'}
+
+
+async def test_each_written_object_is_announced_before_its_events_are_acked() -> None:
+    nc, lake, clock, announced = FakeNats(), MemoryLake(), Clock(), Announcements()
+    lander, _ = make_lander(lake, FlushPolicy(3, 10**6, 1.0), clock, announced)
+    await lander.receive([delivery(nc, seq) for seq in range(1, 7)])
+    assert announced.keys() == sorted(lake.objects)
+    assert [e.type for e in announced.events] == ["lake.object.written"] * 2
+    first = announced.events[0]
+    assert first.data == {
+        "uri": f"s3://raw/{sorted(lake.objects)[0]}",
+        "bucket": "raw",
+        "key": sorted(lake.objects)[0],
+        "bytes": 1,
+        "version": "DATA:1-3",
+        "by": "lander",
+    }
+
+
+async def test_an_object_whose_announcement_failed_is_announced_again_with_the_same_id() -> None:
+    nc, lake, clock, announced = FakeNats(), MemoryLake(), Clock(), Announcements()
+    lander, _ = make_lander(lake, FlushPolicy(2, 10**6, 1.0), clock, announced)
+    announced.down = True
+    first = [delivery(nc, 1), delivery(nc, 2)]
+    await lander.receive(first)
+    assert list(lake.objects.values()) == [(1, 2)]  # written, not announced: nak'd
+    assert set(nc.settled.values()) == {b'-NAK {"delay": 500000000}'}
+    announced.down = False
+    # The redelivery is found in the lake: no second write, the object announced now.
+    again = [delivery(nc, 1, deliveries=2), delivery(nc, 2, deliveries=2)]
+    await lander.receive(again)
+    assert list(lake.objects.values()) == [(1, 2)]
+    assert announced.keys() == list(lake.objects)
+    assert {nc.settled[m.reply] for m in again} == {b""}
+    # Once more (an ack lost after the announcement): the same event, which JetStream drops.
+    await lander.receive([delivery(nc, 1, deliveries=3), delivery(nc, 2, deliveries=3)])
+    assert len({e.id for e in announced.events}) == 1
