@@ -74,7 +74,21 @@ SCHEDULES = StreamSpec(
 )
 SCHEDULE_FIRES_KEPT = 1_000
 
+SCHEDULE_FIRE_PREFIX = "schedule.fire."
+
 STREAMS: tuple[StreamSpec, ...] = (DATA, DATA_IN, WORKFLOW, FRAUD, DLQ, NOTIFY, SCHEDULES, LAKE)
+
+CONSUMED_SUBJECTS: tuple[str, ...] = (
+    *DATA.subjects,
+    *DATA_IN.subjects,
+    *WORKFLOW.subjects,
+    *FRAUD.subjects,
+    *LAKE.subjects,
+    f"{SCHEDULE_FIRE_PREFIX}*",
+)
+"""Every subject a service consumes from a stream, so every subject a dead letter comes
+from, and all that replaying one publishes to (tests/unit/test_subjects.py checks it
+against the services' subscribers)."""
 
 
 def stream_for(subject: str) -> StreamSpec:
@@ -137,13 +151,16 @@ class Permissions:
     )
     # The service's own JetStream buckets: internal, so not documented as event subjects.
     buckets: tuple[str, ...] = ()
+    # Protected streams this user may purge all the same (the others stay denied).
+    purge: tuple[str, ...] = ()
 
     def publish_allow(self) -> list[str]:
         return [*self.publish, *self.jetstream, *self.buckets]
 
     def publish_deny(self) -> list[str]:
         """Denied even though `$JS.API.>` is allowed: deny wins in NATS."""
-        return list(destructive_api(PROTECTED_STREAMS))
+        allowed = {f"$JS.API.STREAM.PURGE.{stream}" for stream in self.purge}
+        return [s for s in destructive_api(PROTECTED_STREAMS) if s not in allowed]
 
     def subscribe_allow(self) -> list[str]:
         return [*self.subscribe, "_INBOX.>"]
@@ -172,9 +189,15 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             dlq_subject("ingest"),
             AUDIT_EVENT_LOOKUP,
             "schedule.def.*",
-            # Replaying a dead letter of the NATS entry point (GET /v1/dlq).
-            f"{DATA_IN_PREFIX}>",
+            # Replaying a dead letter over HTTP (POST /v1/dlq/{id}/replay) publishes it to
+            # its original subject: any subject a service consumes, and no other (the
+            # route refuses the rest). Beyond what ingest publishes anyway, that is
+            # `fraud.>` (audit's), `lake.>` and `schedule.fire.*` (ingest's own triggers
+            # and schedules).
+            *(s for s in CONSUMED_SUBJECTS if s not in ("data.*", "wf.>")),
         ),
+        # `DELETE /v1/dlq?older_than=`: dead letters expire only when purged.
+        purge=(DLQ.name,),
         # Schedule state, replayed dead letters, and the run slots of max_concurrent
         # (active.<workflow> in the deployments bucket).
         buckets=(

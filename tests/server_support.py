@@ -32,6 +32,17 @@ def service_nats_server(directory: Path, service: str, password: str) -> Iterato
         yield server
 
 
+def as_admin(settings: Settings, server: NatsServer) -> Settings:
+    """`settings` pointed at a test's own nats-server, as its admin user."""
+    return settings.model_copy(
+        update={
+            "nats_url": server.url,
+            "nats_user": NATS_ADMIN.user,
+            "nats_password": SecretStr(NATS_ADMIN.password),
+        }
+    )
+
+
 async def dead_letter(js: JetStreamContext, service: str, payload: str) -> dict[str, Any]:
     """The data of `service`'s newest dead letter, once it is the one of `payload`."""
 

@@ -1,9 +1,11 @@
-"""Dead letters over HTTP, beside the run API and with its API keys: list, read and
-replay what services gave up on (`shared/dlq.py`; `choreo dlq` does the same, and purges).
+"""Dead letters over HTTP, beside the run API and with its API keys: list, read, replay
+and purge what services gave up on (`shared/dlq.py`; `choreo dlq` does the same).
 
-Ingest publishes a replay with its own NATS user, so it replays what ingest may publish
-(`data.*`, `data.in.>`, `wf.>`); a dead letter from another subject (e.g. `fraud.>`) is
-refused with 403 and replayed with `choreo dlq replay`, whose admin user may publish it.
+Ingest publishes a replay with its own NATS user, which may publish every subject a service
+consumes (`shared.subjects.CONSUMED_SUBJECTS`: where every dead letter comes from) and purge
+the stream DLQ, and nothing more of that kind: a dead letter naming any other subject (only
+a forged one can) is refused with 403, so a replay never reaches the JetStream API or a
+bucket although ingest's user may use them.
 """
 
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from shared.durations import FORMS, duration_seconds
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.slot import Slot
-from shared.subjects import SERVICE_PERMISSIONS, SERVICES, subject_matches
+from shared.subjects import CONSUMED_SUBJECTS, SERVICES, subject_matches
 
 # A DLQ stream sequence number (JetStream's are unsigned 64-bit; ids here are positive).
 Seq = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -51,6 +53,10 @@ class Replayed(BaseModel):
     replayed: bool = Field(description="false: it was replayed before (pass force=true)")
 
 
+class Purged(BaseModel):
+    purged: int = Field(description="how many dead letters were deleted")
+
+
 class DeadLetterApi:
     """The routes, the DLQ state bucket they need, and the replay counter."""
 
@@ -64,6 +70,13 @@ class DeadLetterApi:
             registry=metrics.registry,
         )
         self.service = metrics.service
+        self.purged = Counter(
+            "choreo_dlq_purged",
+            "Dead letters deleted over HTTP (DELETE /v1/dlq?older_than=).",
+            ["service"],
+            registry=metrics.registry,
+        )
+        self.purged.labels(self.service)
         for service in SERVICES:  # known labels start at 0
             self.replays.labels(self.service, service)
 
@@ -72,7 +85,6 @@ class DeadLetterApi:
 
     def router(self, js: Callable[[], JetStreamContext], guard: Any) -> APIRouter:
         router = APIRouter(prefix="/v1/dlq", tags=["dead letters"], dependencies=[guard])
-        may_publish = SERVICE_PERMISSIONS[self.service].publish
 
         def letters() -> DeadLetters:
             return DeadLetters(js(), self.state.get())
@@ -85,13 +97,23 @@ class DeadLetterApi:
         ) -> list[dict[str, Any]]:
             if service is not None and service not in SERVICES:
                 _invalid("service", service, f"one of {', '.join(SERVICES)}")
-            start = None
-            if since is not None:
-                seconds = duration_seconds(since)
-                if seconds is None or seconds > 10 * 365 * 86400:
-                    _invalid("since", since, f"a duration such as {FORMS}, up to 10 years")
-                start = datetime.now(UTC) - timedelta(seconds=seconds)
+            start = None if since is None else datetime.now(UTC) - _age("since", since)
             return [x.summary() for x in await letters().list(service, start, limit)]
+
+        @router.delete(
+            "",
+            response_model=Purged,
+            summary="Delete the dead letters older than a duration",
+            description="What `choreo dlq purge --older-than` does: dead letters stay in the "
+            "stream DLQ until purged.",
+        )
+        async def purge(
+            older_than: Annotated[str, Query(description=f"a duration back: {FORMS}")],
+        ) -> Purged:
+            age = _age("older_than", older_than)
+            purged = await letters().purge_older_than(age, datetime.now(UTC))
+            self.purged.labels(self.service).inc(purged)
+            return Purged(purged=purged)
 
         async def one(seq: int) -> DeadLetter:
             letter = await letters().get(seq)
@@ -112,15 +134,15 @@ class DeadLetterApi:
             "/{seq}/replay",
             response_model=Replayed,
             summary="Publish a dead letter again to its original subject (fix its cause first)",
-            responses={403: {"description": "ingest may not publish to its subject"}, 404: {}},
+            responses={403: {"description": "no service consumes its subject"}, 404: {}},
         )
         async def replay(seq: Seq, force: bool = False) -> Replayed:
             letter = await one(seq)
-            if not any(subject_matches(p, letter.subject) for p in may_publish):
+            if not any(subject_matches(p, letter.subject) for p in CONSUMED_SUBJECTS):
                 raise HTTPException(
                     403,
-                    f"ingest may not publish to {letter.subject}: replay it with "
-                    f"`choreo dlq replay {seq}`",
+                    f"no service consumes {letter.subject!r}: a dead letter comes from one of "
+                    f"{', '.join(CONSUMED_SUBJECTS)}",
                 )
             replayed = await letters().replay(letter, force=force)
             if replayed:
@@ -128,6 +150,14 @@ class DeadLetterApi:
             return Replayed(id=seq, replayed=replayed)
 
         return router
+
+
+def _age(name: str, value: str) -> timedelta:
+    """A query parameter's duration (`1h`, `7d`), up to 10 years; a 422 naming it otherwise."""
+    seconds = duration_seconds(value)
+    if seconds is None or seconds > 10 * 365 * 86400:
+        _invalid(name, value, f"a duration such as {FORMS}, up to 10 years")
+    return timedelta(seconds=seconds)
 
 
 def _invalid(name: str, value: str, expected: str) -> NoReturn:

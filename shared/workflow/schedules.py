@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from shared.envelope import Event
 from shared.kv import dump, get_entry, open_bucket
 from shared.settings import Settings
-from shared.subjects import SCHEDULE_STATE_BUCKET, SCHEDULES
+from shared.subjects import SCHEDULE_FIRE_PREFIX, SCHEDULE_STATE_BUCKET, SCHEDULES
 from shared.workflow import cron
 from shared.workflow import events as ev
 from shared.workflow.deployments import REFERENCE, DeploymentError, Deployments
@@ -42,7 +42,7 @@ from shared.workflow.state import RunStore
 from shared.workflow.validate import validate_workflow
 
 DEFINITION_PREFIX = "schedule.def."
-FIRE_PREFIX = "schedule.fire."
+FIRE_PREFIX = SCHEDULE_FIRE_PREFIX
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 SCHEDULE_TEMPLATE = re.compile(r"\{\{\s*schedule\.(time|date)\s*\}\}")
 Overlap = Literal["skip", "allow"]

@@ -4,6 +4,7 @@ purged."""
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 import asyncpg
 import nats
 import pytest
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from pydantic import SecretStr
 
 # Importing the command module registers its commands.
 import choreo.cli_dlq  # noqa: F401
@@ -24,7 +28,8 @@ from shared.envelope import Event
 from shared.ids import uuid7
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
-from shared.subjects import DLQ, dlq_subject
+from shared.subjects import DLQ, dlq_subject, stream_for
+from tests.server_support import NATS_ADMIN, as_admin, service_nats_server
 from tests.support import CliInThread, printed_json, serve, wait_for
 
 pytestmark = pytest.mark.integration
@@ -129,3 +134,89 @@ async def test_purge_deletes_only_the_old_dead_letters(tmp_path: Path, settings:
             await client.close()
     assert purged == 2
     assert left == ["3"]
+
+
+INGEST_PASSWORD = "ingest-password"
+
+
+async def test_over_http_with_ingest_permissions_every_consumed_subject_replays_and_purges(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """With ingest's own NATS user, as deployed: a dead letter from any subject a service
+    consumes (here audit's `fraud.alert`, ingest's `lake.object.written`) replays over HTTP,
+    one from a subject nobody consumes is refused, and old dead letters are purged."""
+    with service_nats_server(tmp_path / "nats", "ingest", INGEST_PASSWORD) as server:
+        own = as_admin(settings, server)
+        as_ingest = own.model_copy(
+            update={"nats_user": "ingest", "nats_password": SecretStr(INGEST_PASSWORD)}
+        )
+        admin = await nats.connect(server.url, user=NATS_ADMIN.user, password=NATS_ADMIN.password)
+        try:
+            js = admin.jetstream()
+            await ensure_streams(js, own)
+            old = await dead_letter_of(js, "audit", "notify.email", "old")
+            await asyncio.sleep(3)  # the others are 3 s younger than this one
+            fraud = await dead_letter_of(js, "audit", "fraud.alert", "alert")
+            lake = await dead_letter_of(js, "ingest", "lake.object.written", "object")
+            nobody = await dead_letter_of(js, "audit", "notify.email", "mail")
+            async with serve(ingest(as_ingest, tmp_path)) as api:
+                api.headers["X-API-Key"] = KEY
+                replays = {
+                    seq: await api.post(f"/v1/dlq/{seq}/replay") for seq in (fraud, lake, nobody)
+                }
+                copies = {
+                    subject: await js.get_last_msg(stream_for(subject).name, subject)
+                    for subject in ("fraud.alert", "lake.object.written")
+                }
+                listed = (await api.get("/v1/dlq")).json()
+                bad_age = await api.delete("/v1/dlq", params={"older_than": "soon"})
+                # A whole number of seconds that puts the cutoff 1 to 2 s after the old one.
+                seconds = int(time.time() - datetime.fromisoformat(listed[0]["time"]).timestamp())
+                purged = await api.delete("/v1/dlq", params={"older_than": f"{seconds - 1}s"})
+                left = [x["id"] for x in (await api.get("/v1/dlq")).json()]
+                metrics = (await api.get("/metrics")).text
+            # What ingest's user may not do stays denied: purging another stream.
+            ingest_client = await nats.connect(server.url, user="ingest", password=INGEST_PASSWORD)
+            try:
+                with pytest.raises(NatsTimeout):  # a denied request is never answered
+                    await ingest_client.jetstream().purge_stream("FRAUD")
+            finally:
+                await ingest_client.close()
+        finally:
+            await admin.close()
+    assert replays[fraud].json() == {"id": fraud, "replayed": True}
+    assert replays[lake].json() == {"id": lake, "replayed": True}
+    assert replays[nobody].status_code == 403
+    assert "notify.email" in replays[nobody].json()["detail"]
+    assert json.loads(copies["fraud.alert"].data or b"{}")["id"] == "alert"
+    assert (copies["fraud.alert"].headers or {})["Nats-Msg-Id"] == f"alert:replay:{fraud}"
+    assert json.loads(copies["lake.object.written"].data or b"{}")["id"] == "object"
+    assert bad_age.status_code == 422
+    assert bad_age.json()["detail"][0]["loc"] == ["query", "older_than"]
+    assert listed[0]["id"] == old
+    assert purged.json() == {"purged": 1}
+    assert old not in left
+    assert sorted(left) == sorted([fraud, lake, nobody])
+    assert 'choreo_dlq_purged_total{service="ingest"} 1.0' in metrics
+
+
+async def dead_letter_of(js: JetStreamContext, service: str, subject: str, event_id: str) -> int:
+    """Publish a dead letter of `service` for an event on `subject`; its DLQ sequence."""
+    original = Event(id=event_id, type="tests", source="tests")
+    dead = Event(
+        id=f"dlq:{service}:{event_id}",
+        type="dlq.message",
+        source=f"choreo/{service}",
+        data={
+            "reason": "gave up (test)",
+            "subject": subject,
+            "stream": "X",
+            "stream_seq": 1,
+            "deliveries": 3,
+            "payload": original.to_bytes().decode(),
+            "payload_encoding": "utf-8",
+            "headers": {"Nats-Msg-Id": event_id},
+        },
+    )
+    ack = await js.publish(dlq_subject(service), dead.to_bytes(), headers=dead.headers())
+    return ack.seq

@@ -18,7 +18,7 @@ from shared.jetstream import ensure_streams
 from shared.settings import Settings
 from shared.subjects import WORKERS
 from tests.acme_worker import worker
-from tests.server_support import NATS_ADMIN
+from tests.server_support import NATS_ADMIN, as_admin
 from tests.support import serve
 from tests.workflow_support import wait_run_ended, workflow_services
 
@@ -34,13 +34,7 @@ async def test_a_worker_runs_its_steps_as_the_workers_identity(
     monkeypatch.setenv("CHOREO_TEST_EFFECTS", str(tmp_path / "effects"))
     password = secrets.token_urlsafe(24)
     with NatsServer(tmp_path / "nats", [NATS_ADMIN, worker_user(WORKERS, password)]) as server:
-        admin = settings.model_copy(
-            update={
-                "nats_url": server.url,
-                "nats_user": NATS_ADMIN.user,
-                "nats_password": SecretStr(NATS_ADMIN.password),
-            }
-        )
+        admin = as_admin(settings, server)
         as_worker = admin.model_copy(
             update={"nats_user": WORKERS, "nats_password": SecretStr(password), "http_port": 0}
         )
