@@ -43,9 +43,7 @@ from choreo.servers.postgres import PostgresServer
 from choreo.servers.s3 import S3Identity, S3Server
 from choreo.stack import ServiceProcess, provision_database
 from services.audit.adapters import migrate, open_pool
-from services.fraud.scoring import durable_name
-from services.ingest.inbound import DURABLE as INGEST_DURABLE
-from services.store.lake import DURABLE as LANDER_DURABLE
+from shared.access import AUDIT, INGEST_IN, STORE_LANDER, fraud_durable
 from shared.envelope import Event
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
@@ -109,16 +107,16 @@ class Stage:
 
 
 def ingest_stage() -> Stage:
-    return Stage("ingest", (Replica("ingest", {}),), DATA_IN.name, (INGEST_DURABLE,))
+    return Stage("ingest", (Replica("ingest", {}),), DATA_IN.name, (INGEST_IN,))
 
 
 def lander_stage() -> Stage:
-    return Stage("store-lander", (Replica("store", {}),), DATA.name, (LANDER_DURABLE,))
+    return Stage("store-lander", (Replica("store", {}),), DATA.name, (STORE_LANDER,))
 
 
 def audit_stage(replicas: int = 1) -> Stage:
     label = "audit" if replicas == 1 else f"audit-x{replicas}"
-    return Stage(label, (Replica("audit", {}),) * replicas, DATA.name, ("audit",))
+    return Stage(label, (Replica("audit", {}),) * replicas, DATA.name, (AUDIT,))
 
 
 def fraud_stage(replicas: int = 1) -> Stage:
@@ -133,7 +131,7 @@ def fraud_stage(replicas: int = 1) -> Stage:
             for p in range(replicas)
         ),
         DATA.name,
-        tuple(durable_name(p, replicas) for p in range(replicas)),
+        tuple(fraud_durable(p, replicas) for p in range(replicas)),
     )
 
 

@@ -1,5 +1,5 @@
 """`choreo credentials worker NAME`: a NATS identity of its own for one Python worker in
-production, with exactly the permissions a worker needs (shared/subjects.py)."""
+production, with exactly the permissions a worker needs (shared/access.py)."""
 
 import json
 import secrets
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from choreo.cli_common import Json, app, console, errors
-from shared.subjects import WORKER_PERMISSIONS
+from shared.access import WORKERS, permissions
 from shared.workflow.registry import WORKER_NAME
 
 credentials = typer.Typer(
@@ -33,7 +33,7 @@ def worker_credentials(
         )
         raise typer.Exit(2)
     user, password = f"worker-{name}", secrets.token_urlsafe(24)
-    perms = WORKER_PERMISSIONS
+    perms = permissions(WORKERS)
     env = {"CHOREO_NATS_USER": user, "CHOREO_NATS_PASSWORD": password}
     if json_out:
         found = {

@@ -10,9 +10,9 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.subjects import CONSOLE, SERVICES, WORKERS
+from shared.access import ADMIN, CONSOLE, WORKERS
+from shared.subjects import SERVICES
 
-ADMIN = "admin"
 POSTGRES_SUPERUSER = "postgres"
 AUDIT_ROLE = "choreo_audit"
 TRANSFORM_ROLE = "choreo_transform"

@@ -23,7 +23,6 @@ import asyncpg
 import structlog
 
 from choreo.credentials import (
-    ADMIN,
     AUDIT_ROLE,
     DATABASE,
     DATABASES,
@@ -39,15 +38,9 @@ from choreo.servers.process import ServerProcess, http_get
 from choreo.servers.s3 import S3Identity, S3Server
 from choreo.stackctl import HELD_DIR, POSTGRES_DIR, hold_file
 from choreo.state import Crash, PartState, StackState, write_env_file
+from shared.access import ACCESS, ADMIN, CONSOLE, WORKERS
 from shared.settings import Settings
-from shared.subjects import (
-    CONSOLE,
-    CONSOLE_PERMISSIONS,
-    SERVICE_PERMISSIONS,
-    SERVICES,
-    WORKER_PERMISSIONS,
-    WORKERS,
-)
+from shared.subjects import SERVICES
 
 log = structlog.get_logger("choreo.stack")
 
@@ -142,61 +135,27 @@ def nats_nodes(
 
 
 def nats_users(creds: Credentials) -> list[NatsUser]:
-    """The admin user (the CLI) and one user per service with its subject permissions."""
-    users = [NatsUser(ADMIN, creds.nats[ADMIN])]
-    users += [service_user(service, creds.nats[service]) for service in SERVICE_PERMISSIONS]
-    perms = CONSOLE_PERMISSIONS
-    users.append(
-        NatsUser(
-            CONSOLE,
-            creds.nats[CONSOLE],
-            perms.publish_allow(),
-            perms.subscribe_allow(),
-            perms.publish_deny(),
-        )
-    )
-    users.append(worker_user(WORKERS, creds.nats[WORKERS]))
-    return users
+    """A NATS user for every identity of the access table: admin (the CLI), the services,
+    the console and the workers."""
+    return [nats_user(identity, creds.nats[identity]) for identity in ACCESS]
 
 
-def worker_user(name: str, password: str) -> NatsUser:
-    """A Python worker's NATS user: its steps' events, the run state, the step registry."""
-    perms = WORKER_PERMISSIONS
+def nats_user(identity: str, password: str) -> NatsUser:
+    """A NATS user with exactly the permissions of `identity` (shared/access.py)."""
+    perms = ACCESS[identity].nats
+    if perms is None:  # admin: every subject
+        return NatsUser(identity, password)
     return NatsUser(
-        name, password, perms.publish_allow(), perms.subscribe_allow(), perms.publish_deny()
-    )
-
-
-def service_user(service: str, password: str) -> NatsUser:
-    """A service's NATS user with exactly its permissions (shared/subjects.py)."""
-    perms = SERVICE_PERMISSIONS[service]
-    return NatsUser(
-        service, password, perms.publish_allow(), perms.subscribe_allow(), perms.publish_deny()
+        identity, password, perms.publish_allow(), perms.subscribe_allow(), perms.publish_deny()
     )
 
 
 def s3_identities(creds: Credentials, settings: Settings) -> list[S3Identity]:
-    """S3 keys: admin (the CLI), store (owns the buckets), the others scoped to their layers."""
-    raw, staging, curated = settings.bucket_raw, settings.bucket_staging, settings.bucket_curated
-
-    def scoped(read: tuple[str, ...], write: tuple[str, ...]) -> list[str]:
-        return [
-            *(f"{a}:{b}" for b in read for a in ("Read", "List")),
-            *(f"Write:{b}" for b in write),
-        ]
-
-    actions = {
-        ADMIN: ["Admin", "Read", "Write", "List", "Tagging"],
-        "store": ["Admin", "Read", "Write", "List", "Tagging"],
-        "ingest": scoped((raw,), (raw,)),
-        "transform": scoped((raw, staging, curated), (staging, curated)),
-        "fraud": scoped((raw, staging, curated), (staging, curated)),
-        # Workers read the lake and write the layers steps write (ctx.lake).
-        WORKERS: scoped((raw, staging, curated), (staging, curated)),
-    }
+    """An S3 key for every identity the access table lets use the lake, with its scope."""
     return [
-        S3Identity(user, creds.s3[user].access_key, creds.s3[user].secret_key, acts)
-        for user, acts in actions.items()
+        S3Identity(name, creds.s3[name].access_key, creds.s3[name].secret_key, s3.actions(settings))
+        for name, access in ACCESS.items()
+        if (s3 := access.s3) is not None
     ]
 
 

@@ -24,13 +24,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from faststream.nats import NatsBroker, NatsUserPassword
 from nats.js import JetStreamContext
 
+from shared.access import SERVICE_PERMISSIONS
 from shared.compat import patch_faststream_fetch_timeout
 from shared.envelope import Event
 from shared.jetstream import ensure_streams, jetstream
 from shared.logs import configure_logging
 from shared.metrics import Metrics
 from shared.settings import Settings
-from shared.subjects import SERVICE_PERMISSIONS
 from shared.tracing import configure as configure_tracing
 from shared.watchdog import LoopWatchdog, serve_health
 from shared.workflow.runtime import Choreography

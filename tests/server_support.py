@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from pydantic import SecretStr
 
 from choreo.servers.nats import NatsServer, NatsUser
-from choreo.stack import service_user
+from choreo.stack import nats_user
 from shared.s3 import s3_client
 from shared.settings import Settings
 from shared.subjects import DLQ, dlq_subject
@@ -28,7 +28,7 @@ NATS_ADMIN = NatsUser("admin", "admin-password")
 def service_nats_server(directory: Path, service: str, password: str) -> Iterator[NatsServer]:
     """A nats-server of one test's own (no stream, consumer or state of another test), with
     the admin user and `service`'s user and permissions, as the stack gives them."""
-    with NatsServer(directory, [NATS_ADMIN, service_user(service, password)]) as server:
+    with NatsServer(directory, [NATS_ADMIN, nats_user(service, password)]) as server:
         yield server
 
 

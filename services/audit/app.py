@@ -26,6 +26,7 @@ from services.audit.projections import (
     step_update,
 )
 from services.audit.steps import audit_steps
+from shared.access import AUDIT
 from shared.consumer import BatchMessage, Received, batch_subscription
 from shared.metrics import Metrics
 from shared.service import Service, build_service, create_broker
@@ -78,7 +79,7 @@ def create_app(
 
     for spec in AUDITED_STREAMS:
         broker.subscriber(
-            **batch_subscription(spec, NAME, settings),
+            **batch_subscription(spec, AUDIT, settings),
             title=f"audit/{spec.name}",
             description=f"Records every event of stream {spec.name} in the `events` table.",
         )(on_events)

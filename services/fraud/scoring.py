@@ -59,6 +59,7 @@ from services.fraud.snapshot import (
     object_name,
     read_range,
 )
+from shared.access import fraud_durable
 from shared.consumer import Settler
 from shared.envelope import Event
 from shared.fraud import FraudVerdict
@@ -81,10 +82,6 @@ EVENT_IDS = uuid.UUID("6f1f3c52-1d0e-5c8e-9a53-0c7f6e7a2b41")
 def partition_of(card_id: str, partitions: int) -> int:
     """The partition of a card: stable across processes and versions (unlike hash())."""
     return zlib.crc32(card_id.encode()) % partitions
-
-
-def durable_name(partition: int, partitions: int) -> str:
-    return f"fraud-p{partition}-of-{partitions}"
 
 
 class Transaction(BaseModel):
@@ -181,7 +178,7 @@ class FraudScoring:
         self.settings = settings
         self.partition = settings.fraud_partition
         self.partitions = settings.fraud_partitions
-        self.durable = durable_name(self.partition, self.partitions)
+        self.durable = fraud_durable(self.partition, self.partitions)
         self.scorer = Scorer(settings.scoring_config())
         self.shadow: Model | None = None  # a candidate judged beside the active model
         self._models = models

@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from services.ingest.admission import Admission, Overloaded
 from services.ingest.domain import ItemError, describe, inbound_event
 from services.ingest.registry import SchemaRegistry
+from shared.access import INGEST_IN
 from shared.consumer import BatchMessage, Settler, batch_subscription
 from shared.envelope import Event
 from shared.jetstream import EventPublisher
@@ -36,7 +37,6 @@ from shared.subjects import DATA_IN
 log = structlog.get_logger(__name__)
 
 Checked = tuple[tuple[str, Event] | None, list[ItemError]]
-DURABLE = "ingest-in"
 HANDLER = "on_data_in"
 
 
@@ -59,7 +59,7 @@ class InboundEvents:
 
     def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
         broker.subscriber(
-            **batch_subscription(DATA_IN, DURABLE, settings),
+            **batch_subscription(DATA_IN, INGEST_IN, settings),
             title="ingest/data.in",
             description="Validates events published to data.in.<type> and publishes them to "
             "data.<type>; invalid ones go to dlq.ingest with the reason.",

@@ -15,6 +15,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from shared.access import INGEST_SCHEDULES
 from shared.consumer import message_subscription
 from shared.envelope import Event
 from shared.metrics import Metrics
@@ -34,7 +35,6 @@ from shared.workflow.schedules import (
 from shared.workflow.triggers import admit
 
 log = structlog.get_logger(__name__)
-DURABLE = "ingest-schedules"
 # A fire whose workflow has max_concurrent runs going comes back after this.
 QUEUED_RETRY_S = 1.0
 
@@ -66,7 +66,7 @@ class ScheduleFires:
 
     def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
         broker.subscriber(
-            **message_subscription(f"{FIRE_PREFIX}*", SCHEDULES, DURABLE, settings),
+            **message_subscription(f"{FIRE_PREFIX}*", SCHEDULES, INGEST_SCHEDULES, settings),
             title="ingest/schedule.fire",
             description="Starts one run of the schedule's deployed workflow per fire.",
         )(self.on_fire)

@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 from pydantic import TypeAdapter, ValidationError
 
+from shared.access import INGEST_OBJECT_TRIGGERS, INGEST_TRIGGERS
 from shared.consumer import BatchMessage, batch_subscription
 from shared.envelope import Event
 from shared.metrics import Metrics
@@ -30,8 +31,6 @@ from shared.workflow.spec import Trigger
 from shared.workflow.triggers import admit, is_paused, matches, trigger_run_id
 
 log = structlog.get_logger(__name__)
-DURABLE = "ingest-triggers"
-OBJECT_DURABLE = "ingest-object-triggers"
 TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
 # When a workflow's run slots are all taken, the event comes back after this.
 WAIT_S = 1.0
@@ -60,8 +59,8 @@ class Triggers:
 
     def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
         for stream, durable, what, handler in (
-            (DATA, DURABLE, "an event", self.on_batch),
-            (LAKE, OBJECT_DURABLE, "an object written to the lake", self.on_object_batch),
+            (DATA, INGEST_TRIGGERS, "an event", self.on_batch),
+            (LAKE, INGEST_OBJECT_TRIGGERS, "an object written to the lake", self.on_object_batch),
         ):
             subscription = batch_subscription(stream, durable, settings)
             # Created for the first time, it starts at the stream's end: what was stored

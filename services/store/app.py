@@ -11,10 +11,11 @@ import structlog
 
 from services.store.api import objects_router
 from services.store.buckets import ensure_buckets
-from services.store.lake import DURABLE, Lake, LakeLander, LakeMetrics
+from services.store.lake import Lake, LakeLander, LakeMetrics
 from services.store.lander import FlushPolicy
 from services.store.settings import StoreSettings
 from services.store.steps import store_steps
+from shared.access import STORE_LANDER
 from shared.consumer import BatchMessage, batch_subscription
 from shared.envelope import Event
 from shared.lake import layer_buckets
@@ -95,7 +96,7 @@ def create_app(
 
         subscription = batch_subscription(
             DATA,
-            DURABLE,
+            STORE_LANDER,
             config,
             batch_size=min(FETCH_BATCH, config.lander_max_events),
             max_wait_s=min(FETCH_WAIT_S, config.lander_max_age_s),

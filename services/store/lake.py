@@ -51,7 +51,6 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
 
 log = structlog.get_logger(__name__)
 
-DURABLE = "store-lander"
 CONTENT_TYPE = "application/gzip"
 # gzip's default level costs about twice the CPU of level 6 for a few % smaller objects.
 COMPRESS_LEVEL = 6

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 
+from shared.access import INGEST_CANCELS, INGEST_RETRIES, INGEST_RUNS, INGEST_WAITING
 from shared.consumer import message_subscription
 from shared.envelope import Event
 from shared.settings import Settings
@@ -32,10 +33,10 @@ class RunLifecycle:
 
     def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
         handlers = {
-            ev.RUN_REQUESTED: ("ingest-runs", self.on_run_requested),
-            ev.RUN_CANCEL_REQUESTED: ("ingest-cancels", self.on_cancel_requested),
-            ev.RUN_RETRY_REQUESTED: ("ingest-retries", self.on_retry_requested),
-            ev.STEP_WAITING: ("ingest-waiting", self.on_step_waiting),
+            ev.RUN_REQUESTED: (INGEST_RUNS, self.on_run_requested),
+            ev.RUN_CANCEL_REQUESTED: (INGEST_CANCELS, self.on_cancel_requested),
+            ev.RUN_RETRY_REQUESTED: (INGEST_RETRIES, self.on_retry_requested),
+            ev.STEP_WAITING: (INGEST_WAITING, self.on_step_waiting),
         }
         for subject, (durable, handler) in handlers.items():
             broker.subscriber(

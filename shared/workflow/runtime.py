@@ -27,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ValidationError
 
+from shared.access import steps_durable
 from shared.consumer import Settler, Unprocessable, message_subscription
 from shared.envelope import Event
 from shared.jetstream import EventPublisher
@@ -128,7 +129,7 @@ class Choreography:
             **message_subscription(
                 subject,
                 WORKFLOW,
-                f"{self.service}-steps",
+                steps_durable(self.service),
                 self.settings,
                 concurrency=self.concurrency,
             ),

@@ -20,8 +20,9 @@ from services.fraud.settings import FraudSettings
 from services.ingest.settings import IngestSettings
 from services.store.settings import StoreSettings
 from services.transform.settings import TransformSettings
+from shared.access import CONSOLE
 from shared.settings import Settings
-from shared.subjects import CONSOLE, SERVICES
+from shared.subjects import SERVICES
 from tests.deploy.support import ROOT, tool
 
 ENV_EXAMPLE = ROOT / ".env.example"

@@ -12,7 +12,8 @@ import kubernetes_validate  # type: ignore[import-untyped]  # no type informatio
 import pytest
 import yaml
 
-from shared.subjects import CONSOLE, SERVICES, STREAMS
+from shared.access import CONSOLE
+from shared.subjects import SERVICES, STREAMS
 from tests.deploy.support import ROOT, tool
 
 KUBERNETES_VERSION = "1.32.0"

@@ -34,9 +34,10 @@ from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
 from services.store.app import create_app as store_app
 from services.store.buckets import ensure_buckets
-from services.store.lake import DURABLE, Lake
+from services.store.lake import Lake
 from services.store.lander import LakeObject
 from services.store.settings import StoreSettings
+from shared.access import STORE_LANDER
 from shared.envelope import Event
 from shared.jetstream import ensure_streams
 from shared.lake import seq_range
@@ -131,7 +132,7 @@ class LakeReader:
 
 async def consumer_idle(js: JetStreamContext) -> bool:
     """Nothing left to deliver and nothing delivered but unacknowledged: no more writes."""
-    info = await js.consumer_info("DATA", DURABLE)
+    info = await js.consumer_info("DATA", STORE_LANDER)
     return (info.num_pending, info.num_ack_pending) == (0, 0)
 
 

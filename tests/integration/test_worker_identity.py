@@ -13,10 +13,10 @@ from pydantic import SecretStr
 
 from choreo.runs import request_run
 from choreo.servers.nats import NatsServer
-from choreo.stack import worker_user
+from choreo.stack import nats_user
+from shared.access import WORKERS
 from shared.jetstream import ensure_streams
 from shared.settings import Settings
-from shared.subjects import WORKERS
 from tests.acme_worker import worker
 from tests.server_support import NATS_ADMIN, as_admin
 from tests.support import serve
@@ -33,7 +33,7 @@ async def test_a_worker_runs_its_steps_as_the_workers_identity(
 ) -> None:
     monkeypatch.setenv("CHOREO_TEST_EFFECTS", str(tmp_path / "effects"))
     password = secrets.token_urlsafe(24)
-    with NatsServer(tmp_path / "nats", [NATS_ADMIN, worker_user(WORKERS, password)]) as server:
+    with NatsServer(tmp_path / "nats", [NATS_ADMIN, nats_user(WORKERS, password)]) as server:
         admin = as_admin(settings, server)
         as_worker = admin.model_copy(
             update={"nats_user": WORKERS, "nats_password": SecretStr(password), "http_port": 0}

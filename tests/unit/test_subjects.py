@@ -7,6 +7,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from shared.access import SERVICE_PERMISSIONS
 from shared.subjects import (
     AUDIT_EVENT_LOOKUP,
     CONSUMED_SUBJECTS,
@@ -15,7 +16,6 @@ from shared.subjects import (
     DLQ,
     FRAUD,
     NOTIFY,
-    SERVICE_PERMISSIONS,
     SERVICES,
     STREAMS,
     WORKFLOW,

@@ -11,7 +11,7 @@ from choreo.cli_common import app
 from choreo.client import ClientSettings
 from choreo.credentials import Credentials
 from choreo.stack import nats_users
-from shared.subjects import WORKERS
+from shared.access import WORKERS
 
 
 def test_the_embedded_stack_has_a_workers_identity() -> None:
