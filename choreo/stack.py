@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,10 +106,16 @@ class ServiceProcess(ServerProcess):
 
 
 def nats_nodes(
-    root: Path, creds: Credentials, count: int, *, sync_interval: str
+    root: Path,
+    creds: Credentials,
+    count: int,
+    *,
+    sync_interval: str,
+    hosts: Sequence[str] = (),
 ) -> list[NatsServer]:
     """One nats-server (part `nats`), or `count` nodes clustered on loopback (parts
-    `nats-1`...), each with its own store and log."""
+    `nats-1`...), each with its own store and log. `hosts`: where each node of a cluster
+    listens instead (a test's network namespaces)."""
     if count == 1:
         return [
             NatsServer(
@@ -119,7 +125,10 @@ def nats_nodes(
                 log_path=root / "logs" / "nats.log",
             )
         ]
-    peers = tuple(ClusterPeer(f"nats-{i}", free_port()) for i in range(1, count + 1))
+    if hosts and len(hosts) != count:
+        raise ValueError(f"nats_hosts: {len(hosts)} given, one per node ({count}) needed")
+    hosts = hosts or ["127.0.0.1"] * count
+    peers = tuple(ClusterPeer(f"nats-{i}", free_port(), host) for i, host in enumerate(hosts, 1))
     cluster = Cluster(peers, creds.nats_routes)
     return [
         NatsServer(
@@ -129,6 +138,7 @@ def nats_nodes(
             log_path=root / "logs" / f"{peer.name}.log",
             cluster=cluster,
             node_name=peer.name,
+            host=peer.host,
         )
         for peer in peers
     ]
@@ -199,7 +209,12 @@ class Stack:
     """Starts, supervises and stops everything under `data_dir`."""
 
     def __init__(
-        self, data_dir: Path, *, sync_interval: str | None = None, nats_cluster: int = 1
+        self,
+        data_dir: Path,
+        *,
+        sync_interval: str | None = None,
+        nats_cluster: int = 1,
+        nats_hosts: Sequence[str] = (),
     ) -> None:
         self.root = data_dir.absolute()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -212,6 +227,7 @@ class Stack:
             self.creds,
             nats_cluster,
             sync_interval=sync_interval or self.settings.nats_sync_interval,
+            hosts=nats_hosts,
         )
         self.nats = self.nats_nodes[0]
         self.s3 = S3Server(

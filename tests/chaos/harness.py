@@ -23,8 +23,9 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import httpx
@@ -35,16 +36,26 @@ from nats.js import JetStreamContext
 from choreo.client import retry_after_s
 from choreo.generate import generate
 from choreo.stackctl import hold_file
-from shared.subjects import DATA, DLQ, FRAUD
+from shared.subjects import DATA, DLQ, FRAUD, SCHEDULES
+from shared.workflow.schedules import FIRE_PREFIX, ScheduleSpec, parse_next, run_id
 from tests.server_support import stack_s3
-from tests.support import choreo, stack_env
+from tests.support import choreo, stack_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
-RATE = float(os.environ.get("CHOREO_CHAOS_RATE", "500"))
+# Offered: where the stack cannot keep up, ingest refuses with 429 and the producer, at
+# `max_outstanding` batches awaiting answers, waits; each row states what was acknowledged.
+RATE = float(os.environ.get("CHOREO_CHAOS_RATE", "2000"))
 BEFORE_S = 4.0  # load before the fault
 AFTER_S = 4.0  # load after the fault ended
 SESSION_ROWS: list["Row"] = []  # printed at the end of the test run (tests/chaos/conftest.py)
+
+
+class Running(Protocol):
+    """A running stack a scenario loads: its data dir (for `choreo`) and its settings."""
+
+    data_dir: Path
+    env: dict[str, str]
 
 
 class ChaosStack:
@@ -169,6 +180,8 @@ class Producer:
     accepted_s: list[float] = field(default_factory=list)  # each 202: its post to its answer
     refused_s: list[float] = field(default_factory=list)  # each 429: its post to its answer
     failures: Counter[str] = field(default_factory=Counter)  # why posts were repeated
+    load_s: float = 0.0  # from the first post to the stop
+    acked_in_load: int = 0  # acknowledged by the stop (the rest: answers still awaited)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, tag: str) -> None:
@@ -201,6 +214,8 @@ class Producer:
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), delay)
+            self.load_s = time.monotonic() - started
+            self.acked_in_load = len(self.acked)
             await asyncio.gather(*pending)
 
     async def _post(
@@ -250,7 +265,8 @@ class Row:
     """One scenario's figures (docs/reference/guarantees.md, measured)."""
 
     scenario: str
-    rate: float
+    rate: float  # offered, events/s
+    acked_per_s: int  # acknowledged during the load / its seconds: what the stack took
     sent: int
     acknowledged: int
     audited: int
@@ -263,7 +279,9 @@ class Row:
     duplicated: int  # lake lines and fraud.scored events beyond one per id
     redeliveries: int
     reposts: int
+    refused: int  # 429 answers, each batch posted again after its Retry-After
     drain_s: float
+    fires: int = 0  # fires of an `@every 1s` schedule during the scenario, each run once
 
 
 @dataclass
@@ -323,6 +341,22 @@ async def connect_jetstream(env: dict[str, str]) -> AsyncIterator[JetStreamConte
         await nc.close()
 
 
+async def caught_up(env: dict[str, str], node: str, within: float = 120) -> None:
+    """Wait until cluster node `node` is a current replica of DATA with no lag."""
+    async with connect_jetstream(env) as js:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):  # leaders settling
+                info = await js.stream_info(DATA.name)
+                peers = info.cluster.replicas if info.cluster else None
+                if info.cluster and info.cluster.leader == node:
+                    return
+                if any(p.name == node and p.current and not p.lag for p in peers or []):
+                    return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{node} did not catch up with {DATA.name} in {within} s")
+
+
 async def _read_all(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
     """Every message of `subject` in `stream`, read with an ephemeral pull consumer."""
     info = await js.stream_info(stream)
@@ -373,7 +407,7 @@ async def drain(env: dict[str, str], acked: set[str], within: float = 180) -> Wh
 
 
 async def measure(
-    scenario: str, stack: ChaosStack, producer: Producer, drain_from: float, redelivered: int
+    scenario: str, stack: Running, producer: Producer, drain_from: float, redelivered: int
 ) -> Row:
     """Wait for the acknowledged events to settle, then count (drain from `drain_from`)."""
     where = await drain(stack.env, producer.acked)
@@ -383,6 +417,7 @@ async def measure(
     return Row(
         scenario=scenario,
         rate=producer.rate,
+        acked_per_s=round(producer.acked_in_load / producer.load_s) if producer.load_s else 0,
         sent=producer.sent,
         acknowledged=acked,
         audited=where.audited,
@@ -395,20 +430,27 @@ async def measure(
         duplicated=duplicated,
         redeliveries=await redeliveries(stack.env) - redelivered,
         reposts=producer.reposts,
+        refused=producer.refused,
         drain_s=round(time.monotonic() - drain_from, 1),
     )
 
 
 async def under_load(
     name: str,
-    stack: ChaosStack,
+    stack: Running,
     fault: Callable[[], Awaitable[None]],
     producer: Producer | None = None,
+    schedule: str | None = None,
+    rate: float = RATE,
 ) -> Row:
-    """Load at RATE (or `producer`'s), the fault after BEFORE_S, load for AFTER_S more, then
-    the tally, recorded; every acknowledged event must be everywhere exactly once."""
+    """Load at `rate` (or `producer`'s), the fault after BEFORE_S, load for AFTER_S more, then
+    the tally, recorded; every acknowledged event must be everywhere exactly once. With
+    `schedule`, an `@every 1s` schedule of that name fires from before the load to its end,
+    and each of its fires must have become one completed run."""
     redelivered = await redeliveries(stack.env)
-    producer = producer or Producer(stack.env["CHOREO_INGEST_URL"], RATE)
+    if schedule:
+        await start_ticking(stack, schedule)
+    producer = producer or Producer(stack.env["CHOREO_INGEST_URL"], rate)
     load = asyncio.create_task(producer.run(re.sub(r"[^A-Za-z0-9]+", "-", name)))
     await asyncio.sleep(BEFORE_S)
     await fault()
@@ -417,11 +459,92 @@ async def under_load(
     producer.stop()
     await load
     row = await measure(name, stack, producer, fault_ended, redelivered)
+    if schedule:
+        row.fires = await fires_ran_once(stack, schedule)
     record(row)
     print(row)
     assert row.acknowledged > 0
     assert (row.lost, row.not_in_lake, row.not_scored, row.duplicated) == (0, 0, 0, 0), row
+    # Valid transactions only: each one audited, landed and scored, none dead-lettered.
+    assert row.acknowledged == row.audited == row.in_lake == row.scored, row
     return row
+
+
+TICK_WORKFLOW = "chaos-tick"
+
+
+async def start_ticking(stack: Running, schedule: str) -> None:
+    """Deploy a one-step workflow and an `@every 1s` schedule `schedule` running it."""
+    workflow = stack.data_dir / f"{TICK_WORKFLOW}.json"
+    step = {"id": "log", "uses": "audit.log", "with": {"message": "tick"}}
+    workflow.write_text(json.dumps({"name": TICK_WORKFLOW, "steps": [step]}))
+    await asyncio.to_thread(choreo, "deploy", str(workflow), data_dir=stack.data_dir)
+    await asyncio.to_thread(
+        choreo, "schedule", "create", schedule, "--workflow", TICK_WORKFLOW, "--every", "1s",
+        data_dir=stack.data_dir,
+    )  # fmt: skip
+
+
+async def fires_ran_once(stack: Running, schedule: str) -> int:
+    """Pause `schedule`; check every fire nats-server stored became exactly one run, each
+    completed (a run's id is its fire time: a fire stored twice still runs once), and
+    that no run lacks a fire. Return the number of fires."""
+    times, found = await settle_fires(stack, schedule)
+    expected = {run_id(schedule, t) for t in times}
+    twice = len(times) - len(set(times))
+    print(f"{schedule}: {len(times)} fires stored ({twice} of them twice), {len(found)} runs")
+    assert expected, f"{schedule} never fired"
+    assert set(found) == expected, "a fire without its run, or a run without a fire"
+    assert all(s == "completed" for s in found.values()), found
+    return len(expected)
+
+
+async def settle_fires(
+    stack: Running, schedule: str, within: float = 180
+) -> tuple[list[datetime], dict[str, str]]:
+    """Pause `schedule`, then the fire times nats-server stored and, once each has a
+    completed run (or `within` passed), every run of the schedule with its status."""
+    await asyncio.to_thread(choreo, "schedule", "pause", schedule, data_dir=stack.data_dir)
+    await asyncio.sleep(2)  # a fire under way when it was paused is stored by now
+    async with connect_jetstream(stack.env) as js:
+        times = await fired(js, schedule)
+    expected = {run_id(schedule, t) for t in times}
+    found = await wait_for(
+        lambda: schedule_runs(stack.env, schedule),
+        lambda r: set(r) >= expected and all(s == "completed" for s in r.values()),
+        within=within,
+        interval=1,
+    )
+    return times, found
+
+
+async def fired(js: JetStreamContext, schedule: str) -> list[datetime]:
+    """The fire time of every fire stored on `schedule.fire.<schedule>`."""
+    sub = await js.pull_subscribe(f"{FIRE_PREFIX}{schedule}", stream=SCHEDULES.name)
+    times: list[datetime] = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(500, timeout=1)
+            except TimeoutError:
+                return times
+            for m in batch:
+                spec = ScheduleSpec.model_validate_json(m.data)
+                times.append(spec.fire_time(parse_next((m.headers or {})["Nats-Schedule-Next"])))
+    finally:
+        await sub.unsubscribe()
+
+
+async def schedule_runs(env: dict[str, str], schedule: str) -> dict[str, str]:
+    """Run id -> status of every run of `schedule` (the audit trail's `workflow_runs`)."""
+    conn = await asyncpg.connect(env["CHOREO_DATABASE_URL"])
+    try:
+        rows = await conn.fetch(
+            "SELECT runid, status FROM workflow_runs WHERE runid LIKE $1", f"{schedule}-%"
+        )
+    finally:
+        await conn.close()
+    return {r["runid"]: r["status"] for r in rows}
 
 
 def record(row: Row) -> None:
