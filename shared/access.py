@@ -49,10 +49,12 @@ INGEST_OBJECT_TRIGGERS = "ingest-object-triggers"
 INGEST_SCHEDULES = "ingest-schedules"
 """SCHEDULES: the fires of the schedules."""
 INGEST_RUNS = "ingest-runs"
+INGEST_QUEUED = "ingest-queued"
 INGEST_CANCELS = "ingest-cancels"
 INGEST_RETRIES = "ingest-retries"
 INGEST_WAITING = "ingest-waiting"
-"""WORKFLOW: run requests, cancellations, retries, steps waiting for a worker."""
+"""WORKFLOW: run requests, run requests waiting for a max_concurrent slot, cancellations,
+retries, steps waiting for a worker."""
 STORE_LANDER = "store-lander"
 """DATA: every event, batched into lake objects."""
 AUDIT = "audit"
@@ -218,6 +220,7 @@ ACCESS: dict[str, Access] = {
             INGEST_OBJECT_TRIGGERS,
             INGEST_SCHEDULES,
             INGEST_RUNS,
+            INGEST_QUEUED,
             INGEST_CANCELS,
             INGEST_RETRIES,
             INGEST_WAITING,

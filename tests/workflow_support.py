@@ -5,6 +5,7 @@ them there) and added to the kinds ingest accepts, as a deployment with its own 
 """
 
 import asyncio
+import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -54,6 +55,16 @@ def test_steps() -> StepRegistry:
         return {"slept": ctx.params.get("seconds", 1), "value": ctx.params.get("value")}
 
     return steps
+
+
+def most_at_once(runs: list[Any]) -> int:
+    """The most runs (rows with `started_at` and `ended_at`) between their start and their
+    end at any one moment."""
+    moments = sorted(
+        [(r["started_at"], 1) for r in runs] + [(r["ended_at"], -1) for r in runs],
+        key=lambda m: (m[0], m[1]),  # an end before a start at the same instant
+    )
+    return max(itertools.accumulate(change for _, change in moments), default=0)
 
 
 @asynccontextmanager

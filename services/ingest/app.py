@@ -56,8 +56,9 @@ def create_app(
     choreography = Choreography.create(NAME, settings, broker, metrics, steps)
     # The kinds routed here that ingest does not implement are HTTP plugins.
     steps.fallback = plugin_step(lambda uses: choreography.registry.kind(uses))
-    RunLifecycle(choreography, kinds).subscribe(broker, settings)
     fires = ScheduleFires(choreography, metrics)
+    slots = RunLifecycle(choreography, kinds, slots=lambda: fires.deployments.get().kv)
+    slots.subscribe(broker, settings)
     fires.subscribe(broker, settings)
     dead_letters = DeadLetterApi(settings, metrics)
     if triggers:

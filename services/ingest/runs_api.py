@@ -128,7 +128,8 @@ def runs_router(
         response_model=Started,
         summary="Start a run of a deployed workflow or of a workflow spec",
         description="Validates the workflow and the inputs first (422 lists every problem), "
-        "then requests the run and answers once it started (or after 5 s, still `requested`).",
+        "then requests the run and answers once it started (or after 5 s, still `requested`: "
+        "e.g. queued until one of the workflow's `max_concurrent` runs ends).",
         responses={
             **missing_key,
             **not_json,
@@ -312,7 +313,11 @@ def runs_router(
 async def _record(choreography: Choreography, runid: str) -> RunRecord:
     record = await choreography.store.run(runid)
     if record is None:
-        raise HTTPException(404, f"no run {runid!r} (a run just requested appears once started)")
+        raise HTTPException(
+            404,
+            f"no run {runid!r} (a run just requested, or queued behind its workflow's "
+            "max_concurrent, appears once started)",
+        )
     return record
 
 

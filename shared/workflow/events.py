@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from shared.envelope import Event
 
 RUN_REQUESTED = "wf.run.requested"
+RUN_QUEUED = "wf.run.queued"
 RUN_STARTED = "wf.run.started"
 RUN_COMPLETED = "wf.run.completed"
 RUN_FAILED = "wf.run.failed"

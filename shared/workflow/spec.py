@@ -117,7 +117,7 @@ class WorkflowSpec(BaseModel):
         default=None,
         ge=1,
         le=1000,
-        description="runs started by triggers and schedule fires at once; more wait",
+        description="runs of the workflow at once, however started; more wait their turn",
     )
 
     def step(self, step_id: str) -> StepSpec:

@@ -1,14 +1,20 @@
 """The run API over HTTP on real servers: start by name or spec, poll to completed,
 cancel, retry; API keys; the OpenAPI document."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import pytest
 
+# Importing the command module registers its commands.
+import choreo.cli_schedules  # noqa: F401
+from choreo.runs import request_run
 from services.audit.app import create_app as audit_app
 from services.ingest.app import create_app as ingest_app
 from services.ingest.settings import IngestSettings
@@ -16,8 +22,8 @@ from services.transform.app import create_app as transform_app
 from shared.ids import uuid7
 from shared.settings import Settings
 from shared.workflow.deployments import Deployments, open_bucket
-from tests.support import serve, wait_for
-from tests.workflow_support import TEST_KINDS
+from tests.support import CliInThread, printed_json, serve, wait_for
+from tests.workflow_support import TEST_KINDS, most_at_once
 from tests.workflow_support import test_steps as kinds_for_tests
 
 pytestmark = pytest.mark.integration
@@ -175,3 +181,60 @@ async def test_schedules_over_http(api: httpx.AsyncClient, settings: Settings) -
     assert (await api.post(f"/v1/schedules/{name}/resume")).json()["paused"] is False
     assert (await api.delete(f"/v1/schedules/{name}")).status_code == 204
     assert (await api.delete(f"/v1/schedules/{name}")).status_code == 404
+
+
+async def test_max_concurrent_holds_for_runs_started_over_http_by_the_cli_and_backfills(
+    api: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """`max_concurrent: 2`, six runs asked for at once: two `POST /v1/runs`, two as `choreo
+    run NAME` requests them (its own check of the step kinds knows no test kind), two by
+    `choreo schedule backfill --concurrency 4`. Never three running; all six complete."""
+    document = {**sleeping(1), "max_concurrent": 2}
+    name = document["name"]
+    await deploy(settings, document)
+    schedule = {"name": f"s-{name}", "workflow": name, "every": "1h", "paused": True}
+    assert (await api.post("/v1/schedules", json=schedule)).status_code == 201
+    cli = CliInThread(tmp_path, CHOREO_NATS_URL=settings.nats_url)
+
+    async def over_http() -> str:
+        started = await api.post("/v1/runs", json={"workflow": name})
+        assert started.status_code == 202, started.text
+        return str(started.json()["runid"])
+
+    async def as_the_cli() -> str:
+        client = await nats.connect(settings.nats_url)
+        try:
+            return await request_run(client.jetstream(), document, {}, version=1)
+        finally:
+            await client.close()
+
+    backfill = asyncio.create_task(
+        cli(
+            "schedule", "backfill", schedule["name"], "--concurrency", "4",
+            "--from", "2024-01-01T00:00:00Z", "--to", "2024-01-01T01:00:00Z", "--json",
+        )
+    )  # fmt: skip
+    started = await asyncio.gather(over_http(), over_http(), as_the_cli(), as_the_cli())
+    filled = await backfill
+    assert filled.exit_code == 0, filled.output
+    assert printed_json(filled.output)["completed"] == 2
+    runids = [*started, *(f"{schedule['name']}-20240101T{h}0000Z" for h in ("00", "01"))]
+    done = await wait_for(
+        lambda: db.fetch(
+            "SELECT runid, status, started_at, ended_at FROM workflow_runs"
+            " WHERE runid = ANY($1::text[])",
+            runids,
+        ),
+        lambda rows: len(rows) == 6 and all(r["status"] == "completed" for r in rows),
+        within=120,
+        interval=0.5,
+    )
+    # At no moment were three runs between their start and their end.
+    assert most_at_once(done) == 2, done  # the limit held, and was used
+    for runid in runids:
+        assert (await ended(api, runid))["status"] == "completed"
+    queued = await db.fetchval(
+        "SELECT count(*) FROM events WHERE type = 'wf.run.queued' AND runid = ANY($1::text[])",
+        runids,
+    )
+    assert queued >= 3  # at least the runs past the first two waited their turn

@@ -3,7 +3,6 @@ are re-sent), non-matching ones none; the event is readable in templates; max_co
 queues runs, never more at once; triggers pause and resume."""
 
 import asyncio
-import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -33,7 +32,7 @@ from shared.settings import Settings
 from shared.workflow.deployments import Deployments, open_bucket
 from shared.workflow.triggers import set_paused
 from tests.support import CliInThread, serve, wait_for
-from tests.workflow_support import TEST_KINDS
+from tests.workflow_support import TEST_KINDS, most_at_once
 from tests.workflow_support import test_steps as kinds_for_tests
 
 pytestmark = pytest.mark.integration
@@ -184,13 +183,7 @@ async def test_max_concurrent_queues_runs_and_pause_stops_them(
         interval=0.5,
     )
     # At no moment were three runs between their start and their end.
-    moments = sorted(
-        [(r["started_at"], 1) for r in done] + [(r["ended_at"], -1) for r in done],
-        key=lambda m: (m[0], m[1]),
-    )
-    running = list(itertools.accumulate(change for _, change in moments))
-    assert max(running) <= 2, moments
-    assert max(running) == 2  # the limit was used
+    assert most_at_once(done) == 2, done  # the limit held, and was used
 
     await set_paused(deployments.kv, name, True)
     await post(ingest, [sale(f"p-{tag}", region)])
