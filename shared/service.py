@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 import uvicorn
@@ -36,6 +36,9 @@ from shared.watchdog import LoopWatchdog, serve_health
 from shared.workflow.runtime import Choreography
 
 log = structlog.get_logger(__name__)
+
+EventLoop = Literal["auto", "asyncio"]
+"""uvicorn's event loop: "auto" is uvloop when installed, "asyncio" the standard one."""
 
 ReadinessCheck = Callable[[], Awaitable[object]]
 """Raises (or times out) when a backing store is unreachable."""
@@ -80,6 +83,7 @@ class Service:
     http: FastAPI
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     watchdog: LoopWatchdog | None = None
+    http_loop: EventLoop = "auto"
 
 
 def build_service(
@@ -95,11 +99,13 @@ def build_service(
     choreography: Choreography | None = None,
     title: str | None = None,
     description: str = "",
+    http_loop: EventLoop = "auto",
 ) -> Service:
     """Assemble a service; `resources` open in order before the subscribers start.
 
     Pass `broker` and `metrics` when the service registers subscribers on them, and
-    `choreography` when it takes part in workflows.
+    `choreography` when it takes part in workflows; `http_loop` is the event loop uvicorn
+    serves it on.
     """
     broker = broker or create_broker(settings, name)
     metrics = metrics or Metrics(name)
@@ -186,7 +192,7 @@ def build_service(
         consumed=[_subject(s) for s in broker.subscribers],
         published=permissions.publish if permissions else (),
     )
-    return Service(name, settings, broker, metrics, app, all_checks, watchdog)
+    return Service(name, settings, broker, metrics, app, all_checks, watchdog, http_loop)
 
 
 def _test_hooks() -> APIRouter:
@@ -262,6 +268,7 @@ def serve_forever(service: Service) -> None:
         log_config=None,
         timeout_graceful_shutdown=HTTP_SHUTDOWN_TIMEOUT_S,
         lifespan="on",
+        loop=service.http_loop,
     )
     if service.watchdog is not None and service.settings.health_port:
         # Liveness answered from a thread: a saturated (not blocked) loop still says alive.

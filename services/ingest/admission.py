@@ -14,13 +14,22 @@ below `min_in_flight` (a burst after a quiet spell, or a first request, is not r
 lack of a measurement) nor rises above `max_in_flight`. Work is admitted whole while there
 is room, so in flight can pass the bound by one request: a big batch is never starved by a
 stream of small ones (it would be if it had to fit under the bound).
+
+The bound keeps what is admitted answered in time; a second rule keeps the event loop
+responsive, so that a refusal comes at once too. A task measures how late the loop runs it
+(every `LAG_TICK_S`); while it is later than `max_loop_lag_s` and some work is in flight,
+new work is refused. Under overload, the loop's iterations grow with the work that becomes
+ready at once (a batch's publishes, a burst of acks): a request waits an iteration to be
+read and another to be answered, refusals included, and the throughput bound alone let
+them grow to hundreds of milliseconds.
 """
 
+import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Literal, get_args
 
 from prometheus_client import Counter, Gauge
@@ -28,6 +37,7 @@ from prometheus_client import Counter, Gauge
 from shared.metrics import Metrics
 
 WINDOW_S = 2.0  # throughput is measured over this much recent time
+LAG_TICK_S = 0.01  # how often the loop's lateness is measured
 MAX_RETRY_AFTER_S = 30
 Source = Literal["http", "data.in"]
 SOURCES: tuple[Source, ...] = get_args(Source)
@@ -36,12 +46,12 @@ SOURCES: tuple[Source, ...] = get_args(Source)
 class Overloaded(Exception):
     """Raised by `Admission.admit` when taking the work would exceed the bound."""
 
-    def __init__(self, retry_after_s: int, in_flight: int, limit: int) -> None:
+    def __init__(self, retry_after_s: int, in_flight: int, limit: int, why: str) -> None:
         self.retry_after_s = retry_after_s
         self.in_flight = in_flight
         self.limit = limit
         super().__init__(
-            f"ingest is at capacity ({in_flight} events in flight, bound {limit}); "
+            f"ingest is at capacity ({why}); "
             f"nothing was published: send it again after {retry_after_s} s (Retry-After)"
         )
 
@@ -56,13 +66,17 @@ class Admission:
         min_in_flight: int,
         max_in_flight: int,
         target_latency_s: float,
+        max_loop_lag_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.min_in_flight = min_in_flight
         self.max_in_flight = max_in_flight
         self.target_latency_s = target_latency_s
+        self.max_loop_lag_s = max_loop_lag_s
         self.in_flight = 0
         self._clock = clock
+        self._last_tick: float | None = None  # None until `measuring_the_loop` runs
+        self._lag = 0.0
         self._completed: deque[tuple[float, int]] = deque()
         self._completed_sum = 0
         service = metrics.service
@@ -91,6 +105,38 @@ class Admission:
             ["service"],
             registry=metrics.registry,
         ).labels(service).set_function(self.limit)
+        Gauge(
+            "choreo_ingest_loop_lag_seconds",
+            "How late ingest's event loop ran its last 10 ms tick; past "
+            "CHOREO_INGEST_MAX_LOOP_LAG_S, new work is refused.",
+            ["service"],
+            registry=metrics.registry,
+        ).labels(service).set_function(self.loop_lag)
+
+    @asynccontextmanager
+    async def measuring_the_loop(self) -> AsyncIterator[None]:
+        """Measure the event loop's lateness while the block runs (the service's life)."""
+
+        async def tick() -> None:
+            self._last_tick = self._clock()
+            while True:
+                await asyncio.sleep(LAG_TICK_S)
+                now = self._clock()
+                self._lag = now - self._last_tick - LAG_TICK_S
+                self._last_tick = now
+
+        ticking = asyncio.create_task(tick())
+        try:
+            yield
+        finally:
+            ticking.cancel()
+            self._last_tick = None
+
+    def loop_lag(self) -> float:
+        """Seconds the event loop is late: at its last tick, or now if the next is later."""
+        if self._last_tick is None:
+            return 0.0
+        return max(self._lag, self._clock() - self._last_tick - LAG_TICK_S, 0.0)
 
     def throughput(self) -> float:
         """Events completed per second over the last `WINDOW_S` seconds."""
@@ -111,13 +157,24 @@ class Admission:
         return max(1, min(MAX_RETRY_AFTER_S, math.ceil(drain)))
 
     def full(self) -> bool:
-        """True when no more work can come in now (also checked before reading a body)."""
-        return self.in_flight >= self.limit()
+        """True when no more work can come in now: at the bound, or with work in flight and
+        the event loop late (checked at a request's arrival, before its body is read)."""
+        if self.in_flight >= self.limit():
+            return True
+        return self.in_flight > 0 and self.loop_lag() > self.max_loop_lag_s
 
     def refuse(self, source: Source) -> Overloaded:
         """Count a refusal and describe it."""
         self.shed.labels(self._service, source).inc()
-        return Overloaded(self.retry_after(), self.in_flight, self.limit())
+        limit = self.limit()
+        if self.in_flight >= limit:
+            why = f"{self.in_flight} events in flight, bound {limit}"
+        else:
+            why = (
+                f"its event loop is {self.loop_lag() * 1000:.0f} ms late, bound "
+                f"{self.max_loop_lag_s * 1000:.0f} ms, with {self.in_flight} events in flight"
+            )
+        return Overloaded(self.retry_after(), self.in_flight, limit, why)
 
     @contextmanager
     def admit(self, events: int, source: Source) -> Iterator[Callable[[], None]]:

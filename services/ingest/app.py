@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from services.ingest.admission import Admission
-from services.ingest.api import events_router, schemas_router
+from services.ingest.api import AdmissionGate, events_router, schemas_router
 from services.ingest.dlq_api import DeadLetterApi
 from services.ingest.inbound import InboundEvents
 from services.ingest.lookup import lookup_router
@@ -68,18 +68,19 @@ def create_app(
         min_in_flight=settings.ingest_min_in_flight,
         max_in_flight=settings.ingest_max_in_flight,
         target_latency_s=settings.ingest_target_latency_s,
+        max_loop_lag_s=settings.ingest_max_loop_lag_s,
     )
     InboundEvents(
         registry, choreography.publisher, choreography.settler, metrics, admission
     ).subscribe(broker, settings)
     # No S3 readiness check on purpose: events (the main job) need only NATS, and a step
     # that finds S3 down fails and is retried; ingest's key may not list buckets anyway.
-    return build_service(
+    service = build_service(
         NAME,
         settings,
         broker,
         metrics,
-        resources=[lambda: open_s3(settings, client)],
+        resources=[lambda: open_s3(settings, client), admission.measuring_the_loop],
         routers=[
             events_router(settings, choreography.publisher, registry, admission),
             schemas_router(registry),
@@ -93,4 +94,12 @@ def create_app(
         description="Validates events against the schema registry and publishes them to "
         "JetStream (`data.<type>`); starts, cancels and retries workflow runs (`/v1/runs`); "
         "runs the source extraction steps (`ingest.*`).",
+        # uvloop (libuv) accepts one connection per loop iteration
+        # (https://github.com/libuv/libuv/pull/3696): when a burst of clients connects to a
+        # busy ingest, 25 ms iterations accepted 40 connections a second and requests
+        # waited seconds to be read, refusals included. asyncio's loop accepts every
+        # pending connection at once.
+        http_loop="asyncio",
     )
+    service.http.add_middleware(AdmissionGate, admission=admission, settings=settings)
+    return service

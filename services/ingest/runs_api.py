@@ -103,7 +103,7 @@ def api_key_guard(settings: IngestSettings) -> Any:
     api_keys = [key.get_secret_value().encode() for key in settings.ingest_api_keys]
 
     async def require_key(request: Request) -> None:
-        if api_keys and not _authorised(request, api_keys):
+        if api_keys and not _authorised(request.headers, api_keys):
             raise HTTPException(401, "missing or invalid API key (header X-API-Key)")
 
     return Depends(require_key)

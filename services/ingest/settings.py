@@ -20,6 +20,9 @@ class IngestSettings(Settings):
     ingest_target_latency_s: float = Field(default=0.5, gt=0)
     ingest_min_in_flight: int = Field(default=500, ge=1)
     ingest_max_in_flight: int = Field(default=5_000, ge=1)
+    # ... and refused while the event loop runs later than this (and work is in flight),
+    # so that requests, refusals included, are answered promptly.
+    ingest_max_loop_lag_s: float = Field(default=0.05, gt=0)
     # When set, `POST /v1/events` needs one of these in `X-API-Key`:
     # CHOREO_INGEST_API_KEYS=key1,key2 (empty: no key needed).
     ingest_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()

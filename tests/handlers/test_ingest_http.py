@@ -7,9 +7,14 @@ from typing import Any
 import httpx
 import pytest
 from faststream.nats import JStream, TestNatsBroker
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
+from services.ingest.admission import Admission
+from services.ingest.api import AdmissionGate
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
+from shared.metrics import Metrics
 from tests.samples import SALE, TRANSACTION
 
 
@@ -150,3 +155,40 @@ async def test_openapi_documents_the_endpoint(
     assert {"/healthz", "/readyz", "/metrics", "/v1/schemas", "/v1/schemas/{event_type}"} <= set(
         spec["paths"]
     )
+
+
+async def test_at_capacity_a_request_is_refused_on_arrival_unless_refused_anyway() -> None:
+    """The gate answers 429 before the body is read; a request without a valid key, or
+    with a declared body past the limit, goes on to the endpoint (its 401 or 413)."""
+    admission = Admission(
+        Metrics("ingest"),
+        min_in_flight=10,
+        max_in_flight=10,
+        target_latency_s=0.5,
+        max_loop_lag_s=0.05,
+    )
+    settings = IngestSettings(
+        environment="test", ingest_api_keys=("key-1",), ingest_max_body_bytes=100
+    )
+    reached: list[str] = []
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(f"{scope['method']} {scope['path']}")
+        await PlainTextResponse("reached")(scope, receive, send)
+
+    gate = AdmissionGate(endpoint, admission=admission, settings=settings)
+    transport = httpx.ASGITransport(app=gate)
+    key = {"x-api-key": "key-1", **NDJSON}
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        assert (await client.post("/v1/events", content="{}", headers=key)).status_code == 200
+        with admission.admit(10, "http"):
+            refused = await client.post("/v1/events", content="{}", headers=key)
+            unauthorised = await client.post("/v1/events", content="{}", headers=NDJSON)
+            too_big = await client.post("/v1/events", content="x" * 101, headers=key)
+            other = await client.get("/v1/schemas", headers=key)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["published"] == 0
+    assert "10 events in flight, bound 10" in refused.json()["detail"]
+    assert [unauthorised.status_code, too_big.status_code, other.status_code] == [200] * 3
+    assert reached == ["POST /v1/events"] * 3 + ["GET /v1/schemas"]

@@ -62,7 +62,9 @@ def inbound(admission: Admission, publisher: Publisher, metrics: Metrics) -> Inb
 
 async def test_a_batch_past_the_bound_is_naked_with_the_delay_and_nothing_published() -> None:
     metrics = Metrics("ingest")
-    admission = Admission(metrics, min_in_flight=10, max_in_flight=10, target_latency_s=0.5)
+    admission = Admission(
+        metrics, min_in_flight=10, max_in_flight=10, target_latency_s=0.5, max_loop_lag_s=0.05
+    )
     publisher = Publisher()
     handler = inbound(admission, publisher, metrics)
     batch = [Delivery(n) for n in range(1, 4)]

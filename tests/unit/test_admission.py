@@ -1,5 +1,7 @@
 """Admission control's arithmetic (services/ingest/admission.py) on a clock of our own."""
 
+import asyncio
+
 import pytest
 from pydantic import ValidationError
 
@@ -18,7 +20,12 @@ class Clock:
 
 def admission(clock: Clock, *, low: int = 100, high: int = 1_000) -> Admission:
     return Admission(
-        Metrics("ingest"), min_in_flight=low, max_in_flight=high, target_latency_s=0.5, clock=clock
+        Metrics("ingest"),
+        min_in_flight=low,
+        max_in_flight=high,
+        target_latency_s=0.5,
+        max_loop_lag_s=0.05,
+        clock=clock,
     )
 
 
@@ -101,7 +108,9 @@ def test_retry_after_is_the_time_to_drain_what_is_in_flight() -> None:
 
 def test_the_gauges_show_what_is_in_flight_and_the_bound() -> None:
     metrics = Metrics("ingest")
-    a = Admission(metrics, min_in_flight=10, max_in_flight=20, target_latency_s=1.0)
+    a = Admission(
+        metrics, min_in_flight=10, max_in_flight=20, target_latency_s=1.0, max_loop_lag_s=0.05
+    )
     with a.admit(7, "http"):
         text = metrics.exposition().decode()
     assert 'choreo_ingest_in_flight_events{service="ingest"} 7.0' in text
@@ -114,3 +123,20 @@ def test_bounds_out_of_order_are_refused_by_name() -> None:
         IngestSettings(ingest_min_in_flight=10, ingest_max_in_flight=5)
     with pytest.raises(ValidationError, match="ingest_target_latency_s"):
         IngestSettings(ingest_target_latency_s=0)
+
+
+async def test_with_work_in_flight_a_late_event_loop_refuses_new_work() -> None:
+    clock = Clock()
+    a = admission(clock)
+    async with a.measuring_the_loop():
+        await asyncio.sleep(0)  # the measuring task takes its first tick
+        assert a.loop_lag() == 0.0
+        clock.now += 0.2  # the loop has not run the next tick for 0.2 s
+        assert a.loop_lag() == pytest.approx(0.19)
+        assert not a.full(), "nothing in flight: ingest is not the cause, work is admitted"
+        with a.admit(1, "http"):
+            assert a.full()
+            with pytest.raises(Overloaded) as refused, a.admit(1, "http"):
+                pass
+    assert "event loop is 190 ms late, bound 50 ms, with 1 events in flight" in str(refused.value)
+    assert a.loop_lag() == 0.0, "no measure once the service stops"
