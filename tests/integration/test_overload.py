@@ -228,6 +228,7 @@ async def test_ten_times_the_sustainable_load_is_shed_with_retry_after(
 
     figures = {
         "sustainable_events_per_s": round(rate),
+        "refused_while_measuring_it": len(warm.refused_s),
         "offered_events_per_s": round(rate * OVERLOAD_FACTOR),
         "batch": BATCH,
         "batches": batches,
