@@ -83,7 +83,8 @@ class Admission:
         self.registry = metrics.registry
         self.shed = Counter(
             "choreo_ingest_shed",
-            "Work ingest refused because it was at its bound of events in flight: HTTP "
+            "Work ingest refused because it was full (at its bound of events in flight, or "
+            "its event loop late): HTTP "
             "requests answered 429 (source=http) and data.in batches handed back with a "
             "delay (source=data.in).",
             ["service", "source"],
@@ -92,26 +93,29 @@ class Admission:
         for source in SOURCES:
             self.shed.labels(service, source)
         self._service = service
-        Gauge(
-            "choreo_ingest_in_flight_events",
-            "Events admitted and not answered yet (validating or awaiting JetStream's ack).",
-            ["service"],
-            registry=metrics.registry,
-        ).labels(service).set_function(lambda: self.in_flight)
-        Gauge(
-            "choreo_ingest_in_flight_limit",
-            "The bound of events in flight now (measured throughput x target latency, "
-            "within CHOREO_INGEST_MIN_IN_FLIGHT and CHOREO_INGEST_MAX_IN_FLIGHT).",
-            ["service"],
-            registry=metrics.registry,
-        ).labels(service).set_function(self.limit)
-        Gauge(
-            "choreo_ingest_loop_lag_seconds",
-            "How late ingest's event loop ran its last 10 ms tick; past "
-            "CHOREO_INGEST_MAX_LOOP_LAG_S, new work is refused.",
-            ["service"],
-            registry=metrics.registry,
-        ).labels(service).set_function(self.loop_lag)
+        gauges: list[tuple[str, str, Callable[[], float]]] = [
+            (
+                "choreo_ingest_in_flight_events",
+                "Events admitted and not answered yet (validating or awaiting JetStream's ack).",
+                lambda: self.in_flight,
+            ),
+            (
+                "choreo_ingest_in_flight_limit",
+                "The bound of events in flight now (measured throughput x target latency, "
+                "within CHOREO_INGEST_MIN_IN_FLIGHT and CHOREO_INGEST_MAX_IN_FLIGHT).",
+                self.limit,
+            ),
+            (
+                "choreo_ingest_loop_lag_seconds",
+                "How late ingest's event loop ran its last 10 ms tick; past "
+                "CHOREO_INGEST_MAX_LOOP_LAG_S, new work is refused.",
+                self.loop_lag,
+            ),
+        ]
+        for name, documentation, value in gauges:
+            Gauge(name, documentation, ["service"], registry=metrics.registry).labels(
+                service
+            ).set_function(value)
 
     @asynccontextmanager
     async def measuring_the_loop(self) -> AsyncIterator[None]:
