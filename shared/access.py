@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.lake import layer_buckets
 from shared.settings import Settings
 from shared.subjects import (
     AUDIT_EVENT_LOOKUP,
@@ -138,8 +139,9 @@ class Permissions:
 # -- S3 --------------------------------------------------------------------------------------
 
 Layer = Literal["raw", "staging", "curated"]
-"""A layer of the lake; its bucket's name is a setting (`CHOREO_BUCKET_<LAYER>`)."""
-LAYERS: tuple[Layer, ...] = ("raw", "staging", "curated")
+"""A layer of the lake (shared.lake.LAYERS); its bucket's name is a setting
+(`CHOREO_BUCKET_<LAYER>`)."""
+EVERY_LAYER: tuple[Layer, ...] = ("raw", "staging", "curated")
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,10 @@ class BucketAccess:
         if self.admin:
             return ["Admin", "Read", "Write", "List", "Tagging"]
 
+        buckets = layer_buckets(settings)
+
         def bucket(layer: Layer) -> str:
-            return str(getattr(settings, f"bucket_{layer}"))
+            return buckets[layer]
 
         return [
             *(f"{action}:{bucket(layer)}" for layer in self.read for action in ("Read", "List")),
@@ -182,7 +186,7 @@ class Access:
 
 
 # Reading the lake and writing the layers that steps write (ctx.lake, a step's outputs).
-_LAKE_STEPS = BucketAccess(read=LAYERS, write=("staging", "curated"))
+_LAKE_STEPS = BucketAccess(read=EVERY_LAYER, write=("staging", "curated"))
 
 # Every service publishes workflow events: a step's completion may request a successor
 # owned by any service.

@@ -83,13 +83,21 @@ def batch_subscription(
     durable: str,
     settings: Settings,
     *,
+    subjects: Sequence[str] = (),
     batch_size: int = 500,
     max_wait_s: float = 0.1,
 ) -> dict[str, Any]:
     """Keyword arguments for `broker.subscriber(...)`: a durable pull consumer handing the
-    handler batches of up to `batch_size` messages, over the whole of a one-subject stream."""
-    (subject,) = spec.subjects  # a batch consumer reads its stream's only subject filter
+    handler batches of up to `batch_size` messages, over the whole of a one-subject stream,
+    or over `subjects` of a stream (one consumer filtering them all: their messages come in
+    stream order)."""
+    if subjects:
+        subject = subjects[0]
+    else:
+        (subject,) = spec.subjects  # a batch consumer reads its stream's only subject filter
     kwargs = message_subscription(subject, spec, durable, settings)
+    if len(subjects) > 1:
+        kwargs["config"].filter_subjects = list(subjects)
     kwargs["pull_sub"] = PullSub(batch_size=batch_size, timeout=max_wait_s, batch=True)
     kwargs["config"].max_ack_pending = 20_000
     return kwargs

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     environment: Literal["dev", "test", "prod"] = "dev"
     data_dir: Path = DEFAULT_DATA_DIR
 
-    # NATS: each service connects with its own user (see shared.subjects.SERVICE_PERMISSIONS).
+    # NATS: each service connects with its own user (see shared.access.ACCESS).
     # One URL, or every node of a cluster comma-separated.
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None
@@ -133,6 +133,17 @@ class Settings(BaseSettings):
             data_dir=directory,
             **values,
         )
+
+    @classmethod
+    def narrow(cls, settings: "Settings | None") -> Self:
+        """A service's own settings (`cls`, a subclass): from the environment when none are
+        given, `settings` itself when it is one already, else `settings` completed with the
+        subclass's own (their defaults or environment variables)."""
+        if settings is None:
+            return cls.load()
+        if isinstance(settings, cls):
+            return settings
+        return cls.model_validate(settings.model_dump())
 
     def secrets(self) -> Iterable[tuple[str, SecretStr | None]]:
         """Every secret setting by its variable's name (services add their own)."""

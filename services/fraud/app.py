@@ -11,12 +11,9 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from faststream.nats import NatsBroker, PullSub
-
-from services.fraud.scoring import INPUT, SUBJECTS, FraudScoring
+from services.fraud.scoring import FraudScoring
 from services.fraud.settings import FraudSettings
 from services.fraud.steps import fraud_steps
-from shared.consumer import BatchMessage, message_subscription
 from shared.fraud_models import ModelStore
 from shared.jetstream import jetstream
 from shared.metrics import Metrics
@@ -24,7 +21,6 @@ from shared.s3 import open_s3
 from shared.service import ReadinessCheck, Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
-from shared.subjects import DATA
 from shared.workflow.runtime import Choreography
 from shared.workflow.steps import StepRegistry
 
@@ -32,13 +28,11 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
 
 NAME = "fraud"
-# Unacknowledged deliveries the consumer may have out: chunks in flight plus nak'd ones.
-MAX_ACK_PENDING = 20_000
 
 
 def create_app(settings: Settings | None = None, *, steps: StepRegistry | None = None) -> Service:
     """`steps` may carry extra step kinds of this service (tests, extensions)."""
-    config = _fraud_settings(settings)
+    config = FraudSettings.narrow(settings)
     metrics = Metrics(NAME)
     broker = create_broker(config, NAME)
     steps = steps if steps is not None else StepRegistry(NAME)
@@ -61,7 +55,7 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
     ]
     checks: dict[str, ReadinessCheck] = {"s3": s3_ready}
     if config.fraud_scoring_enabled:
-        _subscribe(broker, config, scoring)
+        scoring.subscribe(broker)
         resources.append(lambda: scoring.running(lambda: jetstream(broker)))
         checks["state"] = scoring.ready
 
@@ -75,37 +69,3 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
         choreography=choreography,
         description="Scores payments for fraud in real time.",
     )
-
-
-def _subscribe(broker: NatsBroker, config: FraudSettings, scoring: FraudScoring) -> None:
-    """The live scoring: this replica's durable consumer of `data.transaction`."""
-
-    async def on_transactions(msg: BatchMessage) -> None:
-        await scoring.receive(msg.raw_message)
-
-    # Chunks of deliveries handled one after another: stream order, which the per-card
-    # state needs (a concurrent subscriber could score a card's transactions out of order).
-    # The stream holds every `data.*` type, so this is the message subscription of one
-    # subject with batches, not shared.consumer.batch_subscription (one-subject streams).
-    subscription = message_subscription(INPUT, DATA, scoring.durable, config)
-    subscription["config"].filter_subjects = SUBJECTS  # transactions and labels, in order
-    subscription["pull_sub"] = PullSub(
-        batch_size=config.fraud_fetch_batch, timeout=config.fraud_fetch_wait_s, batch=True
-    )
-    subscription["config"].max_ack_pending = MAX_ACK_PENDING
-    broker.subscriber(
-        **subscription,
-        title="fraud/transactions",
-        description="Scores the transactions of this replica's partition of the cards, in "
-        "stream order: fraud.scored always, fraud.alert unless the decision is allow; "
-        "learns from the labels (data.fraud_label) of those transactions.",
-    )(on_transactions)
-
-
-def _fraud_settings(settings: Settings | None) -> FraudSettings:
-    """The fraud service's own settings: from the environment, or completing the ones given."""
-    if settings is None:
-        return FraudSettings.load()
-    if isinstance(settings, FraudSettings):
-        return settings
-    return FraudSettings.model_validate(settings.model_dump())

@@ -39,6 +39,7 @@ from dataclasses import replace
 from typing import Any
 
 import structlog
+from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
@@ -60,7 +61,7 @@ from services.fraud.snapshot import (
     read_range,
 )
 from shared.access import fraud_durable
-from shared.consumer import Settler
+from shared.consumer import BatchMessage, Settler, batch_subscription
 from shared.envelope import Event
 from shared.fraud import FraudVerdict
 from shared.fraud_models import ModelStore
@@ -254,6 +255,30 @@ class FraudScoring:
             return outcome
         self.labels.labels(self._metrics.service, applied).inc()
         return None
+
+    def subscribe(self, broker: NatsBroker) -> None:
+        """This replica's durable consumer of transactions and labels."""
+        # Chunks of deliveries handled one after another: stream order, which the per-card
+        # state needs (a concurrent subscriber could score a card's transactions out of
+        # order). One consumer filters both subjects, so labels keep their place.
+        subscription = batch_subscription(
+            DATA,
+            self.durable,
+            self.settings,
+            subjects=SUBJECTS,
+            batch_size=self.settings.fraud_fetch_batch,
+            max_wait_s=self.settings.fraud_fetch_wait_s,
+        )
+        broker.subscriber(
+            **subscription,
+            title="fraud/transactions",
+            description="Scores the transactions of this replica's partition of the cards, in "
+            "stream order: fraud.scored always, fraud.alert unless the decision is allow; "
+            "learns from the labels (data.fraud_label) of those transactions.",
+        )(self.on_transactions)
+
+    async def on_transactions(self, msg: BatchMessage) -> None:
+        await self.receive(msg.raw_message)
 
     async def receive(self, messages: Sequence[Msg]) -> None:
         """Handle one fetched chunk of deliveries, in stream order."""

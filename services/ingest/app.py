@@ -20,6 +20,7 @@ from shared.jetstream import jetstream
 from shared.metrics import Metrics
 from shared.s3 import open_s3
 from shared.service import Service, build_service, create_broker
+from shared.settings import Settings
 from shared.slot import Slot
 from shared.workflow.kinds import STEP_KINDS, StepKind
 from shared.workflow.lifecycle import RunLifecycle
@@ -34,7 +35,7 @@ NAME = "ingest"
 
 
 def create_app(
-    settings: IngestSettings | None = None,
+    settings: Settings | None = None,
     *,
     kinds: Mapping[str, StepKind] = STEP_KINDS,
     steps: StepRegistry | None = None,
@@ -46,7 +47,7 @@ def create_app(
     the shipped ones plus CHOREO_INGEST_SCHEMA_DIR's); `triggers`: whether events and lake
     objects start the runs deployed workflows' `on` asks for (off only in handler tests,
     whose in-memory messages carry no JetStream metadata)."""
-    settings = settings or IngestSettings.load()
+    settings = IngestSettings.narrow(settings)
     registry = registry or load_registry(settings.ingest_schema_dir)
     metrics = Metrics(NAME)
     broker = create_broker(settings, NAME)

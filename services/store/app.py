@@ -15,8 +15,6 @@ from services.store.lake import Lake, LakeLander, LakeMetrics
 from services.store.lander import FlushPolicy
 from services.store.settings import StoreSettings
 from services.store.steps import store_steps
-from shared.access import STORE_LANDER
-from shared.consumer import BatchMessage, batch_subscription
 from shared.envelope import Event
 from shared.lake import layer_buckets
 from shared.metrics import Metrics
@@ -24,7 +22,6 @@ from shared.s3 import open_s3, s3_client
 from shared.service import Service, build_service, create_broker
 from shared.settings import Settings
 from shared.slot import Slot
-from shared.subjects import DATA
 from shared.workflow.runtime import Choreography
 from shared.workflow.steps import StepRegistry
 
@@ -32,9 +29,6 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
 
 NAME = "store"
-# Deliveries are fetched in chunks of this many (at most) and buffered up to the flush policy.
-FETCH_BATCH = 1_000
-FETCH_WAIT_S = 0.1
 log = structlog.get_logger(__name__)
 
 
@@ -46,7 +40,7 @@ def create_app(
 ) -> Service:
     """`steps` may carry extra step kinds of this service (tests, extensions); `lake`
     replaces the raw bucket the lander writes to (tests)."""
-    config = _store_settings(settings)
+    config = StoreSettings.narrow(settings)
     metrics = Metrics(NAME)
     broker = create_broker(config, NAME)
     buckets = list(layer_buckets(config).values())
@@ -91,23 +85,7 @@ def create_app(
             announce,
         )
 
-        async def on_data(msg: BatchMessage) -> None:
-            await lander.receive(msg.raw_message)
-
-        subscription = batch_subscription(
-            DATA,
-            STORE_LANDER,
-            config,
-            batch_size=min(FETCH_BATCH, config.lander_max_events),
-            max_wait_s=min(FETCH_WAIT_S, config.lander_max_age_s),
-        )
-        broker.subscriber(
-            **subscription,
-            title="store/lander",
-            description="Lands every event of stream DATA in the raw bucket as gzip'd JSONL "
-            "objects: events/<type>/date=<YYYY-MM-DD>/<first-seq>-<last-seq>.jsonl.gz, "
-            "each announced on lake.object.written.",
-        )(on_data)
+        lander.subscribe(broker, config)
         resources.append(lander.running)  # after the S3 client: it closes first
 
     return build_service(
@@ -122,12 +100,3 @@ def create_app(
         description="Owns the medallion lake: raw, staging and curated buckets, and lands "
         "every event in the raw bucket.",
     )
-
-
-def _store_settings(settings: Settings | None) -> StoreSettings:
-    """The store's own settings: from the environment, or completing the ones given."""
-    if settings is None:
-        return StoreSettings.load()
-    if isinstance(settings, StoreSettings):
-        return settings
-    return StoreSettings.model_validate(settings.model_dump())

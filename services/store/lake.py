@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
+from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter
 
@@ -40,7 +41,9 @@ from services.store.lander import (
     plan,
     to_check,
 )
-from shared.consumer import Received, Settler
+from services.store.settings import StoreSettings
+from shared.access import STORE_LANDER
+from shared.consumer import BatchMessage, Received, Settler, batch_subscription
 from shared.envelope import Event
 from shared.lake import Group, seq_range
 from shared.objects import object_written
@@ -50,6 +53,9 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
 
 log = structlog.get_logger(__name__)
+# A fetch of the lander's consumer: at most this many deliveries, waiting at most this long.
+FETCH_BATCH = 1_000
+FETCH_WAIT_S = 0.1
 
 CONTENT_TYPE = "application/gzip"
 # gzip's default level costs about twice the CPU of level 6 for a few % smaller objects.
@@ -185,6 +191,27 @@ class LakeLander:
         self._buffer: Buffer[Msg] = Buffer()
         self._lock = asyncio.Lock()
         self._closed = False
+
+    def subscribe(self, broker: NatsBroker, settings: StoreSettings) -> None:
+        """The durable `store-lander` on stream DATA, fetching no more than a buffer holds
+        and waiting no longer than a buffer may."""
+        subscription = batch_subscription(
+            DATA,
+            STORE_LANDER,
+            settings,
+            batch_size=min(FETCH_BATCH, settings.lander_max_events),
+            max_wait_s=min(FETCH_WAIT_S, settings.lander_max_age_s),
+        )
+        broker.subscriber(
+            **subscription,
+            title="store/lander",
+            description="Lands every event of stream DATA in the raw bucket as gzip'd JSONL "
+            "objects: events/<type>/date=<YYYY-MM-DD>/<first-seq>-<last-seq>.jsonl.gz, "
+            "each announced on lake.object.written.",
+        )(self.on_data)
+
+    async def on_data(self, msg: BatchMessage) -> None:
+        await self.receive(msg.raw_message)
 
     async def receive(self, messages: Sequence[Msg]) -> None:
         """Buffer a fetched batch, writing the buffer whenever the policy says so."""

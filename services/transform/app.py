@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
             "the transform service runs Pathway pipelines, and Pathway is not installed: "
             "pip install 'choreo[pathway]', or run the choreo-transform image"
         )
-    settings = TransformSettings.model_validate((settings or TransformSettings.load()).model_dump())
+    settings = TransformSettings.narrow(settings)
     metrics = Metrics(NAME)
     broker = create_broker(settings, NAME)
     client: Slot[S3Client] = Slot("the S3 client")

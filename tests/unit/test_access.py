@@ -1,6 +1,7 @@
 """The access table: one owner per durable consumer, an S3 scope only where one is given."""
 
-from shared.access import ACCESS, ADMIN, LAYERS, STEPS, BucketAccess, fraud_durable
+from shared.access import ACCESS, ADMIN, EVERY_LAYER, STEPS, BucketAccess, fraud_durable
+from shared.lake import LAYERS
 from shared.settings import Settings
 from shared.subjects import SERVICES
 
@@ -26,7 +27,7 @@ def test_layer_scopes_name_the_configured_buckets() -> None:
     settings = Settings.model_construct(bucket_raw="r", bucket_staging="s", bucket_curated="c")
     scope = BucketAccess(read=("raw",), write=("curated",))
     assert scope.actions(settings) == ["Read:r", "List:r", "Write:c"]
-    assert set(LAYERS) == {"raw", "staging", "curated"}
+    assert EVERY_LAYER == LAYERS
 
 
 def test_only_admin_and_the_bucket_owner_administer_the_lake() -> None:
