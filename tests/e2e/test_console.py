@@ -211,8 +211,9 @@ def test_a_run_page_draws_the_dag_and_follows_it_live(
     key = f"console/late-{runid}.json"
     browser.get(f"{url}/runs/{runid}")  # before the run exists: the page waits for it
     browser.execute_script("window.notReloaded = true")
-    start(env, workflow(runid, source=f"s3://raw/{key}", attempts=3), runid)
-    # promote's object is missing: its first attempt fails and it waits for a retry.
+    # promote's object is missing: its first attempt fails and it waits for a retry. Its
+    # attempts, 3 s apart, leave a loaded machine a minute to see that and put the object.
+    start(env, workflow(runid, source=f"s3://raw/{key}", attempts=20), runid)
     wait(browser, lambda d: node_states(d).get("promote") == "retrying")
     assert node_states(browser)["log"] == "waiting"
     put(env, key)
