@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from nats.js import JetStreamContext
@@ -31,6 +31,7 @@ RunId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_=-]{1,200}$")]
 ScheduleName = Annotated[str, Path(pattern=NAME_PATTERN)]
 # How long POST /v1/runs waits for the run to be started, so a GET right after finds it.
 START_WAIT_S = 5.0
+T = TypeVar("T")
 
 
 class RunIn(BaseModel):
@@ -56,7 +57,10 @@ class RunIn(BaseModel):
 class RunOut(BaseModel):
     runid: str
     name: str
-    status: str = Field(description="requested, running, completed, failed or cancelled")
+    status: str = Field(
+        description="queued (waiting for one of its workflow's max_concurrent slots), running, "
+        "completed, failed or cancelled"
+    )
     generation: int = 1
     reason: str | None = None
     inputs: dict[str, JsonValue] = Field(default_factory=dict)
@@ -68,7 +72,10 @@ class RunOut(BaseModel):
 
 class Started(BaseModel):
     runid: str
-    status: str
+    status: str = Field(
+        description="requested, queued (waiting for one of its workflow's max_concurrent "
+        "slots), running, completed, failed or cancelled"
+    )
 
 
 class WorkflowOut(BaseModel):
@@ -158,16 +165,20 @@ def runs_router(
             document, checked.inputs, runid, source=choreography.source, version=version
         )
         await choreography.publisher.publish(request.type, request)
-        record = await _wait_started(choreography, runid)
-        return Started(runid=runid, status=record.status if record else "requested")
+        status = await _wait(lambda: _status(choreography, runid))
+        return Started(runid=runid, status=status or "requested")
 
     @router.get(
         "/runs/{runid}",
         response_model=RunOut,
         summary="A run: its status, each step done or pending, the outputs so far",
-        responses={**missing_key, 404: {"description": "no such run (or not started yet)"}},
+        responses={**missing_key, 404: {"description": "no such run (or not requested yet)"}},
     )
     async def get_run(runid: RunId) -> RunOut:
+        if await choreography.store.run(runid) is None:
+            name = await choreography.store.queued(runid)
+            if name is not None:
+                return RunOut(runid=runid, name=name, status="queued")
         record = await _record(choreography, runid)
         steps = [s["id"] for s in record.workflow.get("steps", [])]
         outputs = await choreography.store.outputs(runid, steps)
@@ -313,11 +324,7 @@ def runs_router(
 async def _record(choreography: Choreography, runid: str) -> RunRecord:
     record = await choreography.store.run(runid)
     if record is None:
-        raise HTTPException(
-            404,
-            f"no run {runid!r} (a run just requested, or queued behind its workflow's "
-            "max_concurrent, appears once started)",
-        )
+        raise HTTPException(404, f"no run {runid!r} (a run just requested appears once started)")
     return record
 
 
@@ -333,11 +340,15 @@ async def _status_left(
     return now if changed else None
 
 
-async def _wait_started(choreography: Choreography, runid: str) -> RunRecord | None:
-    return await _wait(lambda: choreography.store.run(runid))
+async def _status(choreography: Choreography, runid: str) -> str | None:
+    """The run's status once it started, `queued` while it waits for a slot, else None."""
+    record = await choreography.store.run(runid)
+    if record is not None:
+        return record.status
+    return "queued" if await choreography.store.queued(runid) is not None else None
 
 
-async def _wait(probe: Callable[[], Awaitable[RunRecord | None]]) -> RunRecord | None:
+async def _wait(probe: Callable[[], Awaitable[T | None]]) -> T | None:
     deadline = time.monotonic() + START_WAIT_S
     while time.monotonic() < deadline:
         found = await probe()

@@ -114,6 +114,7 @@ class RunLifecycle:
             queued = cause.child(
                 type=ev.RUN_QUEUED, source=self.choreo.source, id=f"{runid}:queued", data=event.data
             )
+            await self.choreo.store.mark_queued(runid, spec.name)
             await self.choreo.publisher.publish(ev.RUN_QUEUED, queued)
             return None
         store = self.choreo.store

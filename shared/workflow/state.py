@@ -8,6 +8,8 @@ agree without a coordinator:
                                  CAS once the holder's lease expired)
     out.<run>.<step>             the step's output; its existence means "done"
     dep.<run>.<step>.<dep>       `dep` finished, recorded once for `step` (create-if-absent)
+    queued.<run>                 the run waits for a max_concurrent slot: its workflow's name
+                                 (the run, once stored, answers for it from then on)
 """
 
 import contextlib
@@ -107,6 +109,15 @@ class RunStore:
     async def run(self, runid: str) -> RunRecord | None:
         entry = await self._get(f"run.{runid}")
         return None if entry is None else RunRecord(**json.loads(entry[0]))
+
+    async def mark_queued(self, runid: str, name: str) -> None:
+        """Record that the run waits for one of its workflow's max_concurrent slots."""
+        await self.kv.put(f"queued.{runid}", dump({"name": name}))
+
+    async def queued(self, runid: str) -> str | None:
+        """The workflow's name when the run was queued (it may have started since)."""
+        entry = await self._get(f"queued.{runid}")
+        return None if entry is None else str(json.loads(entry[0])["name"])
 
     async def change_run(
         self, runid: str, *, expect: tuple[RunStatus, ...], status: RunStatus, **changes: Any

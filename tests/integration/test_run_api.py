@@ -238,3 +238,25 @@ async def test_max_concurrent_holds_for_runs_started_over_http_by_the_cli_and_ba
         runids,
     )
     assert queued >= 3  # at least the runs past the first two waited their turn
+
+
+async def test_a_run_waiting_for_a_slot_answers_queued_then_runs(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    document = {**sleeping(3), "max_concurrent": 1}
+    await deploy(settings, document)
+    first = await api.post("/v1/runs", json={"workflow": document["name"]})
+    assert first.json()["status"] == "running", first.text
+    second = await api.post("/v1/runs", json={"workflow": document["name"]})
+    assert second.status_code == 202, second.text
+    assert second.json()["status"] == "queued"  # the first holds the only slot for 3 s
+    waiting = await run_of(api, second.json()["runid"])
+    assert (waiting["name"], waiting["status"]) == (document["name"], "queued")
+    assert (await ended(api, first.json()["runid"]))["status"] == "completed"
+    run = await wait_for(
+        lambda: run_of(api, second.json()["runid"]),
+        lambda r: r["status"] == "completed",
+        within=60,
+        interval=0.2,
+    )
+    assert run["steps"] == {"nap": "done"}
