@@ -1,7 +1,8 @@
 """Ingest under 10x its sustainable load, as a process on a real nats-server: it refuses
 what it cannot answer in time (429 with Retry-After) before publishing anything of it, and
 everything it accepted is stored exactly once; `data.in` work offered meanwhile is all
-forwarded once.
+forwarded once. A request refused at its arrival, body unread, leaves its connection
+usable for the next one.
 
 The figures (how fast a 429 comes, the accepted requests' latency) are printed and saved to
 bench/results/overload.json, not asserted: they are judged on a quiet machine
@@ -22,11 +23,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
 from choreo.client import retry_after_s
+from choreo.servers.ports import free_port
+from services.ingest.admission import Admission
+from services.ingest.api import AdmissionGate
+from services.ingest.settings import IngestSettings
 from shared.ids import uuid7
+from shared.metrics import Metrics
 from shared.settings import Settings
 from tests.support import service_process, wait_for
 
@@ -77,6 +86,7 @@ class Http1:
         address = httpx.URL(url)
         self.host, self.port = address.host, address.port or 80
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0  # connections
 
     async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         """Status, headers (lower-case names) and body of the answer to one POST."""
@@ -99,6 +109,7 @@ class Http1:
         return int(head[0].split()[1]), headers, content
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.opened += 1
         return await asyncio.open_connection(self.host, self.port)
 
     def close(self) -> None:
@@ -263,3 +274,46 @@ async def test_ten_times_the_sustainable_load_is_shed_with_retry_after(
     assert {i: found[i] for i in expected if found[i] != 1} == {}, "accepted: exactly once"
     shed = len(warm.refused_s) + len(out.refused_s)
     assert f'choreo_ingest_shed_total{{service="ingest",source="http"}} {shed}.0' in metrics
+
+
+async def test_a_request_refused_on_arrival_leaves_its_connection_usable() -> None:
+    """uvicorn discards the unread body of a request answered at its arrival (3 MB here,
+    past its read buffer) and reads the next request on the same connection."""
+    admission = Admission(
+        Metrics("ingest"),
+        min_in_flight=1,
+        max_in_flight=1,
+        target_latency_s=0.5,
+        max_loop_lag_s=0.05,
+    )
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await PlainTextResponse(str(size))(scope, receive, send)
+
+    settings = IngestSettings(environment="test", ingest_max_body_bytes=5_000_000)
+    gate = AdmissionGate(endpoint, admission=admission, settings=settings)
+    port = free_port()
+    config = uvicorn.Config(
+        gate, host="127.0.0.1", port=port, log_config=None, loop="asyncio", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: asyncio.sleep(0, server.started), bool)
+    http = Http1(f"http://127.0.0.1:{port}")
+    try:
+        with admission.admit(1, "http"):
+            refused = [await http.post("/v1/events", b"x" * n) for n in (3_000_000, 1_000)]
+        status, _, body = await http.post("/v1/events", b"x" * 3_000_000)
+    finally:
+        http.close()
+        server.should_exit = True
+        await task
+    assert [(s, h.get("connection")) for s, h, _ in refused] == [(429, None)] * 2
+    assert (status, body) == (200, b"3000000"), "the endpoint read the whole next body"
+    assert http.opened == 1, "all three on one connection"
