@@ -17,6 +17,8 @@ import httpx
 from typer.testing import CliRunner, Result
 
 from choreo.servers.process import ServerProcess
+from services.ingest.admission import Admission
+from shared.metrics import Metrics
 from shared.service import Service
 from shared.settings import Settings
 
@@ -151,3 +153,18 @@ async def service_process(
         yield process.url
     finally:
         await stop_process(process)
+
+
+def bounded_admission(
+    low: int, high: int | None = None, clock: Callable[[], float] = time.monotonic
+) -> Admission:
+    """Ingest's admission control for a test: events in flight bounded by `low` until a
+    throughput is measured, and never above `high` (by default `low`: a fixed bound)."""
+    return Admission(
+        Metrics("ingest"),
+        min_in_flight=low,
+        max_in_flight=low if high is None else high,
+        target_latency_s=0.5,
+        max_loop_lag_s=0.05,
+        clock=clock,
+    )

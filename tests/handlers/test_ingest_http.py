@@ -10,12 +10,11 @@ from faststream.nats import JStream, TestNatsBroker
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
-from services.ingest.admission import Admission
 from services.ingest.api import AdmissionGate
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
-from shared.metrics import Metrics
 from tests.samples import SALE, TRANSACTION
+from tests.support import bounded_admission
 
 
 @pytest.fixture
@@ -160,13 +159,7 @@ async def test_openapi_documents_the_endpoint(
 async def test_at_capacity_a_request_is_refused_on_arrival_unless_refused_anyway() -> None:
     """The gate answers 429 before the body is read; a request without a valid key, or
     with a declared body past the limit, goes on to the endpoint (its 401 or 413)."""
-    admission = Admission(
-        Metrics("ingest"),
-        min_in_flight=10,
-        max_in_flight=10,
-        target_latency_s=0.5,
-        max_loop_lag_s=0.05,
-    )
+    admission = bounded_admission(10)
     settings = IngestSettings(
         environment="test", ingest_api_keys=("key-1",), ingest_max_body_bytes=100
     )

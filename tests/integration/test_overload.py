@@ -31,13 +31,11 @@ from starlette.types import Receive, Scope, Send
 
 from choreo.client import retry_after_s
 from choreo.servers.ports import free_port
-from services.ingest.admission import Admission
 from services.ingest.api import AdmissionGate
 from services.ingest.settings import IngestSettings
 from shared.ids import uuid7
-from shared.metrics import Metrics
 from shared.settings import Settings
-from tests.support import service_process, wait_for
+from tests.support import bounded_admission, service_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -279,13 +277,7 @@ async def test_ten_times_the_sustainable_load_is_shed_with_retry_after(
 async def test_a_request_refused_on_arrival_leaves_its_connection_usable() -> None:
     """uvicorn discards the unread body of a request answered at its arrival (3 MB here,
     past its read buffer) and reads the next request on the same connection."""
-    admission = Admission(
-        Metrics("ingest"),
-        min_in_flight=1,
-        max_in_flight=1,
-        target_latency_s=0.5,
-        max_loop_lag_s=0.05,
-    )
+    admission = bounded_admission(1)
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         size = 0

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from services.ingest.admission import WINDOW_S, Admission, Overloaded
 from services.ingest.settings import IngestSettings
 from shared.metrics import Metrics
+from tests.support import bounded_admission
 
 
 class Clock:
@@ -19,14 +20,7 @@ class Clock:
 
 
 def admission(clock: Clock, *, low: int = 100, high: int = 1_000) -> Admission:
-    return Admission(
-        Metrics("ingest"),
-        min_in_flight=low,
-        max_in_flight=high,
-        target_latency_s=0.5,
-        max_loop_lag_s=0.05,
-        clock=clock,
-    )
+    return bounded_admission(low, high, clock)
 
 
 def shed(a: Admission, source: str) -> float | None:
