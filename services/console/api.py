@@ -213,6 +213,10 @@ def api_router(
             "ingest", "/v1/dlq", {"service": service, "since": since, "limit": 500}
         )
 
+    @router.delete("/dlq", summary="Delete the dead letters older than a duration (7d)")
+    async def purge(older_than: str) -> Any:
+        return await upstream().delete("ingest", "/v1/dlq", older_than=older_than)
+
     @router.get("/dlq/{seq}", summary="One dead letter, with its payload")
     async def dead_letter(seq: str) -> Any:
         return await upstream().get("ingest", f"/v1/dlq/{seq}")

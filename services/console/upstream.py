@@ -57,6 +57,9 @@ class Upstream:
         answer = await self.response(service, path, params, method="POST", body=body)
         return answer.json() if answer.content else None
 
+    async def delete(self, service: str, path: str, **params: Any) -> Any:
+        return (await self.response(service, path, params, method="DELETE")).json()
+
     async def find(self, service: str, path: str) -> Any:
         """Like get, but None when the service answers 404."""
         try:

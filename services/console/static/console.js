@@ -42,10 +42,10 @@ function cookie(name) {
   return found ? decodeURIComponent(found.slice(name.length + 1)) : "";
 }
 
-function post(path, body) {
+function post(path, body, method = "POST") {
   const headers = { "x-choreo-csrf": cookie("choreo_csrf") };
   if (body !== undefined) headers["content-type"] = "application/json";
-  return api(path, { method: "POST", headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  return api(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
 }
 
 function fail(where, error) {
@@ -534,7 +534,18 @@ async function workflowsPage() {
 async function dlqPage() {
   const params = new URLSearchParams(location.search);
   const where = el("div", { id: "dlq" });
-  main.replaceChildren(el("h1", {}, "Dead letters"), el("p", {}, "What a service gave up on, with the reason; Replay publishes it again to its original subject."), where);
+  const age = el("input", { id: "purge-age", value: "7d", size: 6, "aria-label": "older than" });
+  const purged = el("span", { id: "purge-note", class: "note", role: "status" });
+  const purge = el("button", { id: "purge", onclick: async () => {
+    if (!confirm(`Delete every dead letter older than ${age.value}?`)) return;
+    try {
+      const done = await post(`/api/dlq?${new URLSearchParams({ older_than: age.value })}`, undefined, "DELETE");
+      await load();
+      purged.textContent = `purged ${done.purged}`;
+    } catch (error) { purged.textContent = String(error.message); }
+  } }, "Purge");
+  main.replaceChildren(el("h1", {}, "Dead letters"), el("p", {}, "What a service gave up on, with the reason; Replay publishes it again to its original subject."),
+    el("p", {}, "Purge the ones older than ", age, " ", purge, " ", purged), where);
   async function load() {
     let letters;
     try { letters = await api(`/api/dlq?${params}`); } catch (error) { fail(where, error); return; }
