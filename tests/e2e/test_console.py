@@ -268,7 +268,8 @@ def test_a_failed_run_retried_from_its_page_completes(
     browser.get(f"{url}/runs/{runid}")
     wait(browser, lambda d: run_status(d) == "failed")
     assert node_states(browser)["promote"] == "failed"
-    assert browser.find_elements(By.CSS_SELECTOR, "#step-promote pre.error")
+    # The live state comes first; the step's error with the audit row, a moment later.
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#step-promote pre.error"))
 
     put(env, f"console/later-{runid}.json")
     browser.find_element(By.ID, "retry-run").click()
@@ -439,7 +440,7 @@ def test_a_deployed_workflow_runs_from_its_form(
         browser,
         lambda d: (
             "label from the form"
-            in d.execute_script("return document.querySelector('#step-log').textContent")
+            in d.execute_script("return document.querySelector('#step-log')?.textContent ?? ''")
         ),
     )
 
