@@ -221,7 +221,7 @@ def train(
             help="The generators to train on, comma-separated: choreo, handbook "
             "(`choreo generate transactions --generator`); each one's held-out seed is scored."
         ),
-    ] = "choreo",
+    ] = "choreo,handbook",
     feedback_delay: Annotated[
         str,
         typer.Option(

@@ -143,7 +143,7 @@ def train(
     holdout_seed: int = HOLDOUT_SEED,
     cfg: ScoringConfig | None = None,
     progress: Callable[[str], None] = lambda _: None,
-    generators: Sequence[str] = ("choreo",),
+    generators: Sequence[str] = ("choreo", "handbook"),
     feedback_delay: float = FEEDBACK_DELAY,
 ) -> Model:
     """Fit on the training seeds of each generator; the model file records how, and its

@@ -232,6 +232,10 @@ def features(tx: Tx, state: State) -> dict[str, Any]:
         cards = {e[2] for e in terminal_windows[name]}
         cards.add(tx.card_id)
         out[f"terminal_distinct_cards_{name}"] = len(cards)
+    # Its payments of the last 2 days, the span of `terminal_frauds_2d` (labels).
+    out["terminal_count_2d"] = len(terminal.events) - bisect.bisect_right(
+        terminal.events, terminal.ref(tx.ts) - 2 * DAY, key=lambda e: e[0]
+    )
     out["terminal_burst_1d"] = most_distinct_cards(terminal_windows["1d"], HOUR)
     # The terminal's usual load over its 7 days (or shorter life), the current period
     # excluded: the mean count per hour before this hour, per day before this day.
@@ -363,6 +367,12 @@ INPUTS: tuple[str, ...] = (
     "card_compromised",
     "compromised_amount_ratio",
     "log_amount_over_200",
+    "small_ecom",
+    "log_amount_ratio_over_3",
+    "compromised_amount_over_3x",
+    "log_terminal_frauds_2d",
+    "terminal_fraud_share_2d",
+    "log_terminal_fraud_days_7d",
     "rules_combined",
     *(f"rule_{name}" for name in RULES),
 )
@@ -374,6 +384,7 @@ def inputs(tx: Tx, f: Mapping[str, Any], cfg: ScoringConfig) -> dict[str, float]
     since = f["seconds_since_last"]
     mean = f["terminal_hourly_mean_7d"]
     rules: Mapping[str, float] = f["rules"]
+    over_3x = max(0.0, math.log(f["amount_ratio"] / 3)) if habit else 0.0
     return {
         "log_amount": math.log(tx.amount),
         "small_amount": float(tx.amount < SMALL_AMOUNT),
@@ -410,6 +421,17 @@ def inputs(tx: Tx, f: Mapping[str, Any], cfg: ScoringConfig) -> dict[str, float]
         ),
         # Large payments in absolute terms, whatever the card's habit (a hinge at 200).
         "log_amount_over_200": math.log(max(tx.amount, LARGE) / LARGE),
+        # Interactions and hinges, so that one linear model holds data where the same signal
+        # means different things: a card test is small AND online (small in-store payments
+        # are common elsewhere); a payment 2x the habit is ordinary, one far above it is not.
+        "small_ecom": float(tx.amount < SMALL_AMOUNT and tx.channel == "ecom"),
+        "log_amount_ratio_over_3": over_3x,
+        "compromised_amount_over_3x": over_3x if f["card_compromised"] else 0.0,
+        # A terminal still compromised (frauds of the last 2 days confirmed, a large share of
+        # its payments, on many days) against one whose burst is over.
+        "log_terminal_frauds_2d": math.log1p(f["terminal_frauds_2d"]),
+        "terminal_fraud_share_2d": f["terminal_frauds_2d"] / (f["terminal_count_2d"] + 1),
+        "log_terminal_fraud_days_7d": math.log1p(f["terminal_fraud_days_7d"]),
         "rules_combined": combine(list(rules.values())),
         **{f"rule_{name}": rules.get(name, 0.0) for name in RULES},
     }

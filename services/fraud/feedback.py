@@ -144,11 +144,9 @@ class Feedback:
     def features(self, card_id: str, terminal_id: str, t: float) -> dict[str, Any]:
         """What the labels reported by `t` say about the card and terminal of a
         transaction at `t`."""
-        terminal = self.terminal_frauds.get(terminal_id, ())
         card = self.card_frauds.get(card_id, ())
         return {
-            "terminal_frauds_7d": known(terminal, t, WEEK),
-            "terminal_frauds_28d": known(terminal, t, LABEL_HORIZON),
+            **terminal_counts(self.terminal_frauds.get(terminal_id, ()), t),
             "card_compromised": bool(card) and self.compromised(card_id, card, t),
         }
 
@@ -160,9 +158,27 @@ class Feedback:
         return not any(last <= r <= t for r in self.card_resets.get(card_id, ()))
 
 
-def known(reports: list[Report] | tuple[()], t: float, span: float) -> int:
-    """Confirmed frauds of transactions within `span` before `t`, reported by `t`."""
-    return sum(1 for ts, rep in reports if rep <= t and t - span < ts <= t)
+def terminal_counts(reports: list[Report] | tuple[()], t: float) -> dict[str, int]:
+    """A terminal's confirmed frauds of the last 2, 7 and 28 days reported by `t`, and on how
+    many of the last 7 days one happened: a terminal compromised for weeks has one every
+    day, while a burst of stolen cards fills a day or two and is over."""
+    days: set[float] = set()
+    in_2d = in_7d = in_28d = 0
+    for ts, rep in reports:
+        age = t - ts
+        if rep > t or not 0 <= age < LABEL_HORIZON:
+            continue
+        in_28d += 1
+        if age < WEEK:
+            in_7d += 1
+            days.add(age // DAY)
+            in_2d += age < 2 * DAY
+    return {
+        "terminal_frauds_2d": in_2d,
+        "terminal_frauds_7d": in_7d,
+        "terminal_frauds_28d": in_28d,
+        "terminal_fraud_days_7d": len(days),
+    }
 
 
 def _keep(reports: list[Report], report: Report, clock: float) -> None:

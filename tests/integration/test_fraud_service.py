@@ -42,6 +42,7 @@ from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET
 from tests.conftest import S3Endpoint
 from tests.server_support import service_nats_server
 from tests.support import serve, settings_env, start_process, stop_process, wait_for
+from tests.unit.test_fraud_feedback import compromised_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -262,6 +263,35 @@ async def test_labels_over_nats_reach_a_consumer_created_before_labels_existed(
     assert frauds > 10
     assert f'choreo_fraud_labels_total{{outcome="applied",service="fraud"}} {frauds}.0' in metrics
     assert expected != reference(transactions), "the labels should change some verdicts"
+
+
+async def test_a_terminal_with_confirmed_frauds_is_flagged_for_its_next_transactions(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    """The shipped model, in the service: a week of one stolen card a day at "shop", each
+    confirmed by a label over NATS a day later, and the three payments after it there are
+    flagged; at "quiet", the same week without labels, they are allowed."""
+    stream = compromised_terminal("shop", labelled=True)
+    stream += [
+        item
+        for item in compromised_terminal("quiet", labelled=False)
+        if isinstance(item, dict) and item["card_id"].startswith("quiet")
+    ]
+    stream.sort(key=lambda item: item.reported_at if isinstance(item, Label) else tx_time(item))
+    js = admin.jetstream()
+    async with serve(create_app(fraud_settings(nats_server, s3_endpoint, tmp_path))):
+        await publish(js, as_stream(stream))
+        payments = sum(not isinstance(item, Label) for item in stream)
+        await wait_for(lambda: count(js, "fraud.scored"), lambda n: n == payments)
+    scored = {
+        str(e.data["transaction_id"]): e.data
+        for e in await read(js, FRAUD.name, "fraud.scored")
+        if isinstance(e.data, dict)
+    }
+    for k in range(3):
+        assert scored[f"shop-next-{k}"]["decision"] in {"review", "block"}, scored[f"shop-next-{k}"]
+        assert scored[f"quiet-next-{k}"]["decision"] == "allow"
+        assert scored[f"shop-next-{k}"]["model"] == shipped_model().version
 
 
 def variant(version: str, shift: float) -> dict[str, Any]:

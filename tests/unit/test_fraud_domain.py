@@ -387,8 +387,9 @@ def test_shipped_model_records_how_it_was_trained() -> None:
     assert model.features == INPUTS  # trained on the inputs this code computes
     training, holdout = model.about["training"], model.about["holdout"]
     assert holdout["seed"] not in training["seeds"]
-    assert model.about["data_version"].startswith("choreo sha256:")
-    assert set(model.about["holdouts"]) == {"choreo"}
+    # Trained on both generators, so that it holds both kinds of data (docs/fraud.md).
+    assert model.about["data_version"].startswith("choreo+handbook sha256:")
+    assert set(model.about["holdouts"]) == {"choreo", "handbook"}
     assert set(holdout) >= {"roc_auc", "precision", "recall", "per_scenario"}
 
 

@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 
-from choreo.fraud_model import fitted_model, labelled_inputs, train_on_received
-from choreo.generate_handbook import generate_handbook
-from services.fraud.domain import DAY, HOUR, Scored, Scorer, ScoringConfig, decide
+from choreo.fraud_model import train_on_received
+from services.fraud.domain import DAY, HOUR, Scorer, ScoringConfig, Tx, decide
 from services.fraud.feedback import LABEL_HORIZON, Label, interleave
 from tests.unit.test_fraud_domain import T0, fired, tx
 
@@ -27,7 +26,7 @@ def busy_terminal(scorer: Scorer, cards: int = 6) -> None:
         scorer.score(tx(i * 600, card=f"victim-{i}", terminal="shop", tx_id=f"v{i}"))
 
 
-def test_a_terminal_with_confirmed_frauds_is_flagged_for_its_next_transactions() -> None:
+def test_confirmed_frauds_at_a_terminal_raise_the_score_of_its_next_payment() -> None:
     scorer = Scorer()
     busy_terminal(scorer)
     later = tx(2 * DAY, card="next", terminal="shop", tx_id="after")
@@ -169,24 +168,51 @@ def test_training_on_received_data_needs_fraud_and_legitimate_payments() -> None
     assert model.version.startswith("fraud-lr-")
 
 
-def test_a_model_trained_where_terminals_stay_compromised_flags_the_next_payment() -> None:
-    """Trained on the Handbook's generator (terminals compromised for 28 days), the model
-    flags the next payment at a terminal whose payments of the last days were confirmed
-    fraud, and allows the very same payment when those labels were never received."""
-    x, y = labelled_inputs(generate_handbook(20_000, 1), ScoringConfig())
-    model = fitted_model(x, y, {"n": 20_000}, "handbook")
+def compromised_terminal(terminal: str, *, labelled: bool) -> list[dict[str, Any] | Label]:
+    """A week in which one stolen card a day pays at `terminal` while regular customers pay
+    at their own terminals, each fraud confirmed a day after it (when `labelled`), then
+    three new cards paying there: `{terminal}-next-0`, 1, 2."""
+    payments = []
+    for day in range(7):
+        for c in range(3):
+            payments.append(
+                tx(day * DAY + c * HOUR, card=f"r{c}", terminal=f"home-{c}", tx_id=f"r{c}-{day}")
+            )
+        payments.append(
+            tx(
+                day * DAY + 5 * HOUR,
+                card=f"{terminal}-v{day}",
+                terminal=terminal,
+                tx_id=f"{terminal}-v{day}",
+            )
+        )
+    payments += [
+        tx(
+            7 * DAY + k * HOUR,
+            card=f"{terminal}-n{k}",
+            terminal=terminal,
+            tx_id=f"{terminal}-next-{k}",
+        )
+        for k in range(3)
+    ]
+    truth = {f"{terminal}-v{day}": True for day in range(7)}
+    timed = [(Tx.parse(p).ts, p["transaction_id"], p) for p in payments]
+    return list(interleave(timed, truth if labelled else {}, DAY))
 
-    def next_payment(with_labels: bool) -> Scored:
-        scorer = Scorer(model=model)
-        for day in range(7):
-            for c in range(3):  # regular customers elsewhere
-                scorer.score(tx(day * DAY + c * HOUR, card=f"r{c}", terminal=f"home-{c}"))
-            scorer.score(tx(day * DAY + 5 * HOUR, card=f"v{day}", terminal="shop", tx_id=f"v{day}"))
-            if with_labels and day > 0:
-                scorer.learn(label(f"v{day - 1}", day * DAY))  # reported a day later
-        return scorer.score(tx(7 * DAY + HOUR, card="next", terminal="shop", tx_id="after"))
 
-    flagged, blind = next_payment(True), next_payment(False)
-    assert flagged.decision == "block"
-    assert "confirmed_terminal: 6 confirmed frauds at the terminal within 7 days" in fired(flagged)
-    assert blind.decision == "allow"
+def next_decisions(stream: list[dict[str, Any] | Label]) -> list[str]:
+    """The shipped model's decisions on the three payments after the week at `shop`."""
+    scorer = Scorer()
+    decisions = {}
+    for item in stream:
+        if isinstance(item, Label):
+            assert scorer.learn(item) == "applied"
+            continue
+        decisions[item["transaction_id"]] = scorer.score(item)
+    return [decisions[f"shop-next-{k}"].decision for k in range(3)]
+
+
+def test_a_terminal_with_confirmed_frauds_is_flagged_for_its_next_transactions() -> None:
+    """With the shipped model: the same payments are allowed when the labels never came."""
+    assert all(d != "allow" for d in next_decisions(compromised_terminal("shop", labelled=True)))
+    assert next_decisions(compromised_terminal("shop", labelled=False)) == ["allow"] * 3
