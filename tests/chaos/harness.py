@@ -51,6 +51,24 @@ AFTER_S = 4.0  # load after the fault ended
 SESSION_ROWS: list["Row"] = []  # printed at the end of the test run (tests/chaos/conftest.py)
 
 
+async def unscored_report(env: dict[str, str], acked: set[str]) -> None:
+    """Say where the unscored ids' verdicts are: audit stores every `fraud.scored` event
+    it consumed from stream FRAUD, so a verdict it has was in the stream (read back
+    short), one it lacks never was (or is still on its way)."""
+    where = await locate(env, acked)
+    missing = sorted(acked - set(where.scored) - where.dlq)
+    conn = await asyncpg.connect(env["CHOREO_DATABASE_URL"])
+    try:
+        audited = await conn.fetchval(
+            "SELECT count(*) FROM events WHERE type = 'fraud.scored'"
+            " AND data->>'transaction_event_id' = ANY($1::text[])",
+            missing,
+        )
+    finally:
+        await conn.close()
+    print(f"unscored: {len(missing)} (e.g. {missing[:5]}); audit holds {audited} of their verdicts")
+
+
 class Running(Protocol):
     """A running stack a scenario loads: its data dir (for `choreo`) and its settings."""
 
@@ -463,6 +481,8 @@ async def under_load(
         row.fires = await fires_ran_once(stack, schedule)
     record(row)
     print(row)
+    if row.not_scored:
+        await unscored_report(stack.env, producer.acked)
     assert row.acknowledged > 0
     assert (row.lost, row.not_in_lake, row.not_scored, row.duplicated) == (0, 0, 0, 0), row
     # Valid transactions only: each one audited, landed and scored, none dead-lettered.
