@@ -14,7 +14,6 @@ from typing import Literal
 from shared.lake import layer_buckets
 from shared.settings import Settings
 from shared.subjects import (
-    AUDIT_EVENT_LOOKUP,
     CONSUMED_SUBJECTS,
     DEPLOYMENTS_BUCKET,
     DLQ,
@@ -59,7 +58,7 @@ retries, steps waiting for a worker."""
 STORE_LANDER = "store-lander"
 """DATA: every event, batched into lake objects."""
 AUDIT = "audit"
-"""DATA, WORKFLOW and FRAUD: every event, one row each (one durable per stream)."""
+"""DATA, WORKFLOW, FRAUD and LAKE: every event, one row each (one durable per stream)."""
 FRAUD_PARTITION = "fraud-p{partition}-of-{partitions}"
 """DATA: transactions and labels, one durable per partition of the cards."""
 STEPS = "{service}-steps"
@@ -198,7 +197,6 @@ ACCESS: dict[str, Access] = {
                 "data.*",
                 "wf.>",
                 dlq_subject("ingest"),
-                AUDIT_EVENT_LOOKUP,
                 "schedule.def.*",
                 # Replaying a dead letter over HTTP (POST /v1/dlq/{id}/replay) publishes it
                 # to its original subject: any subject a service consumes, and no other
@@ -242,10 +240,7 @@ ACCESS: dict[str, Access] = {
         durables=(STORE_LANDER, steps_durable("store")),
     ),
     "audit": Access(
-        nats=Permissions(
-            publish=("wf.>", dlq_subject("audit"), *NOTIFY.subjects),
-            subscribe=(AUDIT_EVENT_LOOKUP,),
-        ),
+        nats=Permissions(publish=("wf.>", dlq_subject("audit"), *NOTIFY.subjects)),
         durables=(AUDIT, steps_durable("audit")),
     ),
     "fraud": Access(

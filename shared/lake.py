@@ -52,6 +52,19 @@ def object_key(group: Group, first: int, last: int) -> str:
     return f"{group.prefix}{first:0{SEQ_DIGITS}d}-{last:0{SEQ_DIGITS}d}{SUFFIX}"
 
 
+_LANDER_KEY = re.compile(rf"{KEY_ROOT}/([^/]+)/date=(\d{{4}}-\d{{2}}-\d{{2}})/[^/]+")
+
+
+def parse_key(key: str) -> tuple[Group, int, int] | None:
+    """The group and (first, last) stream sequences of a lander key (`object_key`'s
+    inverse); None for any other key."""
+    found = _LANDER_KEY.fullmatch(key)
+    seqs = seq_range(key) if found else None
+    if found is None or seqs is None:
+        return None
+    return Group(found[1], found[2]), *seqs
+
+
 def seq_range(key: str) -> tuple[int, int] | None:
     """(first, last) stream sequences of a lander key; None for any other key."""
     found = _SEQ_RANGE.fullmatch(key.rsplit("/", 1)[-1])

@@ -14,8 +14,6 @@ EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 """An event type is one NATS subject token: lower-case letters, digits and `_`."""
 
 DATA_IN_PREFIX = "data.in."
-AUDIT_EVENT_LOOKUP = "audit.events.get"
-"""Request-reply (core NATS): `{"id": ...}` -> the audit record of that event."""
 FRAUD_SCORED = "fraud.scored"
 FRAUD_ALERT = "fraud.alert"
 FRAUD_SHADOW = "fraud.shadow"  # a candidate model's verdict, recorded, never alerting

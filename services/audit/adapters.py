@@ -4,7 +4,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import fields
-from datetime import datetime
+from datetime import date, datetime
 from importlib import resources
 from typing import Any
 
@@ -12,7 +12,8 @@ import asyncpg
 import structlog
 
 from services.audit.domain import EVENT_COLUMNS, EventRow, RunCursor
-from services.audit.projections import BusinessRow, FraudRow, RunUpdate, StepUpdate
+from services.audit.projections import BusinessRow, FraudRow, LakeRow, RunUpdate, StepUpdate
+from shared.lake import Group
 from shared.subjects import FRAUD_ALERT
 
 log = structlog.get_logger(__name__)
@@ -184,6 +185,7 @@ class PgEventStore:
         steps: Sequence[StepUpdate] = (),
         business: Sequence[BusinessRow] = (),
         fraud: Sequence[FraudRow] = (),
+        lake: Sequence[LakeRow] = (),
     ) -> int:
         columns = ", ".join(EVENT_COLUMNS)
         async with self._pool.acquire() as conn, conn.transaction():
@@ -224,6 +226,23 @@ class PgEventStore:
                 await conn.executemany(FRAUD_SCORE_INSERT, scores)
             if alerts:
                 await conn.executemany(FRAUD_ALERT_INSERT, alerts)
+            if lake:
+                await conn.executemany(
+                    "INSERT INTO lake_objects"
+                    " (key, bucket, event_type, day, first_seq, last_seq)"
+                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO NOTHING",
+                    [
+                        (
+                            o.key,
+                            o.bucket,
+                            o.group.type,
+                            date.fromisoformat(o.group.date),
+                            o.first_seq,
+                            o.last_seq,
+                        )
+                        for o in lake
+                    ],
+                )
         return int(status.rsplit(" ", 1)[-1])
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
@@ -317,6 +336,19 @@ class PgEventStore:
             transaction_id,
         )
         return None if row is None else _decode(row)
+
+    async def lake_object(self, group: Group, seq: int) -> LakeRow | None:
+        row = await self._pool.fetchrow(
+            "SELECT key, bucket, first_seq, last_seq FROM lake_objects"
+            " WHERE event_type = $1 AND day = $2 AND first_seq <= $3 AND last_seq >= $3"
+            " ORDER BY first_seq DESC LIMIT 1",
+            group.type,
+            date.fromisoformat(group.date),
+            seq,
+        )
+        if row is None:
+            return None
+        return LakeRow(row["key"], row["bucket"], group, row["first_seq"], row["last_seq"])
 
     async def causation_chain(self, event_id: str, limit: int) -> list[dict[str, Any]]:
         rows = await self._pool.fetch(

@@ -10,9 +10,12 @@ from pydantic import BaseModel, JsonValue
 
 from services.audit.domain import RunCursor
 from services.audit.ports import EventStore
-from services.audit.projections import causation_order
+from services.audit.projections import TRANSACTION, causation_order
 from shared.durations import FORMS, duration_seconds
 from shared.fraud import FraudVerdict
+from shared.lake import Group, key_segment
+from shared.s3 import s3_uri
+from shared.subjects import DATA
 
 # PostgreSQL text cannot hold a NUL character: a value with one could never match, and
 # would fail the query; it is refused as invalid (422) instead.
@@ -211,6 +214,24 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
         return found
 
     @router.get(
+        "/events/{event_id}",
+        # jsonable_encoder's encoding, as this lookup always gave it (times with +00:00).
+        response_model=None,
+        summary="An event and where it went",
+        description="The event as audited; the raw-lake object that holds it (null until "
+        "the lander wrote it and announced it on `lake.object.written`, and for events "
+        "outside stream DATA); `fraud`: for a `transaction`, its fraud score "
+        "(`score`, `decision`, `reasons`, `model`, `scored_at`) once the fraud service scored "
+        "it, null until then; always null for other types.",
+        responses={404: {"description": "not (yet) in the audit trail"}},
+    )
+    async def event(event_id: Text) -> dict[str, Any]:
+        found = await store().event(event_id)
+        if found is None:
+            raise HTTPException(404, f"no event {event_id!r} in the audit trail (yet)")
+        return await _where_it_went(store(), found)
+
+    @router.get(
         "/events/{event_id}/chain",
         summary="An event's causation chain",
         description="The event, the events that caused it (back to the first) and those it "
@@ -238,3 +259,33 @@ def audit_router(store: Callable[[], EventStore]) -> APIRouter:
         return await store().fraud_summary(_time(since, "since"), FRAUD_BUCKETS)
 
     return router
+
+
+EVENT_FIELDS = ("id", "type", "source", "subject", "time", "correlationid", "causationid", "data")
+AUDIT_FIELDS = ("received_at", "nats_subject", "stream", "stream_seq")
+FRAUD_FIELDS = ("score", "decision", "reasons", "model", "scored_at")
+
+
+async def _where_it_went(store: EventStore, record: dict[str, Any]) -> dict[str, Any]:
+    """An audited event, the lake object holding it and, for a transaction, its score."""
+    lake = None
+    if record["stream"] == DATA.name:
+        time: datetime = record["time"]
+        group = Group(key_segment(record["type"]), time.astimezone(UTC).date().isoformat())
+        landed = await store.lake_object(group, record["stream_seq"])
+        if landed is not None:
+            lake = {
+                "uri": s3_uri(landed.bucket, landed.key),
+                "first_seq": landed.first_seq,
+                "last_seq": landed.last_seq,
+            }
+    score = None
+    data = record["data"]
+    if record["type"] == TRANSACTION and isinstance(data, dict):
+        score = await store.fraud_score(str(data.get("transaction_id")))
+    return {
+        "event": {k: record[k] for k in EVENT_FIELDS},
+        "audit": {k: record[k] for k in AUDIT_FIELDS},
+        "lake": lake,
+        "fraud": {k: score[k] for k in FRAUD_FIELDS} if score is not None else None,
+    }

@@ -5,7 +5,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from services.audit.domain import EventRow, RunCursor
-from services.audit.projections import BusinessRow, FraudRow, RunUpdate, StepUpdate
+from services.audit.projections import BusinessRow, FraudRow, LakeRow, RunUpdate, StepUpdate
+from shared.lake import Group
 
 
 class EventStore(Protocol):
@@ -18,9 +19,11 @@ class EventStore(Protocol):
         steps: Sequence[StepUpdate] = (),
         business: Sequence[BusinessRow] = (),
         fraud: Sequence[FraudRow] = (),
+        lake: Sequence[LakeRow] = (),
     ) -> int:
-        """Store rows whose id is new, apply the run/step updates, record business events
-        and fraud verdicts, in one transaction; return how many event rows were new."""
+        """Store rows whose id is new, apply the run/step updates, record business events,
+        fraud verdicts and landed lake objects, in one transaction; return how many event
+        rows were new."""
         ...
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
@@ -60,6 +63,10 @@ class EventStore(Protocol):
 
     async def fraud_score(self, transaction_id: str) -> dict[str, Any] | None:
         """The fraud score of a transaction, once scored."""
+        ...
+
+    async def lake_object(self, group: Group, seq: int) -> LakeRow | None:
+        """The lander's object of `group` that holds DATA sequence `seq`, once written."""
         ...
 
     async def causation_chain(self, event_id: str, limit: int) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from shared.envelope import Event
 from shared.fraud import FraudVerdict
-from shared.subjects import FRAUD_ALERT, FRAUD_SCORED
+from shared.lake import Group, parse_key
+from shared.subjects import FRAUD_ALERT, FRAUD_SCORED, OBJECT_WRITTEN
 from shared.workflow import events as ev
 
 log = structlog.get_logger(__name__)
@@ -238,3 +239,29 @@ def causation_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     walk(None, 0)
     return ordered
+
+
+@dataclass(frozen=True)
+class LakeRow:
+    """A `lake_objects` row: an object of the raw lake the lander wrote, with the group
+    (event type and UTC date) and the DATA stream sequences it holds."""
+
+    key: str
+    bucket: str
+    group: Group
+    first_seq: int
+    last_seq: int
+
+
+def lake_row(event: Event) -> LakeRow | None:
+    """The row of a `lake.object.written` the lander announced; None for other events and
+    for the objects of steps and uploads (their keys hold no stream sequences)."""
+    data = event.data if isinstance(event.data, dict) else {}
+    key, bucket = data.get("key"), data.get("bucket")
+    if event.type != OBJECT_WRITTEN or data.get("by") != "lander" or not isinstance(key, str):
+        return None
+    parsed = parse_key(key)
+    if parsed is None or not isinstance(bucket, str):
+        return None
+    group, first, last = parsed
+    return LakeRow(key, bucket, group, first, last)

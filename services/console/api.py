@@ -154,7 +154,7 @@ def api_router(
     @router.get("/events/{event_id}", summary="An event: audit row, lake object, fraud score")
     async def event(event_id: str) -> dict[str, Any]:
         found, chain = await asyncio.gather(
-            upstream().get("ingest", f"/v1/events/{event_id}"),
+            upstream().get("audit", f"/v1/audit/events/{event_id}"),
             upstream().get("audit", f"/v1/audit/events/{event_id}/chain"),
         )
         return {**found, "chain": chain}

@@ -9,7 +9,6 @@ from services.ingest.admission import Admission
 from services.ingest.api import AdmissionGate, events_router, schemas_router
 from services.ingest.dlq_api import DeadLetterApi
 from services.ingest.inbound import InboundEvents
-from services.ingest.lookup import lookup_router
 from services.ingest.registry import SchemaRegistry, load_registry
 from services.ingest.runs_api import api_key_guard, runs_router
 from services.ingest.schedules import ScheduleFires
@@ -85,7 +84,6 @@ def create_app(
         routers=[
             events_router(settings, choreography.publisher, registry, admission),
             schemas_router(registry),
-            lookup_router(broker, client.get, settings),
             runs_router(settings, choreography, fires, lambda: jetstream(broker), kinds),
             dead_letters.router(lambda: jetstream(broker), api_key_guard(settings)),
         ],

@@ -6,15 +6,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.audit.domain import EventRow, RunCursor
-from services.audit.projections import BusinessRow, FraudRow, RunUpdate, StepUpdate
+from services.audit.projections import BusinessRow, FraudRow, LakeRow, RunUpdate, StepUpdate
+from shared.lake import Group
 from shared.subjects import FRAUD_SCORED
 
 
 class MemoryEventStore:
     """The audit's `EventStore` port in memory: events kept once per id, fraud scores by
-    transaction, audit.log entries once per id. The queries that only SQL answers well
-    (runs, alerts, causation chains, summaries) are PostgreSQL's: tests/integration runs
-    them against a real server."""
+    transaction, lake objects by key, audit.log entries once per id. The queries that only
+    SQL answers well (runs, alerts, causation chains, summaries) are PostgreSQL's:
+    tests/integration runs them against a real server."""
 
     def __init__(self) -> None:
         self.events: dict[str, dict[str, Any]] = {}
@@ -23,6 +24,7 @@ class MemoryEventStore:
         self.steps_updated: list[StepUpdate] = []
         self.business: dict[str, BusinessRow] = {}
         self.log: dict[str, dict[str, Any]] = {}
+        self.lake: dict[str, LakeRow] = {}
 
     async def insert_events(
         self,
@@ -31,6 +33,7 @@ class MemoryEventStore:
         steps: Sequence[StepUpdate] = (),
         business: Sequence[BusinessRow] = (),
         fraud: Sequence[FraudRow] = (),
+        lake: Sequence[LakeRow] = (),
     ) -> int:
         new = [row for row in rows if row.id not in self.events]
         for row in new:
@@ -47,6 +50,8 @@ class MemoryEventStore:
                 score = verdict.verdict.model_dump()
                 score.update(scored_event_id=verdict.event_id, scored_at=verdict.event_time)
                 self.scores.setdefault(verdict.verdict.transaction_id, score)
+        for landed in lake:
+            self.lake.setdefault(landed.key, landed)
         return len(new)
 
     async def recent_events(self, event_type: str | None, limit: int) -> list[dict[str, Any]]:
@@ -80,6 +85,12 @@ class MemoryEventStore:
 
     async def fraud_score(self, transaction_id: str) -> dict[str, Any] | None:
         return self.scores.get(transaction_id)
+
+    async def lake_object(self, group: Group, seq: int) -> LakeRow | None:
+        for landed in self.lake.values():
+            if landed.group == group and landed.first_seq <= seq <= landed.last_seq:
+                return landed
+        return None
 
     async def causation_chain(self, event_id: str, limit: int) -> list[dict[str, Any]]:
         raise NotImplementedError("chains are PostgreSQL's: tests/integration/test_audit_fraud.py")

@@ -1,8 +1,10 @@
 """Audit's handlers in memory: an in-memory event store (tests/handlers/fakes.py) behind
-the `EventStore` port, the broker a `TestNatsBroker`."""
+the `EventStore` port, the broker a `TestNatsBroker`, the HTTP API over ASGI."""
 
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import cast
 
+import httpx
 import pytest
 from faststream.nats import TestNatsBroker
 
@@ -11,10 +13,12 @@ from services.audit.handlers import AuditHandlers
 from services.audit.settings import AuditSettings
 from shared.consumer import Received, Settler
 from shared.envelope import Event
+from shared.lake import Group, object_key
 from shared.metrics import Metrics
-from shared.subjects import AUDIT_EVENT_LOOKUP, FRAUD_SCORED
+from shared.objects import object_written
+from shared.subjects import FRAUD_SCORED, OBJECT_WRITTEN
 from tests.handlers.fakes import MemoryEventStore
-from tests.samples import TRANSACTION
+from tests.samples import TRANSACTION, changed
 
 TX = Event(id="ev-tx-1", type="transaction", source="tests", data=TRANSACTION)
 SCORED = Event(
@@ -32,16 +36,27 @@ SCORED = Event(
         "model": "m1",
     },
 )
+DAY = TX.time.date().isoformat()
+# The lander's object holding DATA sequences 5..9 of transactions of TX's day.
+LANDED_KEY = object_key(Group("transaction", DAY), 5, 9)
+LANDED = object_written(
+    "raw",
+    LANDED_KEY,
+    size=100,
+    version="DATA:5-9",
+    source="choreo/store",
+    by="lander",
+)
 
 
 def delivered(event: Event, seq: int) -> Received:
-    stream = "FRAUD" if event.type == FRAUD_SCORED else "DATA"
-    subject = event.type if stream == "FRAUD" else f"data.{event.type}"
+    stream = {FRAUD_SCORED: "FRAUD", OBJECT_WRITTEN: "LAKE"}.get(event.type, "DATA")
+    subject = f"data.{event.type}" if stream == "DATA" else event.type
     return Received(event, subject, stream, seq, deliveries=1)
 
 
 def handlers(store: MemoryEventStore, metrics: Metrics) -> AuditHandlers:
-    # A batch that records settles through the Settler, which record() does not call.
+    # record() is the batch's effect; settling it is the Settler's (tests/integration).
     return AuditHandlers(lambda: store, cast(Settler, None), metrics)
 
 
@@ -62,21 +77,55 @@ async def test_a_redelivered_batch_adds_no_row() -> None:
     assert (score["decision"], score["scored_event_id"]) == ("review", SCORED.id)
 
 
-@pytest.mark.parametrize(
-    ("event_id", "found", "decision"),
-    [(TX.id, True, "review"), (SCORED.id, True, None), ("missing", False, None)],
-)
-async def test_the_event_lookup_answers_from_the_store(
-    event_id: str, found: bool, decision: str | None
-) -> None:
+async def test_only_the_landers_objects_are_recorded_as_landed() -> None:
     store = MemoryEventStore()
-    await handlers(store, Metrics("audit")).record([delivered(TX, 7), delivered(SCORED, 3)])
+    upload = object_written(
+        "raw", "files/a.csv", size=1, version="e1", source="choreo/store", by="store.put"
+    )
+    await handlers(store, Metrics("audit")).record([delivered(LANDED, 1), delivered(upload, 2)])
+    assert list(store.lake) == [LANDED_KEY]
+    assert len(store.events) == 2  # both audited
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[httpx.AsyncClient]:
+    """Audit with the in-memory store holding TX (DATA sequence 7, landed in 5..9), its
+    score, and an unscored, unlanded transaction."""
+    store = MemoryEventStore()
+    other = changed(TRANSACTION, transaction_id="tx-2")
+    unscored = Event(id="ev-tx-2", type="transaction", source="tests", data=other)
+    await handlers(store, Metrics("audit")).record(
+        [delivered(TX, 7), delivered(SCORED, 3), delivered(LANDED, 1), delivered(unscored, 12)]
+    )
     service = create_app(AuditSettings(environment="test"), store=store)
-    async with TestNatsBroker(service.broker) as broker:
-        reply = await broker.request({"id": event_id}, AUDIT_EVENT_LOOKUP)
-        answer: dict[str, Any] = await reply.decode()  # type: ignore[assignment]
-    assert answer["found"] is found
-    fraud = answer["fraud"]
-    assert (fraud["decision"] if fraud else None) == decision
-    if found:
-        assert answer["event"]["id"] == event_id
+    async with TestNatsBroker(service.broker):
+        transport = httpx.ASGITransport(app=service.http)
+        async with httpx.AsyncClient(transport=transport, base_url="http://audit") as client:
+            yield client
+
+
+async def test_an_event_with_its_lake_object_and_fraud_score(api: httpx.AsyncClient) -> None:
+    response = await api.get(f"/v1/audit/events/{TX.id}")
+    assert response.status_code == 200
+    found = response.json()
+    assert (found["event"]["id"], found["event"]["data"]) == (TX.id, TRANSACTION)
+    assert found["audit"]["stream_seq"] == 7
+    assert found["lake"] == {
+        "uri": f"s3://raw/events/transaction/date={DAY}/000000000005-000000000009.jsonl.gz",
+        "first_seq": 5,
+        "last_seq": 9,
+    }
+    assert found["fraud"]["decision"] == "review"
+
+
+async def test_an_event_not_landed_nor_scored_yet(api: httpx.AsyncClient) -> None:
+    found = (await api.get("/v1/audit/events/ev-tx-2")).json()
+    assert (found["lake"], found["fraud"]) == (None, None)
+    scored = (await api.get(f"/v1/audit/events/{SCORED.id}")).json()
+    assert (scored["lake"], scored["fraud"]) == (None, None)  # not in DATA, not a transaction
+
+
+async def test_an_event_not_audited_is_404(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/audit/events/missing")
+    assert response.status_code == 404
+    assert "missing" in response.json()["detail"]

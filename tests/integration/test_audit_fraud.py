@@ -1,6 +1,6 @@
 """Fraud verdicts in the audit trail: `fraud.scored` -> fraud_scores, `fraud.alert` ->
 fraud_alerts (once each, in the events' transaction), read by the audit API and shown by
-ingest's `GET /v1/events/{id}`."""
+its `GET /v1/audit/events/{id}`."""
 
 import json
 import os
@@ -21,13 +21,9 @@ from services.audit.adapters import PgEventStore
 from services.audit.app import create_app as audit_app
 from services.audit.domain import event_row
 from services.audit.projections import fraud_row
-from services.ingest.app import create_app as ingest_app
-from services.ingest.settings import IngestSettings
-from services.store.buckets import ensure_buckets
 from shared.consumer import Received
 from shared.envelope import Event
 from shared.ids import uuid7
-from shared.s3 import s3_client
 from shared.settings import Settings
 from tests.support import serve, settings_env, start_process, stop_process, wait_for
 
@@ -141,25 +137,23 @@ async def test_audit_api_and_event_lookup_show_the_fraud_verdict(settings: Setti
     tx_id = f"tx-{uuid7()}"
     tx, unscored = transaction(tx_id), transaction(f"tx-{uuid7()}")
     scored, alert = verdict(tx, "fraud.scored"), verdict(tx, "fraud.alert")
-    async with s3_client(settings) as s3:  # the lookup also searches the raw lake
-        await ensure_buckets(s3, [settings.bucket_raw])
-    ingest = ingest_app(IngestSettings.model_validate(settings.model_dump()))
     client = await nats.connect(settings.nats_url)
     try:
         js = client.jetstream()
-        async with serve(audit_app(settings)) as audit, serve(ingest) as http:
+        async with serve(audit_app(settings)) as audit:
             for event in (tx, unscored):
                 await js.publish("data.transaction", event.to_bytes(), headers=event.headers())
             for event in (scored, alert):
                 await js.publish(event.type, event.to_bytes(), headers=event.headers())
 
             async def lookup() -> dict[str, Any]:
-                response = await http.get(f"/v1/events/{tx.id}")
+                response = await audit.get(f"/v1/audit/events/{tx.id}")
                 return dict(response.json()) if response.status_code == 200 else {}
 
             found = await wait_for(lookup, lambda body: body.get("fraud") is not None)
             plain = await wait_for(
-                lambda: http.get(f"/v1/events/{unscored.id}"), lambda r: r.status_code == 200
+                lambda: audit.get(f"/v1/audit/events/{unscored.id}"),
+                lambda r: r.status_code == 200,
             )
             alerts = (await audit.get("/v1/audit/fraud/alerts", params={"since": "1h"})).json()
             future = await audit.get(

@@ -123,13 +123,13 @@ async def test_get_event_shows_the_audit_record_and_the_lake_object(
     store = store_app(
         StoreSettings.model_validate({**settings.model_dump(), "lander_max_age_s": 0.2})
     )
-    async with serve(ingest) as http, serve(audit_app(settings)), serve(store):
-        assert (await http.get("/v1/events/never-posted")).status_code == 404
+    async with serve(ingest) as http, serve(audit_app(settings)) as audit_api, serve(store):
+        assert (await audit_api.get("/v1/audit/events/never-posted")).status_code == 404
         posted = await http.post("/v1/events", json={"type": "sale", "id": event_id, "data": sale})
         assert posted.status_code == 202
 
         async def lookup() -> dict[str, object]:
-            response = await http.get(f"/v1/events/{event_id}")
+            response = await audit_api.get(f"/v1/audit/events/{event_id}")
             return dict(response.json()) if response.status_code == 200 else {}
 
         found = await wait_for(lookup, lambda body: body.get("lake") is not None, within=30)
