@@ -73,6 +73,7 @@ def message_subscription(
         "stream": JStream(spec.name, declare=False),
         "durable": durable,
         "pull_sub": PullSub(batch_size=concurrency, timeout=0.2),
+        "max_workers": concurrency,
         "ack_policy": AckPolicy.MANUAL,
         "config": ConsumerConfig(ack_wait=settings.ack_wait_s, max_deliver=-1),
     }
@@ -99,6 +100,7 @@ def batch_subscription(
     if len(subjects) > 1:
         kwargs["config"].filter_subjects = list(subjects)
     kwargs["pull_sub"] = PullSub(batch_size=batch_size, timeout=max_wait_s, batch=True)
+    del kwargs["max_workers"]  # a batch handler gets its messages in order, one batch at a time
     kwargs["config"].max_ack_pending = 20_000
     return kwargs
 

@@ -28,10 +28,16 @@ TEST_KINDS = {
     **STEP_KINDS,
     **{
         uses: StepKind(uses, "transform")
-        for uses in ("transform.flaky", "transform.always_fails", "transform.sleep")
+        for uses in (
+            "transform.flaky",
+            "transform.always_fails",
+            "transform.sleep",
+            "transform.rendezvous",
+        )
     },
 }
 calls: Counter[str] = Counter()
+meetings: dict[str, asyncio.Event] = {}
 
 
 def test_steps() -> StepRegistry:
@@ -53,6 +59,18 @@ def test_steps() -> StepRegistry:
     async def sleep(ctx: StepContext) -> StepOutput:
         await asyncio.sleep(float(ctx.params.get("seconds", 1)))
         return {"slept": ctx.params.get("seconds", 1), "value": ctx.params.get("value")}
+
+    @steps.kind("transform.rendezvous")
+    async def rendezvous(ctx: StepContext) -> StepOutput:
+        """Returns once `parties` steps of the run meeting `at` are running at the same
+        time: a service handling its steps one after another never gets there."""
+        place = f"{ctx.runid}:{ctx.params['at']}"
+        calls[place] += 1
+        met = meetings.setdefault(place, asyncio.Event())
+        if calls[place] >= int(ctx.params["parties"]):
+            met.set()
+        await met.wait()
+        return {"met": calls[place]}
 
     return steps
 

@@ -204,6 +204,24 @@ async def test_cancel_lets_running_steps_finish_and_starts_nothing_new(
     assert await db.fetchval("SELECT count(*) FROM audit_log WHERE id = $1", f"{runid}:next") == 0
 
 
+async def test_a_service_runs_two_steps_at_once(
+    js: JetStreamContext, db: asyncpg.Connection
+) -> None:
+    """Two steps of one service, ready together, run together: each waits for the other."""
+    meet = {"at": "middle", "parties": 2, "timeout_s": 30}
+    runid = await request_run(
+        js,
+        workflow(
+            step("a"),
+            step("left", "transform.rendezvous", "a", **meet),
+            step("right", "transform.rendezvous", "a", **meet),
+        ),
+        {},
+    )
+    run = await wait_run_ended(db, runid, within=60)
+    assert run["status"] == "completed", run["reason"]
+
+
 async def test_retry_reruns_failed_steps_only(js: JetStreamContext, db: asyncpg.Connection) -> None:
     wf = workflow(
         step("first", "transform.sleep", seconds=0, value="kept"),
