@@ -12,7 +12,8 @@ each message here, on purpose:
 
 import base64
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -140,12 +141,49 @@ class Settler:
         depth = (info.state.subjects or {}).get(subject, 0)
         self._metrics.dlq_depth.labels(self.service).set(depth)
 
-    async def handle_batch(self, messages: Sequence[Msg], process: ProcessBatch, name: str) -> None:
-        """Parse every message as an `Event`, process the valid ones together, settle all."""
+    # -- the settling every consumer uses (the handle_* methods, and the consumers that
+    # settle themselves: ingest's data.in, fraud's scorer) --------------------------------
+
+    async def ack(self, msg: Msg) -> None:
+        """Acknowledge a delivery whose effect is durable."""
+        await msg.ack()
+        self._metrics.count_consumed(msg.subject, "ack")
+
+    async def nak(self, msg: Msg, delay: float, *, failed: bool = False) -> None:
+        """Have JetStream deliver it again after `delay` seconds; `failed`: because its
+        processing failed (counted as a retry), not because it came too early or at a time
+        without capacity."""
+        await msg.nak(delay=delay)
+        self._metrics.count_consumed(msg.subject, "nack")
+        if failed:
+            self._metrics.retries.labels(self.service, msg.subject).inc()
+
+    def backoff(self, msg: Msg) -> float:
+        """The delay before the next delivery of a message that failed (the settings'
+        backoff for the deliveries it had)."""
+        return self._settings.backoff(msg.metadata.num_delivered or 1)
+
+    @contextmanager
+    def measured(self, messages: Sequence[Msg], name: str) -> Iterator[None]:
+        """Measure the handling of a batch: its size, the consumer's lag as the last
+        message reports it, and (once handled) the handler's time."""
         started = time.perf_counter()
         self._metrics.batch_size.labels(self.service, name).observe(len(messages))
         if messages:
             self._metrics.observe_pending(messages[-1])
+        yield
+        self._metrics.handler_seconds.labels(self.service, name).observe(
+            time.perf_counter() - started
+        )
+
+    async def handle_batch(self, messages: Sequence[Msg], process: ProcessBatch, name: str) -> None:
+        """Parse every message as an `Event`, process the valid ones together, settle all."""
+        with self.measured(messages, name):
+            await self._handle_batch(messages, process, name)
+
+    async def _handle_batch(
+        self, messages: Sequence[Msg], process: ProcessBatch, name: str
+    ) -> None:
         good: list[tuple[Msg, Received]] = []
         for msg in messages:
             try:
@@ -175,12 +213,8 @@ class Settler:
                     last_seq=good[-1][1].stream_seq,
                 )
                 for msg, received in good:
-                    await msg.ack()
-                    self._metrics.count_consumed(msg.subject, "ack")
+                    await self.ack(msg)
                     self._metrics.observe_latency(received.event.type, received.event.time)
-        self._metrics.handler_seconds.labels(self.service, name).observe(
-            time.perf_counter() - started
-        )
 
     async def handle_one(self, msg: Msg, process: ProcessOne) -> None:
         """Parse one message as an `Event`, process it with its ids bound to the logs, settle."""
@@ -204,11 +238,9 @@ class Settler:
                 await self.retry(msg, exc)
                 return
         if delay is None:
-            await msg.ack()
-            self._metrics.count_consumed(msg.subject, "ack")
+            await self.ack(msg)
         else:
-            await msg.nak(delay=delay)
-            self._metrics.count_consumed(msg.subject, "nack")
+            await self.nak(msg, delay)
 
     async def retry(self, msg: Msg, exc: BaseException) -> None:
         """Redeliver after the backoff, or dead-letter on the last allowed delivery."""
@@ -216,9 +248,7 @@ class Settler:
         if delivered >= self._settings.max_deliver:
             await self.dead_letter(msg, f"gave up after {delivered} deliveries: {exc!r}")
             return
-        await msg.nak(delay=self._settings.backoff(delivered))
-        self._metrics.count_consumed(msg.subject, "nack")
-        self._metrics.retries.labels(self.service, msg.subject).inc()
+        await self.nak(msg, self.backoff(msg), failed=True)
 
     async def dead_letter(self, msg: Msg, reason: str) -> None:
         """Publish the message and the reason to `dlq.<service>`, then terminate it."""

@@ -30,7 +30,6 @@ re-creates the outcomes of the deliveries that may still come back (see restore(
 """
 
 import asyncio
-import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -282,10 +281,10 @@ class FraudScoring:
 
     async def receive(self, messages: Sequence[Msg]) -> None:
         """Handle one fetched chunk of deliveries, in stream order."""
-        started = time.perf_counter()
-        self._metrics.batch_size.labels(self._metrics.service, HANDLER).observe(len(messages))
-        if messages:
-            self._metrics.observe_pending(messages[-1])
+        with self._settler.measured(messages, HANDLER):
+            await self._receive(messages)
+
+    async def _receive(self, messages: Sequence[Msg]) -> None:
         outgoing: list[tuple[Msg, Event, int, list[tuple[str, Event]]]] = []
         for msg in messages:
             seq = msg.metadata.sequence.stream
@@ -314,9 +313,6 @@ class FraudScoring:
             else:
                 outgoing.append((msg, event, seq, fraud_events(event, outcome.verdict)))
         await self._publish(outgoing)
-        self._metrics.handler_seconds.labels(self._metrics.service, HANDLER).observe(
-            time.perf_counter() - started
-        )
 
     async def _publish(
         self, outgoing: list[tuple[Msg, Event, int, list[tuple[str, Event]]]]
@@ -348,13 +344,11 @@ class FraudScoring:
             self.pending.pop(seq, None)
 
     async def _settle(self, msg: Msg, *, ack: bool) -> None:
+        """Ack, or redeliver with backoff (never dead-lettered: see the module docstring)."""
         if ack:
-            await msg.ack()
-            self._metrics.count_consumed(msg.subject, "ack")
+            await self._settler.ack(msg)
         else:
-            await msg.nak(delay=self.settings.backoff(msg.metadata.num_delivered or 1))
-            self._metrics.count_consumed(msg.subject, "nack")
-            self._metrics.retries.labels(self._metrics.service, msg.subject).inc()
+            await self._settler.nak(msg, self._settler.backoff(msg), failed=True)
 
     # -- state across restarts ----------------------------------------------------------------
 

@@ -70,9 +70,9 @@ def create_app(
         target_latency_s=settings.ingest_target_latency_s,
         max_loop_lag_s=settings.ingest_max_loop_lag_s,
     )
-    InboundEvents(
-        registry, choreography.publisher, choreography.settler, metrics, admission
-    ).subscribe(broker, settings)
+    InboundEvents(registry, choreography.publisher, choreography.settler, admission).subscribe(
+        broker, settings
+    )
     # No S3 readiness check on purpose: events (the main job) need only NATS, and a step
     # that finds S3 down fails and is retried; ingest's key may not list buckets anyway.
     service = build_service(

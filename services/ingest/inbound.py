@@ -16,7 +16,6 @@ fails, the batch is redelivered after the backoff and published again under the 
 """
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -30,7 +29,6 @@ from shared.access import INGEST_IN
 from shared.consumer import BatchMessage, Settler, batch_subscription
 from shared.envelope import Event
 from shared.jetstream import EventPublisher
-from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.subjects import DATA_IN
 
@@ -48,14 +46,12 @@ class InboundEvents:
         registry: SchemaRegistry,
         publisher: EventPublisher,
         settler: Settler,
-        metrics: Metrics,
         admission: Admission,
     ) -> None:
         self.admission = admission
         self.registry = registry
         self.publisher = publisher
         self.settler = settler
-        self.metrics = metrics
 
     def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
         broker.subscriber(
@@ -81,25 +77,18 @@ class InboundEvents:
         ]
 
     async def handle(self, messages: Sequence[Msg]) -> None:
-        started = time.perf_counter()
-        self.metrics.batch_size.labels(self.metrics.service, HANDLER).observe(len(messages))
-        if messages:
-            self.metrics.observe_pending(messages[-1])
-        try:
-            with self.admission.admit(len(messages), "data.in") as stored:
-                await self._forward(messages, stored)
-        except Overloaded as exc:
-            log.warning(
-                "at capacity: data.in batch handed back",
-                size=len(messages),
-                delay_s=exc.retry_after_s,
-            )
-            for msg in messages:
-                await msg.nak(delay=exc.retry_after_s)
-                self.metrics.count_consumed(msg.subject, "nack")
-        self.metrics.handler_seconds.labels(self.metrics.service, HANDLER).observe(
-            time.perf_counter() - started
-        )
+        with self.settler.measured(messages, HANDLER):
+            try:
+                with self.admission.admit(len(messages), "data.in") as stored:
+                    await self._forward(messages, stored)
+            except Overloaded as exc:
+                log.warning(
+                    "at capacity: data.in batch handed back",
+                    size=len(messages),
+                    delay_s=exc.retry_after_s,
+                )
+                for msg in messages:
+                    await self.settler.nak(msg, exc.retry_after_s)
 
     async def _forward(self, messages: Sequence[Msg], stored: Callable[[], None]) -> None:
         """Validate, dead-letter the invalid, publish the valid, then settle each."""
@@ -119,5 +108,4 @@ class InboundEvents:
         else:
             stored()
             for msg, _ in valid:
-                await msg.ack()
-                self.metrics.count_consumed(msg.subject, "ack")
+                await self.settler.ack(msg)

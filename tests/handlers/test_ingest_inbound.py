@@ -15,6 +15,7 @@ from shared.consumer import Settler
 from shared.envelope import Event
 from shared.jetstream import EventPublisher
 from shared.metrics import Metrics
+from shared.settings import Settings
 from tests.samples import TRANSACTION
 
 
@@ -51,13 +52,9 @@ class Publisher:
 
 
 def inbound(admission: Admission, publisher: Publisher, metrics: Metrics) -> InboundEvents:
-    return InboundEvents(
-        load_registry(),
-        cast(EventPublisher, publisher),
-        cast(Settler, None),  # no message here is invalid or fails
-        metrics,
-        admission,
-    )
+    # No message here is invalid or fails: the settler only acks and naks.
+    settler = Settler("ingest", cast(EventPublisher, publisher), metrics, Settings())
+    return InboundEvents(load_registry(), cast(EventPublisher, publisher), settler, admission)
 
 
 async def test_a_batch_past_the_bound_is_naked_with_the_delay_and_nothing_published() -> None:
