@@ -129,7 +129,7 @@ class CliInThread:
         self.runner = CliRunner()
 
     async def __call__(self, *args: str) -> Result:
-        from choreo.cli_common import app
+        from choreo.cli import app
 
         return await asyncio.to_thread(self.runner.invoke, app, list(args), env=self.env)
 

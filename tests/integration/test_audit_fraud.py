@@ -13,8 +13,7 @@ import nats
 import pytest
 from typer.testing import CliRunner
 
-import choreo.cli_fraud  # noqa: F401  (registers `choreo fraud` on the app)
-from choreo.cli_common import app
+from choreo.cli import app
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
 from services.audit.adapters import PgEventStore

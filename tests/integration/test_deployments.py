@@ -11,8 +11,6 @@ import nats
 import pytest
 
 # Importing the command modules registers their commands.
-import choreo.cli_deploy
-import choreo.cli_runs  # noqa: F401
 from shared.ids import uuid7
 from shared.settings import Settings
 from shared.workflow.deployments import DeploymentError, Deployments, open_bucket

@@ -17,7 +17,6 @@ from nats.js import JetStreamContext
 from pydantic import SecretStr
 
 # Importing the command module registers its commands.
-import choreo.cli_dlq  # noqa: F401
 from choreo.servers.nats import NatsServer
 from services.audit.app import create_app as audit_app
 from services.ingest.app import create_app as ingest_app

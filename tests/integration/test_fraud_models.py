@@ -11,7 +11,7 @@ from typing import Any
 import nats
 import pytest
 
-from choreo.cli_fraud_models import train_from_lake
+from choreo.cli.fraud_models import train_from_lake
 from choreo.client import ClientSettings
 from choreo.generate import generate
 from services.fraud.domain import DAY, Model, Scorer

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import ObjectNotFoundError
 
-from choreo.cli_fraud_models import _verdicts
+from choreo.cli.fraud_models import _verdicts
 from choreo.fraud_compare import agreement
 from choreo.generate import generate
 from choreo.servers.nats import NatsServer

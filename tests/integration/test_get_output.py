@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import choreo.cli  # the other commands too: a one-command app would take `get` as URI
-import choreo.cli_objects  # noqa: F401  (registers `choreo get`)
-from choreo.cli_common import app as cli
+from choreo.cli import app as cli
 from services.store.buckets import ensure_buckets
 from shared.s3 import s3_client
 from shared.settings import Settings

@@ -27,9 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from typer.testing import CliRunner
 
-import choreo.cli  # the other commands too: a one-command app would take `get` as URI
-import choreo.cli_objects  # noqa: F401  (registers `choreo get`)
-from choreo.cli_common import app as cli
+from choreo.cli import app as cli
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
 from services.store.app import create_app as store_app

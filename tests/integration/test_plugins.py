@@ -17,8 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-import choreo.cli_plugins  # noqa: F401  (registers the commands on the app)
-from choreo.cli_logs import log_lines
+from choreo.cli.logs import log_lines
 from choreo.runs import request_run
 from choreo.servers.ports import free_port
 from services.audit.adapters import PgEventStore

@@ -13,7 +13,6 @@ import nats
 import pytest
 
 # Importing the command module registers its commands.
-import choreo.cli_schedules  # noqa: F401
 from choreo.runs import request_run
 from services.audit.app import create_app as audit_app
 from services.ingest.app import create_app as ingest_app

@@ -15,8 +15,6 @@ import pytest
 from nats.js import JetStreamContext
 
 # Importing the command modules registers their commands.
-import choreo.cli_runs
-import choreo.cli_schedules  # noqa: F401
 from shared.ids import uuid7
 from shared.settings import Settings
 from shared.workflow.deployments import Deployments, open_bucket

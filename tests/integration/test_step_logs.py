@@ -10,7 +10,6 @@ import nats
 import pytest
 import uvicorn
 
-import choreo.cli_logs  # noqa: F401  (registers the command on the app)
 from choreo.runs import request_run
 from choreo.servers.ports import free_port
 from services.audit.app import create_app as audit_app

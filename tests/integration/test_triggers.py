@@ -16,7 +16,6 @@ import pytest
 from nats.js import JetStreamContext
 
 # Importing the command module registers its command.
-import choreo.cli_put  # noqa: F401
 from choreo.runs import request_run
 from services.audit.app import create_app as audit_app
 from services.ingest.app import create_app as ingest_app

@@ -18,7 +18,7 @@ import asyncpg
 import nats
 import pytest
 
-from choreo.cli_logs import log_lines
+from choreo.cli.logs import log_lines
 from choreo.runs import request_run
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import choreo.cli  # noqa: F401  (registers the commands on the app)
-from choreo.cli_common import app, plural
-from choreo.cli_runs import _dag_order, _taken_from
+from choreo.cli import app
+from choreo.cli.common import plural
+from choreo.cli.runs import _dag_order, _taken_from
 from choreo.follow import RunView, StepView
 from shared.envelope import Event
 from shared.workflow import events as ev

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import choreo.cli_fraud  # noqa: F401  (registers `choreo fraud` on the app)
-from choreo.cli_common import app
-from choreo.cli_fraud import _label_event
+from choreo.cli import app
+from choreo.cli.fraud import _label_event
 from choreo.generate import generate
 from services.fraud.domain import Scorer, load_model
 from services.ingest.registry import load_registry

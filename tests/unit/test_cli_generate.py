@@ -5,8 +5,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-import choreo.cli  # noqa: F401  (registers the commands on the app)
-from choreo.cli_common import app
+from choreo.cli import app
 from services.ingest.registry import load_registry
 
 

@@ -9,8 +9,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-import choreo.cli  # noqa: F401  (registers the commands on the app)
-from choreo.cli_common import app
+from choreo.cli import app
 from choreo.state import write_env_file
 from services.ingest.settings import IngestSettings
 from services.transform.settings import TransformSettings

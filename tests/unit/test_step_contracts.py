@@ -8,8 +8,7 @@ from typing import Any, get_args
 
 from typer.testing import CliRunner
 
-import choreo.cli_steps  # noqa: F401  (registers the command on the app)
-from choreo.cli_common import app
+from choreo.cli import app
 from choreo.step_reference import markdown
 from services.transform.pathway.pipelines import PIPELINE_NAMES
 from services.transform.pipelines import PIPELINES as PYTHON_PIPELINES

@@ -6,8 +6,7 @@ import json
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-import choreo.cli_credentials  # noqa: F401  (registers the commands on the app)
-from choreo.cli_common import app
+from choreo.cli import app
 from choreo.client import ClientSettings
 from choreo.credentials import Credentials
 from choreo.stack import nats_users

@@ -9,8 +9,8 @@ from typing import Annotated, NoReturn, TypeVar
 import typer
 from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, console, errors, plural
-from choreo.cli_runs import _run_async
+from choreo.cli.common import DataDir, Json, console, errors, plural
+from choreo.cli.runs import _run_async
 from choreo.client import ClientSettings
 from choreo.follow import connect
 from shared.dlq import DeadLetter, DeadLetters, open_state
@@ -21,7 +21,6 @@ dlq = typer.Typer(
     help="Dead letters: what services gave up on, why, and replaying it.",
     no_args_is_help=True,
 )
-app.add_typer(dlq, name="dlq")
 T = TypeVar("T")
 Service = Annotated[
     str | None, typer.Option("--service", "-s", help=f"Only this service's: {', '.join(SERVICES)}.")

@@ -26,8 +26,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, console, errors, plural
+from choreo.cli.common import DataDir, Json, console, errors, plural
 from choreo.client import ClientSettings
+
+app = typer.Typer()
 
 EXIT_BAD_URI = 2
 CHUNK_BYTES = 1024 * 1024

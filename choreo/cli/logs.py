@@ -8,12 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from choreo.cli_common import DataDir, app, console, errors, read_audit
-from choreo.cli_runs import _run_async
+from choreo.cli.common import DataDir, console, errors, read_audit
+from choreo.cli.runs import _run_async
 from choreo.client import ClientSettings
 from choreo.follow import connect
 from shared.envelope import Event
 from shared.workflow import events as ev
+
+app = typer.Typer()
 
 LEVEL_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "red"}
 

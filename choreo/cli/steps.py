@@ -12,13 +12,15 @@ import nats.errors
 import typer
 from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, console, current_data_dir, errors
+from choreo.cli.common import DataDir, Json, console, current_data_dir, errors
 from choreo.client import ClientSettings
 from choreo.follow import connect
 from choreo.step_reference import groups, markdown, rows
 from shared.workflow.kinds import STEP_KINDS, StepKind
 from shared.workflow.registry import KindRegistry
 from shared.workflow.validate import suggest
+
+app = typer.Typer()
 
 REGISTRY_TIMEOUT_S = 5.0
 

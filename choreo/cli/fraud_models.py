@@ -9,9 +9,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from choreo.cli_common import DataDir, Json, console, errors
-from choreo.cli_fraud import fraud
+from choreo.cli.common import DataDir, Json, console, errors
 from choreo.client import ClientSettings
+
+app = typer.Typer()
+"""Commands of the `fraud` group (choreo/cli/__init__.py adds them to it)."""
 
 T = TypeVar("T")
 NONE = "none"
@@ -19,7 +21,7 @@ NONE = "none"
 
 def with_store(data_dir: Path, work: "Callable[[Any], Awaitable[T]]") -> T:
     """Run `work(store)` against the stack's model store; exit 1 with what went wrong."""
-    from choreo.cli_objects import DownloadError, _s3_errors
+    from choreo.cli.objects import DownloadError, _s3_errors
     from shared.fraud_models import ModelStore
     from shared.s3 import s3_client
 
@@ -43,7 +45,7 @@ def publish_model(data_dir: Path, document: dict[str, Any]) -> str:
     return uri
 
 
-@fraud.command()
+@app.command()
 def publish(
     file: Annotated[
         Path,
@@ -67,7 +69,7 @@ def publish(
         console.print(f"Published {model.version} to {uri}.")
 
 
-@fraud.command()
+@app.command()
 def models(data_dir: DataDir, json_out: Json = False) -> None:
     """List the stored model versions and which one the fraud service runs (and shadows)."""
     from rich.table import Table
@@ -104,7 +106,7 @@ def models(data_dir: DataDir, json_out: Json = False) -> None:
     console.print(f"Active: {active}. Shadow: {current.shadow or 'none'}.")
 
 
-@fraud.command()
+@app.command()
 def promote(
     version: Annotated[
         str, typer.Argument(help=f"A stored version, or '{NONE}' for the shipped model.")
@@ -129,7 +131,7 @@ def promote(
     _show_choice(current, json_out)
 
 
-@fraud.command()
+@app.command()
 def shadow(
     version: Annotated[
         str, typer.Argument(help=f"A stored version to run in shadow, or '{NONE}' to stop.")
@@ -160,14 +162,14 @@ def _show_choice(current: Any, json_out: bool) -> None:
     )
 
 
-@fraud.command()
+@app.command()
 def compare(data_dir: DataDir, json_out: Json = False) -> None:
     """How the shadow model agrees with the active one, over every transaction both scored
     (fraud.shadow and fraud.scored in stream FRAUD): same decision, the decisions side by
     side, what only one of them flags, and the score gap."""
     from rich.table import Table
 
-    from choreo.cli_runs import _run_async
+    from choreo.cli.runs import _run_async
     from choreo.follow import connect
     from choreo.fraud_compare import DECISIONS, agreement
 

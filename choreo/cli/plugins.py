@@ -12,8 +12,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, console, errors
-from choreo.cli_runs import _run_async
+from choreo.cli.common import DataDir, Json, console, errors
+from choreo.cli.runs import _run_async
 from choreo.client import ClientSettings
 from choreo.follow import connect
 from shared.workflow.kinds import STEP_KINDS, StepKind
@@ -24,7 +24,6 @@ plugin = typer.Typer(
     help="HTTP plugins: step kinds served by an HTTP endpoint, in any language.",
     no_args_is_help=True,
 )
-app.add_typer(plugin, name="plugin")
 T = TypeVar("T")
 KIND_NAME = "<prefix>.<name>, lower-case letters, digits and _ (e.g. billing.invoice)"
 

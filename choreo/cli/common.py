@@ -1,4 +1,4 @@
-"""What every `choreo` command shares: the Typer app, consoles and common options."""
+"""What every `choreo` command shares: consoles, the global options and common ones."""
 
 import importlib.metadata
 import json
@@ -12,13 +12,6 @@ from rich.console import Console
 from choreo.client import ClientError, ClientSettings, request
 from shared.settings import data_dir_from_env
 
-app = typer.Typer(
-    help="Choreo: event-driven data pipelines choreographed over NATS JetStream.",
-    no_args_is_help=True,
-    # --install-completion / --show-completion for bash, zsh, fish and PowerShell.
-    add_completion=True,
-    pretty_exceptions_enable=False,
-)
 # Wide enough that nothing printed to a pipe or a file is wrapped (URIs and ids stay whole
 # and can be copied); a terminal keeps its own width, and COLUMNS still wins.
 UNWRAPPED_WIDTH = 10_000
@@ -53,8 +46,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _options(
+def global_options(
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -69,7 +61,7 @@ def _options(
     ] = False,
 ) -> None:
     """Choreo: event-driven data pipelines choreographed over NATS JetStream."""
-    _Global.data_dir = data_dir
+    _Global.data_dir = data_dir  # the root app's callback (choreo/cli/__init__.py)
 
 
 DataDir = Annotated[
@@ -124,3 +116,13 @@ def audit_or_json(data_dir: Path, path: str, json_out: bool, **kwargs: Any) -> A
         console.print_json(json.dumps(found, default=str))
         return None
     return found
+
+
+def print_paused(key: str, name: str, label: str, paused: bool, json_out: bool) -> None:
+    """What `pause` and `resume` print: `{key: name, "state": ...}` with --json, else
+    `<label> <name>: paused.` (or `active.`)."""
+    state = "paused" if paused else "active"
+    if json_out:
+        console.print_json(json.dumps({key: name, "state": state}))
+    else:
+        console.print(f"{label} {name}: {state}.")

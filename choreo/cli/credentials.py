@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from choreo.cli_common import Json, app, console, errors
+from choreo.cli.common import Json, console, errors
 from shared.access import WORKERS, permissions
 from shared.workflow.registry import WORKER_NAME
 
@@ -15,7 +15,6 @@ credentials = typer.Typer(
     help="Mint credentials for the parts you run yourself (Python workers).",
     no_args_is_help=True,
 )
-app.add_typer(credentials, name="credentials")
 
 
 @credentials.command("worker")

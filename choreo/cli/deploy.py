@@ -12,12 +12,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, console, errors, plural
-from choreo.cli_runs import EXIT_INVALID, _load, _print_problems, _run_async
+from choreo.cli.common import DataDir, Json, console, errors, plural, print_paused
+from choreo.cli.runs import EXIT_INVALID, _load, _print_problems, _run_async
 from choreo.client import ClientSettings
 from choreo.follow import connect
 from shared.workflow.deployments import DeploymentError, Deployments, open_bucket
 from shared.workflow.triggers import is_paused, set_paused
+
+app = typer.Typer()
 
 
 @app.command()
@@ -115,7 +117,6 @@ trigger = typer.Typer(
     help="Event triggers of deployed workflows (their `on`): list, pause, resume.",
     no_args_is_help=True,
 )
-app.add_typer(trigger, name="trigger")
 
 
 @trigger.command("list")
@@ -169,11 +170,7 @@ def _pause(name: str, data_dir: Path, paused: bool, json_out: bool) -> None:
     if not _run_async(go):
         errors.print(f"No workflow named {name!r} is deployed (`choreo workflows` lists them).")
         raise typer.Exit(1)
-    state = "paused" if paused else "active"
-    if json_out:
-        console.print_json(json.dumps({"workflow": name, "state": state}))
-    else:
-        console.print(f"Triggers of {name}: {state}.")
+    print_paused("workflow", name, "Triggers of", paused, json_out)
 
 
 @trigger.command()

@@ -17,17 +17,16 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from choreo.cli_common import (
+from choreo.cli.common import (
     DataDir,
     Json,
-    app,
     audit_or_json,
     console,
     errors,
     plural,
     read_audit,
 )
-from choreo.cli_steps import kinds_for
+from choreo.cli.steps import kinds_for
 from choreo.client import ClientSettings
 from choreo.follow import RunView, StepView, connect, follow
 from choreo.runs import request_cancel, request_retry, request_run
@@ -37,6 +36,8 @@ from shared.workflow.dag import order
 from shared.workflow.deployments import Deployed, DeploymentError, Deployments, open_bucket
 from shared.workflow.spec import WorkflowSpec
 from shared.workflow.validate import Validated, coerce_input, validate_workflow
+
+app = typer.Typer()
 
 EXIT_INVALID = 2
 STATE_STYLE = {

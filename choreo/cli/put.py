@@ -9,11 +9,13 @@ from typing import Annotated
 
 import typer
 
-from choreo.cli_common import DataDir, Json, app, console, errors
-from choreo.cli_objects import DownloadError, _s3_errors
+from choreo.cli.common import DataDir, Json, console, errors
+from choreo.cli.objects import DownloadError, _s3_errors
 from choreo.client import ClientSettings
 from choreo.follow import connect
 from shared.objects import object_written
+
+app = typer.Typer()
 
 
 @app.command()

@@ -12,8 +12,8 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from rich.table import Table
 
-from choreo.cli_common import DataDir, Json, app, console, errors, plural
-from choreo.cli_runs import EXIT_INVALID, Inputs, _run_async
+from choreo.cli.common import DataDir, Json, console, errors, plural, print_paused
+from choreo.cli.runs import EXIT_INVALID, Inputs, _run_async
 from choreo.client import ClientSettings
 from choreo.follow import connect
 from choreo.runs import CLI_SOURCE
@@ -39,7 +39,6 @@ schedule = typer.Typer(
     help="Run deployed workflows on a schedule: nats-server fires them, no process keeps time.",
     no_args_is_help=True,
 )
-app.add_typer(schedule, name="schedule")
 T = TypeVar("T")
 Name = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name.")]
 
@@ -184,11 +183,7 @@ def _set_paused(name: str, data_dir: Any, paused: bool, json_out: bool) -> None:
     )
     if spec is None:
         _fail(f"no schedule named {name!r} (`choreo schedule list` lists them)")
-    state = "paused" if paused else "active"
-    if json_out:
-        console.print_json(json.dumps({"name": name, "state": state}))
-    else:
-        console.print(f"Schedule {name}: {state}.")
+    print_paused("name", name, "Schedule", paused, json_out)
 
 
 @schedule.command()

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from choreo.cli_common import DataDir, Json, app, audit_or_json, console, errors
+from choreo.cli.common import DataDir, Json, audit_or_json, console, errors
 
 fraud = typer.Typer(
     help="Fraud scoring: evaluate the scorer, train its model, send it labels, list alerts.",
@@ -17,7 +17,6 @@ fraud = typer.Typer(
 )
 # uuid5 namespace of the label events' ids: the same label sent twice is one event.
 LABEL_IDS = uuid.UUID("3b0f7a4e-8c55-5d7e-a1f2-6c9d2e4b7a10")
-app.add_typer(fraud, name="fraud")
 
 
 def _figure(value: float | None) -> str:
@@ -293,7 +292,7 @@ def train(
     path.write_text(json.dumps(model.to_dict(), indent=2) + "\n")
     uri = None
     if publish:
-        from choreo.cli_fraud_models import publish_model
+        from choreo.cli.fraud_models import publish_model
 
         uri = publish_model(data_dir, model.to_dict())
     if json_out:
@@ -314,7 +313,7 @@ def _train_from_lake(data_dir: Path, out: Path | None, json_out: bool) -> None:
 
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from choreo.cli_fraud_models import train_from_lake
+    from choreo.cli.fraud_models import train_from_lake
     from choreo.client import ClientSettings
 
     errors.print("… reading the raw lake's transactions and labels, then fitting")

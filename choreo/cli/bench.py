@@ -12,7 +12,9 @@ from typing import Annotated
 
 import typer
 
-from choreo.cli_common import Json, app, errors
+from choreo.cli.common import Json, errors
+
+app = typer.Typer()
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
