@@ -38,9 +38,10 @@ def creds(stack: ChaosStack) -> Credentials:
 async def test_nats_refuses_a_subject_outside_a_service_permissions(
     stack: ChaosStack, creds: Credentials
 ) -> None:
-    """Ingest may not publish fraud results or another service's dead letters; store may
-    not publish data or alerts. NATS refuses each one, and the test counts the refusals."""
-    attempts = {"ingest": ["fraud.scored", "dlq.audit"], "store": ["data.sale", "fraud.alert"]}
+    """Ingest may not publish notifications or another service's dead letters (it may
+    publish every subject a service consumes: it replays dead letters); store may not
+    publish data or alerts. NATS refuses each one, and the test counts the refusals."""
+    attempts = {"ingest": ["notify.email", "dlq.audit"], "store": ["data.sale", "fraud.alert"]}
     refused: list[str] = []
 
     for user, subjects in attempts.items():
