@@ -1,6 +1,6 @@
 """The docs stand on their own and name only what exists: every `choreo` command in a
-Markdown code block is a command of the CLI, and no file refers to a document outside the
-repository."""
+Markdown code block is a command of the CLI, the README names exactly the commands without
+`--json`, and no file refers to a document outside the repository."""
 
 import os
 import re
@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+from typer.core import TyperGroup
 
-from choreo.cli import main
+from choreo.cli import app, main
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -139,3 +141,30 @@ def test_every_relative_markdown_link_points_into_the_repository() -> None:
             if not resolved.is_relative_to(ROOT) or not resolved.exists():
                 broken.append(f"{path.relative_to(ROOT)}: {target}")
     assert broken == []
+
+
+def commands_without_json() -> set[str]:
+    """Every leaf command of the CLI that has no `--json` option, as `group command`."""
+    missing: set[str] = set()
+    pending = [("", typer.main.get_command(app))]
+    while pending:
+        path, command = pending.pop()
+        if isinstance(command, TyperGroup):
+            context = typer.Context(command)
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                assert sub is not None
+                pending.append((f"{path} {name}".strip(), sub))
+        elif not any("--json" in getattr(param, "opts", []) for param in command.params):
+            missing.add(path)
+    return missing
+
+
+def test_the_readme_names_every_command_without_json() -> None:
+    """The README's list of the commands that do not take `--json` is the CLI's."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("- The commands that print a result take `--json`")
+    sentence = readme[start : readme.index("\n\n", start)]
+    named = set(re.findall(r"`([a-z][a-z ]*)`", sentence))
+    assert named == commands_without_json()
+    assert "dev" in named  # the walk reaches the commands (and the parse the sentence)
