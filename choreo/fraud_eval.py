@@ -18,18 +18,13 @@ from typing import Any
 
 from choreo.fraud_labels import BadLine as BadLine  # re-exported: the errors of evaluate
 from choreo.fraud_labels import read_label_rows
-from services.fraud.domain import BadLine as DomainBadLine
-from services.fraud.domain import (
-    Line,
-    Model,
-    Scorer,
-    ScoringConfig,
-    Tx,
-    chronological,
-    parse_transactions,
-)
+from services.fraud.domain import Scorer
 from services.fraud.feedback import Label as FeedbackLabel
 from services.fraud.feedback import interleave
+from services.fraud.model import Model
+from services.fraud.records import BadLine as DomainBadLine
+from services.fraud.records import Line, Tx, chronological, parse_transactions
+from services.fraud.rules import ScoringConfig
 
 NO_SCENARIO = "(no scenario)"  # a fraud label without a scenario
 PROGRESS_EVERY = 5_000

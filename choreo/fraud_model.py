@@ -22,20 +22,13 @@ import numpy.typing as npt
 import choreo.generate
 import choreo.generate_handbook
 from choreo.fraud_eval import Label, evaluate
-from services.fraud.domain import (
-    DAY,
-    INPUTS,
-    Line,
-    Model,
-    ScoringConfig,
-    State,
-    Tx,
-    assess,
-    chronological,
-    record,
-)
+from services.fraud.domain import assess
 from services.fraud.feedback import Label as FeedbackLabel
 from services.fraud.feedback import interleave
+from services.fraud.model import INPUTS, Model
+from services.fraud.records import Line, Tx, chronological
+from services.fraud.rules import ScoringConfig
+from services.fraud.windows import DAY, State, record
 
 Generator = Callable[[int, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
 # The labelled data sets a model can be trained and evaluated on (docs/fraud.md).

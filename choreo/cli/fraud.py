@@ -82,7 +82,8 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from choreo.fraud_eval import BadLine, evaluate, plot_pr, read_labels, read_transactions
-    from services.fraud.domain import ScoringConfig, load_model
+    from services.fraud.model import load_model
+    from services.fraud.rules import ScoringConfig
     from shared.durations import FORMS, duration_seconds
 
     delays = [] if feedback_delay is None else feedback_delay.split(",")
@@ -259,7 +260,7 @@ def train(
     so, and its inputs see the labels reported by its time.
     """
     from choreo.fraud_model import train as fit
-    from services.fraud.domain import MODEL_PATH
+    from services.fraud.model import MODEL_PATH
 
     if from_lake:
         _train_from_lake(data_dir, out, json_out)

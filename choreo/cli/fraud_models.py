@@ -55,7 +55,7 @@ def publish(
     json_out: Json = False,
 ) -> None:
     """Store a model file in the object store as a version that promote or shadow can name."""
-    from services.fraud.domain import load_model
+    from services.fraud.model import load_model
 
     try:
         model = load_model(file)
@@ -74,7 +74,7 @@ def models(data_dir: DataDir, json_out: Json = False) -> None:
     """List the stored model versions and which one the fraud service runs (and shadows)."""
     from rich.table import Table
 
-    from services.fraud.domain import shipped_model
+    from services.fraud.model import shipped_model
 
     async def work(store: Any) -> tuple[Any, list[dict[str, Any]]]:
         current, _ = await store.current()

@@ -46,8 +46,9 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 
-from services.fraud.domain import Model, Scored, Scorer, shipped_model
+from services.fraud.domain import Scored, Scorer
 from services.fraud.feedback import Applied
+from services.fraud.model import Model, shipped_model
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import (
     Outcome,

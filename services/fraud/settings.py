@@ -4,7 +4,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from services.fraud.domain import ScoringConfig
+from services.fraud.rules import ScoringConfig
 from shared.settings import Settings
 
 

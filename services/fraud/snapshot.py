@@ -10,7 +10,7 @@ outgrows NATS' max_payload (1 MiB): objects are chunked.
 The format is JSON, versioned, and exact: floats are written with `repr`, which
 round-trips every float, and the non-finite ones JSON lacks as the strings "inf"/"-inf".
 The state's dataclasses are encoded field by field and decoded from their type hints, so a
-field added to `services.fraud.domain` with a default is carried without changes here, and
+field added to `services.fraud.windows` with a default is carried without changes here, and
 a snapshot written before it existed loads with the default.
 """
 
@@ -34,7 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectStoreCon
 from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-from services.fraud.domain import State
+from services.fraud.windows import State
 from shared.ids import uuid7
 from shared.settings import Settings
 from shared.subjects import FRAUD_STATE_BUCKET

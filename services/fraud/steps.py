@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from services.fraud.domain import Line, Scored, Scorer, chronological, parse_transactions
+from services.fraud.domain import Scored, Scorer
+from services.fraud.records import Line, chronological, parse_transactions
 from services.fraud.settings import FraudSettings
 from shared.lake import OUTPUT_LAYERS, layer_bucket
 from shared.s3 import parse_s3_uri, s3_uri

@@ -12,7 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from choreo.generate import generate
-from services.fraud.domain import Model, Scorer, shipped_model
+from services.fraud.domain import Scorer
+from services.fraud.model import Model, shipped_model
 from services.fraud.scoring import EVENT_IDS, fraud_events, partition_of
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import (

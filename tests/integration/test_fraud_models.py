@@ -14,9 +14,11 @@ import pytest
 from choreo.cli.fraud_models import train_from_lake
 from choreo.client import ClientSettings
 from choreo.generate import generate
-from services.fraud.domain import DAY, Model, Scorer
+from services.fraud.domain import Scorer
 from services.fraud.feedback import Label
+from services.fraud.model import Model
 from services.fraud.snapshot import read_range
+from services.fraud.windows import DAY
 from shared.envelope import Event
 from shared.fraud_models import ModelStore
 from shared.jetstream import ensure_streams

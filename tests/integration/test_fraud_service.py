@@ -28,11 +28,13 @@ from choreo.servers.nats import NatsServer
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
 from services.fraud.app import create_app
-from services.fraud.domain import DAY, Model, Scorer, shipped_model
+from services.fraud.domain import Scorer
 from services.fraud.feedback import Label, interleave
+from services.fraud.model import Model, shipped_model
 from services.fraud.scoring import partition_of
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import SnapshotStore, object_name, read_range
+from services.fraud.windows import DAY
 from shared.envelope import Event
 from shared.fraud_models import ModelStore
 from shared.jetstream import ensure_streams

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from choreo.cli import app
 from choreo.cli.fraud import _label_event
 from choreo.generate import generate
-from services.fraud.domain import Scorer, load_model
+from services.fraud.domain import Scorer
+from services.fraud.model import load_model
 from services.ingest.registry import load_registry
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,24 +9,10 @@ from typing import Any
 
 import pytest
 
-from services.fraud.domain import (
-    DAY,
-    HOUR,
-    INPUTS,
-    MINUTE,
-    MODEL_PATH,
-    WEEK,
-    Model,
-    Scored,
-    Scorer,
-    ScoringConfig,
-    State,
-    combine,
-    load_model,
-    most_distinct_cards,
-    score,
-    shipped_model,
-)
+from services.fraud.domain import Scored, Scorer, score
+from services.fraud.model import INPUTS, MODEL_PATH, Model, load_model, shipped_model
+from services.fraud.rules import ScoringConfig, combine
+from services.fraud.windows import DAY, HOUR, MINUTE, WEEK, State, most_distinct_cards
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
 

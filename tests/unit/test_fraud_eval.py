@@ -18,7 +18,8 @@ from choreo.fraud_eval import (
     read_transactions,
     roc_auc,
 )
-from services.fraud.domain import Line, ScoringConfig
+from services.fraud.records import Line
+from services.fraud.rules import ScoringConfig
 
 
 @pytest.mark.parametrize(

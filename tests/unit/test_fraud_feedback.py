@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 
 from choreo.fraud_model import train_on_received
-from services.fraud.domain import DAY, HOUR, Scorer, ScoringConfig, Tx, decide
+from services.fraud.domain import Scorer
 from services.fraud.feedback import LABEL_HORIZON, Label, interleave
+from services.fraud.records import Tx
+from services.fraud.rules import ScoringConfig, decide
+from services.fraud.windows import DAY, HOUR
 from tests.unit.test_fraud_domain import T0, fired, tx
 
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from services.fraud.domain import Line, chronological, parse_transactions
+from services.fraud.records import Line, chronological, parse_transactions
 from services.fraud.steps import CSV_COLUMNS, alerts_csv
 from tests.samples import TRANSACTION as TX
 
