@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from services.transform.pathway.steps import PathwayRunner
 from services.transform.settings import TransformSettings
 from services.transform.steps import transform_steps
 from services.transform.streaming.pipelines import StreamingConfig
@@ -37,13 +38,15 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
     broker = create_broker(settings, NAME)
     client: Slot[S3Client] = Slot("the S3 client")
     steps = steps if steps is not None else StepRegistry(NAME)
-    transform_steps(steps, client.get, settings)
+    pathway = PathwayRunner(spare=settings.transform_pathway_spare)
+    transform_steps(steps, client.get, settings, pathway)
 
     async def s3_ready() -> None:
         await client.get().list_buckets()
 
     resources: list[Callable[[], AbstractAsyncContextManager[Any]]] = [
-        lambda: open_s3(settings, client)
+        lambda: open_s3(settings, client),
+        pathway.running,
     ]
     checks: dict[str, ReadinessCheck] = {"s3": s3_ready}
     if settings.transform_database_url is not None:

@@ -15,6 +15,9 @@ class TransformSettings(Settings):
     # Pathway's persistence (state and the recorded stream positions): keep it on a
     # persistent volume; default <data dir>/transform-state.
     transform_state_dir: Path | None = None
+    # Keep one child process started ahead, Pathway imported (about 250 MB), for the next
+    # `transform.pathway` step: without it each such step waits about 2.3 s for its child.
+    transform_pathway_spare: bool = True
 
     def secrets(self) -> Iterable[tuple[str, SecretStr | None]]:
         yield from super().secrets()

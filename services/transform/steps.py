@@ -7,7 +7,8 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from services.transform.pathway.steps import PATHWAY_PIPELINES
+from services.transform.pathway.pipelines import PIPELINE_NAMES
+from services.transform.pathway.steps import PathwayRunner
 from services.transform.pipelines import PIPELINES
 from services.transform.sql.steps import register_sql_steps
 from shared.lake import OUTPUT_LAYERS, layer_bucket
@@ -19,16 +20,18 @@ if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
     from types_aiobotocore_s3 import S3Client
 
 
-def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Settings) -> None:
-    """Register transform's step kinds on `steps`."""
+def transform_steps(
+    steps: StepRegistry, s3: Callable[[], "S3Client"], settings: Settings, pathway: PathwayRunner
+) -> None:
+    """Register transform's step kinds on `steps`; `pathway` runs the Pathway pipelines."""
 
     @steps.kind("transform.pathway")
     async def run_pipeline(ctx: StepContext) -> StepOutput:
         """Run pipeline `pipeline` over the rows at `input`; write the result to `layer`."""
         name = str(ctx.params["pipeline"])
-        pipeline = PIPELINES.get(name) or PATHWAY_PIPELINES.get(name)
-        if pipeline is None:
-            known = sorted([*PIPELINES, *PATHWAY_PIPELINES])
+        pipeline = PIPELINES.get(name)
+        if pipeline is None and name not in PIPELINE_NAMES:
+            known = sorted([*PIPELINES, *PIPELINE_NAMES])
             raise StepFailed(f"unknown pipeline {name!r}; known: {known}")
         try:
             bucket, key = parse_s3_uri(str(ctx.params["input"]))
@@ -36,11 +39,15 @@ def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings:
             raise StepFailed(f"with.input: {exc}") from exc
         response = await s3().get_object(Bucket=bucket, Key=key)
         rows = _rows(await response["Body"].read(), key)
-        params = ctx.params.get("params") or {}
-        # Pathway runs block for seconds (in a child process): keep the event loop serving.
-        result, rejected = await asyncio.to_thread(
-            pipeline, rows, params if isinstance(params, dict) else {}
-        )
+        given = ctx.params.get("params") or {}
+        params = given if isinstance(given, dict) else {}
+        result: Any
+        if pipeline is not None:
+            result, rejected = await asyncio.to_thread(pipeline, rows, params)
+        else:  # a Pathway pipeline, in a child process; the step's timeout kills it
+            run = await pathway.run(name, rows, params)
+            result, rejected = {"rows": run.rows, "rejected": run.rejected}, len(run.rejected)
+            ctx.log.info("pathway child", pid=run.pid, started_ahead=run.started_ahead)
         bucket = layer_bucket(settings, ctx.params.get("layer", "staging"), OUTPUT_LAYERS)
         target_key = f"runs/{ctx.runid}/{ctx.step}/{name}.json"
         await s3().put_object(
@@ -54,7 +61,7 @@ def transform_steps(steps: StepRegistry, s3: Callable[[], "S3Client"], settings:
             "uri": s3_uri(bucket, target_key),
             "rows": len(rows),
             "rejected": rejected,
-            "engine": "pathway" if name in PATHWAY_PIPELINES else "python",
+            "engine": "python" if pipeline is not None else "pathway",
         }
 
     register_sql_steps(steps, s3, settings)

@@ -3,13 +3,17 @@
 A Pathway run costs about a second of engine start-up, so the pipeline tests batch their
 cases: one `clean` run, one `sales_report` run (checked against plain Python and against
 the DuckDB `sales_report` script of `transform.sql`, row by row), one run over nothing
-valid, and one through the child process the step uses.
+valid, and runs through the child processes the step uses.
 """
 
+import asyncio
+import os
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -19,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from services.transform.casting import CASTERS, CastError, CleanSpec, cast_row
 from services.transform.pathway.engine import run_static
 from services.transform.pathway.pipelines import SALE_SCHEMA, PipelineError, clean_spec
-from services.transform.pathway.steps import PATHWAY_PIPELINES
+from services.transform.pathway.steps import PathwayRunner
 from services.transform.sql.pipelines import PIPELINES as SQL_PIPELINES
 from services.transform.streaming.pipelines import postgres_settings
 from services.transform.streaming.rows import business_event_row, sale_row
@@ -258,20 +262,88 @@ def test_sales_report_of_nothing_valid_is_a_zero_grand_total() -> None:
     assert len(rejected) == 1
 
 
-# --- the step's entry point: a child process ---------------------------------------------
+# --- the step's entry point: a child process, started ahead ------------------------------
 
 
-def test_step_pipelines_run_in_a_child_process() -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _has_pathway_loaded(pid: int) -> bool:
+    """Whether process `pid` has Pathway's engine library mapped (Pathway imported)."""
+    return "pathway" in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def _wait_for(condition: Callable[[], bool], limit_s: float = 60.0) -> None:
+    for _ in range(int(limit_s / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not seen within {limit_s:g} s")
+
+
+async def test_consecutive_steps_are_served_by_children_started_ahead() -> None:
     rows = [dict(zip(SALES_COLUMNS, sale, strict=True)) for sale in EDGE_SALES[:5]]
-    result, rejected = PATHWAY_PIPELINES["sales_report"](rows, {})
-    assert rejected == 1
-    assert result["rejected"][0]["index"] == 4
-    assert result["rows"] == python_report(EDGE_SALES[:4])
+    async with PathwayRunner().running() as runner:
+        for _ in range(2):
+            spare = runner.spare_pid
+            assert spare is not None
+            # The spare has imported Pathway before any step asks for it.
+            await _wait_for(partial(_has_pathway_loaded, spare))
+            run = await runner.run("sales_report", rows, {})
+            assert (run.pid, run.started_ahead) == (spare, True)
+            assert not _alive(spare)  # one run per child
+            assert [r["index"] for r in run.rejected] == [4]
+            assert run.rows == python_report(EDGE_SALES[:4])
+        last = runner.spare_pid
+        assert last is not None
+        assert _alive(last)
+    assert not _alive(last)  # the service's end ends the spare
 
 
-def test_step_pipelines_refuse_bad_parameters_before_starting_anything() -> None:
-    with pytest.raises(StepFailed, match=r"params\.schema: required"):
-        PATHWAY_PIPELINES["clean"]([{"a": 1}], {"key": ["a"]})
+async def test_without_a_spare_a_run_starts_its_own_child() -> None:
+    rows = [dict(zip(SALES_COLUMNS, sale, strict=True)) for sale in EDGE_SALES[:4]]
+    async with PathwayRunner(spare=False).running() as runner:
+        assert runner.spare_pid is None
+        run = await runner.run("sales_report", rows, {})
+        assert run.started_ahead is False
+        assert run.rows == python_report(EDGE_SALES[:4])
+        assert runner.spare_pid is None
+
+
+async def test_a_cancelled_step_kills_its_child() -> None:
+    """The step's timeout cancels the step's task: its child must die with it."""
+    rows = [
+        {
+            "order_id": f"o{n}",
+            "day": "2024-01-01",
+            "region": "r",
+            "product": "p",
+            "quantity": 1,
+            "unit_price": 1.0,
+        }
+        for n in range(200_000)
+    ]
+    async with PathwayRunner().running() as runner:
+        spare = runner.spare_pid
+        assert spare is not None
+        step = asyncio.create_task(runner.run("sales_report", rows, {}))
+        await _wait_for(lambda: runner.spare_pid != spare)  # the step took the spare
+        step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        assert not _alive(spare)
+        assert runner.spare_pid not in (None, spare)  # and the next one is started
+
+
+async def test_step_pipelines_refuse_bad_parameters_before_starting_anything() -> None:
+    async with PathwayRunner(spare=False).running() as runner:
+        with pytest.raises(StepFailed, match=r"params\.schema: required"):
+            await runner.run("clean", [{"a": 1}], {"key": ["a"]})
 
 
 # --- the streaming pipelines' rows and metrics (no Pathway) -------------------------------

@@ -4,8 +4,8 @@ pathway/pipelines.py has their contracts).
 `run_static(name, rows_or_path, params)` runs one pipeline in this process and returns
 `(result_rows, rejected)`. The service does not call it directly: Pathway costs 1.5-1.9 s
 and 250 MB to import, and its computation graph is global to a process, so each step runs
-in a child process, `python -m services.transform.pathway.engine REQUEST.json`
-(services/transform/pathway/steps.py starts it).
+in a child process of its own, `python -m services.transform.pathway.engine`, started
+with Pathway imported before the step comes (services/transform/pathway/steps.py).
 
 The casting and the row rules are plain Python, applied as rows are read; Pathway does the
 relational part, over typed JSONL it reads natively: the first row of each key, and the
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from services.transform.casting import Row
+from services.transform.children import exit_with_parent
 from services.transform.pathway.pipelines import (
     REPORT_COLUMNS,
     PipelineError,
@@ -158,15 +159,26 @@ def _sales_report(valid: list[tuple[int, Row]], scratch: Path) -> list[Row]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """`python -m services.transform.pathway.engine REQUEST.json`.
+    """`python -m services.transform.pathway.engine`: a child that imports Pathway, then
+    waits for one request, the path of a REQUEST.json, as a line on stdin (the service
+    starts it before it has a step for it: see steps.py). No line (the service closed
+    stdin, or died) ends it.
 
     REQUEST: {"pipeline", "params", "input" (a JSONL file of rows), "output"}; writes
     {"rows", "rejected"} to `output`, or {"error"} for bad parameters (exit status 2).
     """
-    if len(argv) != 1:
-        print("usage: python -m services.transform.pathway.engine REQUEST.json", file=sys.stderr)
+    if argv:
+        print("usage: python -m services.transform.pathway.engine < REQUEST-PATH", file=sys.stderr)
         return 2
-    request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    exit_with_parent()
+    import pathway  # noqa: F401  (the import is the slow part of a run: done before asked)
+
+    line = sys.stdin.readline().strip()
+    if not line:
+        return 0
+    path = Path(line)
+    os.chdir(path.parent)  # the run's scratch directory, as for a child started per run
+    request = json.loads(path.read_text(encoding="utf-8"))
     output = Path(request["output"])
     try:
         rows, rejected = run_static(request["pipeline"], Path(request["input"]), request["params"])
