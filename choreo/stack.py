@@ -58,6 +58,7 @@ SERVICE_TUNABLES = frozenset(
         "CHOREO_INGEST_MAX_IN_FLIGHT",
         "CHOREO_LOOP_STALL_S",
         "CHOREO_TEST_HOOKS",
+        "CHOREO_TRANSFORM_PATHWAY_SPARE",
     }
 )
 
