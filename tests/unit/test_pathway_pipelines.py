@@ -9,6 +9,8 @@ valid, and runs through the child processes the step uses.
 import asyncio
 import os
 import random
+import signal
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
@@ -266,11 +268,12 @@ def test_sales_report_of_nothing_valid_is_a_zero_grand_total() -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed and not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _has_pathway_loaded(pid: int) -> bool:
@@ -316,28 +319,46 @@ async def test_without_a_spare_a_run_starts_its_own_child() -> None:
 
 
 async def test_a_cancelled_step_kills_its_child() -> None:
-    """The step's timeout cancels the step's task: its child must die with it."""
-    rows = [
-        {
-            "order_id": f"o{n}",
-            "day": "2024-01-01",
-            "region": "r",
-            "product": "p",
-            "quantity": 1,
-            "unit_price": 1.0,
-        }
-        for n in range(200_000)
-    ]
+    """The step's timeout cancels the step's task: its child must die with it, not finish."""
+    rows = [dict(zip(SALES_COLUMNS, sale, strict=True)) for sale in EDGE_SALES[:4]]
     async with PathwayRunner().running() as runner:
         spare = runner.spare_pid
         assert spare is not None
+        os.kill(spare, signal.SIGSTOP)  # the run cannot end by itself: only a kill ends it
         step = asyncio.create_task(runner.run("sales_report", rows, {}))
         await _wait_for(lambda: runner.spare_pid != spare)  # the step took the spare
         step.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await step
+            await asyncio.wait_for(step, 60)
         assert not _alive(spare)
         assert runner.spare_pid not in (None, spare)  # and the next one is started
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = """
+import asyncio
+from services.transform.pathway.steps import PathwayRunner
+
+async def main():
+    async with PathwayRunner().running() as runner:
+        print(runner.spare_pid, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_the_spare_dies_with_the_service() -> None:
+    service = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SERVICE, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    assert service.stdout is not None
+    spare = int(await service.stdout.readline())
+    # Pathway is imported after the child tied itself to its parent.
+    await _wait_for(partial(_has_pathway_loaded, spare))
+    service.kill()  # SIGKILL: the service cleans nothing up
+    await service.wait()
+    await _wait_for(lambda: not _alive(spare))
 
 
 async def test_step_pipelines_refuse_bad_parameters_before_starting_anything() -> None:

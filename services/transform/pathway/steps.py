@@ -7,11 +7,13 @@ imported Pathway, stalled its event loop up to 185 ms during runs, and a crashed
 would take the service down. A fresh process per run also leaves nothing of one run's
 graph or memory to the next.
 
-What a child costs is its start-up, 2.2-2.8 s on 2 cores, nearly all of it Pathway's
-import. So `PathwayRunner` keeps one spare child started ahead, Pathway imported, waiting
-on its stdin for a request: a step hands it the path of its request and starts the next
-spare once its run is over (a step that finds no spare, e.g. the second of two at once,
-starts its own child). The spare costs about 250 MB while it waits.
+What a child costs is its start-up: the interpreter and Pathway's import, 0.8-2.8 s
+depending on the machine's load. So `PathwayRunner` keeps one spare child started ahead,
+Pathway imported, waiting on its stdin for a request: a step hands it the path of its
+request and at once starts the next spare, which imports Pathway while the run goes on
+(started only after the run, it was not ready for a workflow's next run half a second
+later). A step that finds no spare (the second of two at once) starts its own child. A
+spare costs about 250 MB.
 
 A run is killed when its step is cancelled (the step's timeout) or after
 `RUN_TIMEOUT_S`; a child dies with the service (PR_SET_PDEATHSIG, services/transform/
@@ -112,6 +114,9 @@ class PathwayRunner:
                 request.write_text(json.dumps(body), encoding="utf-8")
                 child, started_ahead = await self._take()
                 try:
+                    # The next spare imports Pathway while this run goes on: the next step
+                    # may come before this one's run would be over plus an import.
+                    await self._refill()
                     async with asyncio.timeout(timeout_s):
                         _, stderr = await child.communicate(f"{request}\n".encode())
                 except TimeoutError as exc:
