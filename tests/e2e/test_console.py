@@ -272,7 +272,8 @@ def test_a_failed_run_retried_from_its_page_completes(
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#step-promote pre.error"))
 
     put(env, f"console/later-{runid}.json")
-    browser.find_element(By.ID, "retry-run").click()
+    # The page may re-render between finding the button and clicking it: found anew.
+    wait(browser, lambda d: d.find_element(By.ID, "retry-run").click() or True)
     wait(browser, lambda d: run_status(d) == "completed")
     assert set(node_states(browser).values()) == {"completed"}
 

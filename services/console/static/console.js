@@ -91,9 +91,10 @@ function table(headers, rows, attrs) {
     el("tbody", {}, rows));
 }
 
-function live(query, onEvent) {
+function live(query, onEvent, onOpen = null) {
   const source = new EventSource(`/api/live${query}`);
   source.addEventListener("wf", (message) => onEvent(JSON.parse(message.data)));
+  if (onOpen) source.addEventListener("open", onOpen);  // also after a reconnection
   return source;
 }
 
@@ -152,7 +153,7 @@ async function runsPage() {
     const row = list.querySelector(`tr[data-run="${CSS.escape(item.runid || "")}"]`);
     if (row && item.state) row.querySelector(".status").replaceChildren(badge(item.state));
     if (!params.get("after")) reload();
-  });
+  }, reload);  // what changed before the feed was subscribed
 }
 
 function withParam(params, name, v) {
@@ -301,9 +302,14 @@ async function runPage() {
         el("td", {}, e.stepid || ""), el("td", {}, e.attempt ?? ""),
         el("td", {}, takeover(e) || (e.data && e.data.error) || (e.data && e.data.duration_s !== undefined ? seconds(e.data.duration_s) : ""))))));
     if (behind && retries < 10) { retries += 1; reload(); } else if (!behind) retries = 0;
+    // What was published before the live feed was subscribed never arrives on it (a short
+    // run may end meanwhile): while the run is not over, the page reads it again now and then.
+    clearTimeout(poll);
+    if (!["completed", "failed", "cancelled"].includes(run.status)) poll = setTimeout(load, 2000);
   }
   const seen = {};  // the newest state seen live, by step ("" for the run itself)
   let retries = 0;
+  let poll = null;
   const reload = debounce(load, 700);
   live(`?run=${encodeURIComponent(runid)}`, (item) => {
     if (item.state) {
@@ -313,7 +319,7 @@ async function runPage() {
     if (item.stepid && item.state) setNodeState(item.stepid, item.state);
     if (!item.stepid && item.state) document.getElementById("run-status")?.replaceChildren(badge(item.state));
     reload();
-  });
+  }, reload);
   await load();
 }
 
