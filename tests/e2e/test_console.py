@@ -273,7 +273,11 @@ def test_a_failed_run_retried_from_its_page_completes(
 
     put(env, f"console/later-{runid}.json")
     # The page may re-render between finding the button and clicking it: found anew.
-    wait(browser, lambda d: d.find_element(By.ID, "retry-run").click() or True)
+    def retry(driver: WebDriver) -> bool:
+        driver.find_element(By.ID, "retry-run").click()
+        return True
+
+    wait(browser, retry)
     wait(browser, lambda d: run_status(d) == "completed")
     assert set(node_states(browser).values()) == {"completed"}
 
