@@ -272,6 +272,7 @@ def test_a_failed_run_retried_from_its_page_completes(
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#step-promote pre.error"))
 
     put(env, f"console/later-{runid}.json")
+
     # The page may re-render between finding the button and clicking it: found anew.
     def retry(driver: WebDriver) -> bool:
         driver.find_element(By.ID, "retry-run").click()
