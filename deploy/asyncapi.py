@@ -5,6 +5,8 @@ FastStream cannot see:
 
 - the subjects transform's streaming pipelines read with nats-py, outside FastStream
   (services/transform/streaming/rows.py names them);
+- the lean pull consumers (shared/pull.py), which consume with nats-py too: each is
+  described by its own title and description, as a FastStream subscriber would be;
 - the payload of subscribers that take raw messages: the envelope, on every subject of a
   stream of events (docs/reference/subjects-and-streams.md);
 - where the correlation id travels: the envelope's `correlationid` field, not a header
@@ -74,7 +76,14 @@ def document(name: str) -> dict[str, Any]:
     doc: dict[str, Any] = spec.to_specification().to_jsonable()
     doc.pop("servers", None)  # the settings' URL of whoever generated it: not a contract
     for event_type in STREAMING_SUBJECTS.get(name, []):
-        _add_receiver(doc, name, f"streaming-{event_type}", data_subject(event_type))
+        _add_receiver(
+            doc, name, f"streaming-{event_type}", data_subject(event_type), STREAMING_DESCRIPTION
+        )
+    for consumer in service.consumers:
+        reader = consumer.title.removeprefix(f"{name}/")
+        for subject in consumer.subjects:
+            named = reader if len(consumer.subjects) == 1 else f"{reader}-{subject}"
+            _add_receiver(doc, name, named, subject, consumer.description)
     for channel in doc["channels"].values():
         channel.pop("servers", None)  # references to the servers removed above
         if _carries_events(channel["address"]):
@@ -101,7 +110,9 @@ def _carries_events(address: str) -> bool:
         return False
 
 
-def _add_receiver(doc: dict[str, Any], service: str, reader: str, subject: str) -> None:
+def _add_receiver(
+    doc: dict[str, Any], service: str, reader: str, subject: str, description: str
+) -> None:
     """A channel, message and receive operation, named as FastStream names a subscriber's."""
     channel, message = f"{service}.{reader}", f"{service}.{reader}:SubscribeMessage"
     doc["components"]["messages"][message] = {
@@ -111,7 +122,7 @@ def _add_receiver(doc: dict[str, Any], service: str, reader: str, subject: str) 
     doc["channels"][channel] = {
         "address": subject,
         "bindings": {"nats": {"bindingVersion": "custom", "subject": subject}},
-        "description": STREAMING_DESCRIPTION,
+        "description": description,
         "messages": {"SubscribeMessage": {"$ref": f"#/components/messages/{_quote(message)}"}},
     }
     doc["operations"][f"{service}/{reader}"] = {

@@ -12,9 +12,10 @@ each message here, on purpose:
 
 import base64
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
@@ -157,6 +158,20 @@ class Settler:
         self._metrics.count_consumed(msg.subject, "nack")
         if failed:
             self._metrics.retries.labels(self.service, msg.subject).inc()
+
+    def count_acked(self, subjects: Mapping[str, int]) -> None:
+        """Count acknowledgements sent in bulk (per subject, how many)."""
+        for subject, n in subjects.items():
+            self._metrics.count_consumed(subject, "ack", n)
+
+    def count_retries(self, subjects: Mapping[str, int]) -> None:
+        """Count deliveries whose processing failed and that will be retried, in bulk."""
+        for subject, n in subjects.items():
+            self._metrics.retries.labels(self.service, subject).inc(n)
+
+    def observe_latency(self, event_type: str, event_time: datetime) -> None:
+        """The time from an event's `time` to its settling (the service's latency metric)."""
+        self._metrics.observe_latency(event_type, event_time)
 
     def backoff(self, msg: Msg) -> float:
         """The delay before the next delivery of a message that failed (the settings'

@@ -30,6 +30,7 @@ from shared.envelope import Event
 from shared.jetstream import ensure_streams, jetstream
 from shared.logs import configure_logging
 from shared.metrics import Metrics
+from shared.pull import PullConsumer
 from shared.settings import Settings
 from shared.tracing import configure as configure_tracing
 from shared.watchdog import LoopWatchdog, serve_health
@@ -84,6 +85,7 @@ class Service:
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     watchdog: LoopWatchdog | None = None
     http_loop: EventLoop = "auto"
+    consumers: Sequence[PullConsumer] = ()
 
 
 def build_service(
@@ -93,6 +95,7 @@ def build_service(
     metrics: Metrics | None = None,
     *,
     resources: Sequence[Callable[[], AbstractAsyncContextManager[Any]]] = (),
+    consumers: Sequence[PullConsumer] = (),
     checks: Mapping[str, ReadinessCheck] | None = None,
     routers: Sequence[APIRouter] = (),
     on_ready: Sequence[Callable[[JetStreamContext], Awaitable[None]]] = (),
@@ -102,6 +105,7 @@ def build_service(
     http_loop: EventLoop = "auto",
 ) -> Service:
     """Assemble a service; `resources` open in order before the subscribers start.
+    `consumers` (shared.pull) start with the subscribers and stop before them.
 
     Pass `broker` and `metrics` when the service registers subscribers on them, and
     `choreography` when it takes part in workflows; `http_loop` is the event loop uvicorn
@@ -136,6 +140,8 @@ def build_service(
                 await hook(js)
             stack.push_async_callback(_stop_consuming, broker)
             await broker.start()
+            for consumer in consumers:
+                await stack.enter_async_context(consumer.running(js, DRAIN_TIMEOUT_S))
             log.info("service started", service=name)
             yield
             log.info("service stopping: draining in-flight messages", service=name)
@@ -189,10 +195,13 @@ def build_service(
         app.include_router(_test_hooks())
     permissions = SERVICE_PERMISSIONS.get(name)
     metrics.declare(
-        consumed=[_subject(s) for s in broker.subscribers],
+        consumed=[
+            *(_subject(s) for s in broker.subscribers),
+            *(subject for c in consumers for subject in c.subjects),
+        ],
         published=permissions.publish if permissions else (),
     )
-    return Service(name, settings, broker, metrics, app, all_checks, watchdog, http_loop)
+    return Service(name, settings, broker, metrics, app, all_checks, watchdog, http_loop, consumers)
 
 
 def _test_hooks() -> APIRouter:

@@ -8,7 +8,7 @@ import structlog
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from shared.envelope import MSG_ID_HEADER, Event
+from shared.envelope import MSG_ID_HEADER, Event, NotAnEnvelope, parse_envelope
 from shared.ids import uuid7
 from shared.logs import bound_event
 from shared.tracing import TRACEPARENT, trace_id
@@ -107,3 +107,64 @@ def test_every_event_carries_a_trace_and_its_children_keep_it() -> None:
     assert len(spans) == 2  # each event its own span id
     given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert Event(type="sale", source="tests", traceparent=given).traceparent == given
+
+
+# -- parse_envelope: the lean consumers' one parse per message ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event(type="sale", source="tests", data={"amount": 12.5, "tags": ["a"]}),
+        Event(
+            type="wf.step.started",
+            source="choreo/ingest",
+            time=datetime(2024, 1, 15, 12, 30, 1, 250_000, tzinfo=UTC),
+            runid="r1",
+            stepid="s1",
+            attempt=2,
+            correlationid="c",
+            causationid="p",
+            subject="x",
+        ),
+    ],
+)
+def test_an_envelope_parses_to_the_fields_of_its_event(event: Event) -> None:
+    assert parse_envelope(event.to_bytes()) == event.model_dump(exclude_none=True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type": "sale", "source": "s"}',  # no id, no time: Event fills them in
+        b'{"id": "e", "type": "sale", "source": "s", "time": 1705320000}',  # unix time
+        b'{"id": "e", "type": "sale", "source": "s", "time": "2024-01-15T12:00:00Z",'
+        b' "attempt": "2"}',  # lax: "2" is 2
+    ],
+)
+def test_an_envelope_the_quick_checks_do_not_settle_is_judged_by_event(body: bytes) -> None:
+    parsed = parse_envelope(body)
+    expected = Event.from_bytes(body).model_dump(exclude_none=True)
+    assert parsed.keys() == expected.keys()
+    assert {k: v for k, v in parsed.items() if k not in ("id", "time", "traceparent")} == {
+        k: v for k, v in expected.items() if k not in ("id", "time", "traceparent")
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "a JSON list"),
+        (b'{"id": "e", "type": "sale"}', "source"),
+        (b'{"id": "e", "type": "sale", "source": "s", "extra": 1}', "extra"),
+        (b'{"id": "e", "type": "", "source": "s"}', "type"),
+        (b'{"id": "e", "type": "sale", "source": "s", "attempt": 0}', "attempt"),
+        (b'{"id": "e", "type": "sale", "source": "s", "time": "yesterday"}', "time"),
+        (b'{"id": "e", "type": "sale", "source": "s", "specversion": "0.3"}', "specversion"),
+    ],
+)
+def test_what_is_no_envelope_is_refused_with_the_reason(body: bytes, why: str) -> None:
+    with pytest.raises(NotAnEnvelope, match="not a valid event envelope") as refused:
+        parse_envelope(body)
+    assert why in str(refused.value)

@@ -1,0 +1,347 @@
+"""A lean durable pull consumer on nats-py, for the consumers that carry the event volume.
+
+FastStream's subscriber costs more than the work of a high-volume consumer: per message a
+decoded body nobody reads, a uuid, a pydantic model, an awaited ack. `PullConsumer` binds to
+the durable itself and loops: `fetch(batch, timeout)`, each body parsed once with orjson
+into a plain dict (`shared.envelope.parse_envelope`), the batch handed over together with
+its messages and stream sequences, then settled in bulk through `shared.consumer.Settler`
+(the same ack / nak with backoff / dead-letter with reason, and the same metrics):
+
+- a body that is no envelope is dead-lettered with its reason as soon as it is fetched; the
+  rest of the batch goes on;
+- `AckPolicy.EXPLICIT` (a durable that replicas share: each takes batches of its own, so an
+  ack may settle only what it names): after the batch's effects are durable, one ack per
+  message, sent without waiting for each and flushed once; a failed batch is nak'd with the
+  backoff, message by message, exactly as `Settler.handle_batch` does;
+- `AckPolicy.ALL` (a durable one consumer owns): one ack, of the batch's highest stream
+  sequence, settles it and everything before it. Then nothing below an ack may be left
+  unsettled, so a failed batch is not nak'd: it is processed again in place after the
+  backoff, as a redelivery (`deliveries` counts the attempts), and dead-lettered on the
+  `max_deliver`-th attempt. Messages left unsettled when the consumer stops, is cancelled
+  or the process dies are delivered again in order when it starts next: a durable found
+  with acks pending (or with explicit acks, from before) is re-created from its ack floor
+  (`_recreate`), so an ack past them cannot settle them unseen.
+
+A re-created consumer numbers deliveries from 1 again: the messages it may have delivered
+before, up to the highest stream sequence any earlier consumer of that name delivered (kept
+in the consumer's metadata across re-creations), come with `deliveries == 0`, "maybe seen".
+
+`running()` is the consumer's lifetime in a service (`build_service(consumers=...)`): on
+exit the loop stops fetching, the batch in hand is settled (or, past the drain timeout,
+cancelled and left for redelivery); nothing is ever acknowledged that was not processed.
+"""
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from shared.consumer import Settler
+from shared.envelope import NotAnEnvelope, parse_envelope
+from shared.settings import Settings
+from shared.subjects import StreamSpec
+
+log = structlog.get_logger(__name__)
+
+SEEN_THROUGH = "choreo.seen-through"
+"""Consumer metadata: the highest stream sequence an earlier consumer of the name delivered."""
+MAX_ACK_PENDING = 20_000
+RETRY_PAUSE_S = 1.0
+"""How long the loop waits after a failed fetch (NATS unreachable) or a failed dead-letter."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    """One delivery: its envelope parsed once, the message, where it is in the stream."""
+
+    envelope: dict[str, Any]
+    msg: Msg
+    stream_seq: int
+    deliveries: int
+    """JetStream's delivery count; 0 when the message may have been delivered before by a
+    consumer re-created since (see the module docstring)."""
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
+
+
+ProcessPulled = Callable[[list[Pulled]], Awaitable[None]]
+"""Make a batch's effects durable (raise if they are not): the consumer settles it then."""
+Receive = Callable[[list[Pulled]], Awaitable[None]]
+"""Take a fetched batch; whoever receives it settles it (`PullConsumer.settle`) when ready."""
+
+
+class PullConsumer:
+    """A durable pull consumer of `spec` (all its subjects, or `subjects` of it)."""
+
+    def __init__(
+        self,
+        settler: Settler,
+        spec: StreamSpec,
+        durable: str,
+        settings: Settings,
+        *,
+        ack: AckPolicy,
+        title: str,
+        description: str,
+        subjects: Sequence[str] = (),
+        batch_size: int = 500,
+        max_wait_s: float = 0.1,
+    ) -> None:
+        if ack not in (AckPolicy.ALL, AckPolicy.EXPLICIT):
+            raise ValueError(f"ack policy {ack}: ALL or EXPLICIT")
+        self.stream = spec.name
+        self.durable = durable
+        self.subjects = tuple(subjects) or spec.subjects
+        self.ack = ack
+        self.title = title
+        self.description = description
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self._settler = settler
+        self._settings = settings
+        self._receive: Receive | None = None
+        self._seen_through = 0
+        self._stopping = asyncio.Event()
+
+    # -- what is done with the batches --------------------------------------------------------
+
+    def process_with(self, process: ProcessPulled) -> None:
+        """Each fetched batch is processed by `process`, then settled."""
+
+        async def receive(batch: list[Pulled]) -> None:
+            await self.settle(batch, process)
+
+        self._receive = receive
+
+    def receive_with(self, receive: Receive) -> None:
+        """Each fetched batch goes to `receive`, which settles it (`settle`) when it will."""
+        self._receive = receive
+
+    # -- the consumer on the server ----------------------------------------------------------
+
+    def config(self) -> ConsumerConfig:
+        """As `shared.consumer.batch_subscription` has it: `max_deliver=-1` because the
+        settling dead-letters at the configured attempt itself."""
+        many = len(self.subjects) > 1
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=self.ack,
+            ack_wait=self._settings.ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING,
+            filter_subject=None if many else self.subjects[0],
+            filter_subjects=list(self.subjects) if many else None,
+        )
+
+    async def bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
+        """Create or update the durable (re-create it when its acks must start over), then
+        subscribe to it."""
+        config = self.config()
+        try:
+            info: ConsumerInfo | None = await js.consumer_info(self.stream, self.durable)
+        except NotFoundError:
+            info = None
+        if info is not None and (
+            info.config.ack_policy != self.ack
+            or (self.ack is AckPolicy.ALL and info.num_ack_pending)
+        ):
+            info = await self._recreate(js, info, config)
+        else:
+            if info is not None:  # keep where it starts: not a setting an update may change
+                config.deliver_policy = info.config.deliver_policy
+                config.opt_start_seq = info.config.opt_start_seq
+                config.metadata = info.config.metadata
+            info = await js.add_consumer(self.stream, config)
+        self._seen_through = int((info.config.metadata or {}).get(SEEN_THROUGH, 0))
+        return await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+
+    async def _recreate(
+        self, js: JetStreamContext, info: ConsumerInfo, config: ConsumerConfig
+    ) -> ConsumerInfo:
+        """Delete the durable and create it anew from its ack floor, with this ack policy.
+
+        An ack policy cannot be changed on a consumer, and with `AckPolicy.ALL` messages
+        pending from a consumer that stopped (acks outstanding, or due again) would be
+        settled unseen by the first ack above them. Delivered again from the ack floor, they
+        come first. (A crash between the delete and the create leaves no durable: the next
+        start creates it over the whole stream, as for a new deployment.)"""
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        earlier = int((info.config.metadata or {}).get(SEEN_THROUGH, 0))
+        seen = max(delivered, earlier)
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor + 1
+        config.metadata = {SEEN_THROUGH: str(seen)} if seen > floor else None
+        log.warning(
+            "re-creating a durable consumer from its ack floor",
+            stream=self.stream,
+            durable=self.durable,
+            ack_policy=str(info.config.ack_policy),
+            to=str(self.ack),
+            ack_floor=floor,
+            pending_acks=info.num_ack_pending,
+            seen_through=seen,
+        )
+        await js.delete_consumer(self.stream, self.durable)
+        return await js.add_consumer(self.stream, config)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self, js: JetStreamContext, drain_timeout_s: float) -> AsyncIterator[None]:
+        """Consume while open; on exit stop fetching and settle the batch in hand (or,
+        past `drain_timeout_s`, cancel it: its messages are delivered again)."""
+        if self._receive is None:
+            raise RuntimeError(f"{self.title}: nothing receives its batches")
+        self._stopping.clear()
+        subscription = await self.bind(js)
+        task = asyncio.create_task(self._loop(subscription, self._receive), name=self.title)
+        try:
+            yield
+        finally:
+            self._stopping.set()
+            done, _ = await asyncio.wait([task], timeout=drain_timeout_s)
+            if not done:
+                log.warning("consumer did not stop in time: cancelled", consumer=self.title)
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            try:
+                await subscription.unsubscribe()
+            except nats.errors.Error as exc:  # closed or draining connection: nothing to undo
+                log.debug("unsubscribe failed", consumer=self.title, error=repr(exc))
+
+    async def _loop(
+        self, subscription: JetStreamContext.PullSubscription, receive: Receive
+    ) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await subscription.fetch(self.batch_size, timeout=self.max_wait_s)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # NATS unreachable for now: fetch again later
+                log.warning("fetch failed", consumer=self.title, error=repr(exc))
+                await self._pause(RETRY_PAUSE_S)
+                continue
+            try:
+                batch = await self._parsed(messages)
+                if batch:
+                    await receive(batch)
+            except Exception as exc:  # settling failed (NATS): what is unsettled comes again
+                log.error("batch not settled", consumer=self.title, error=repr(exc))
+
+    async def _parsed(self, messages: list[Msg]) -> list[Pulled]:
+        """The batch's envelopes; the messages that carry none are dead-lettered now."""
+        batch = []
+        for msg in messages:
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            try:
+                envelope = parse_envelope(msg.data)
+            except NotAnEnvelope as exc:
+                await self._dead_letter(msg, str(exc))
+                continue
+            deliveries = meta.num_delivered if seq > self._seen_through else 0
+            batch.append(Pulled(envelope, msg, seq, deliveries))
+        return batch
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` unless the consumer stops meanwhile; True when it stops."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- settling ------------------------------------------------------------------------------
+
+    async def settle(self, batch: list[Pulled], process: ProcessPulled) -> None:
+        """Process a batch and settle it (see the module docstring for how, per ack policy)."""
+        messages = [p.msg for p in batch]
+        with self._settler.measured(messages, self.title):
+            if self.ack is AckPolicy.ALL:
+                await self._settle_all(batch, process)
+            else:
+                await self._settle_each(batch, process)
+
+    async def _settle_each(self, batch: list[Pulled], process: ProcessPulled) -> None:
+        try:
+            await process(batch)
+        except Exception as exc:
+            log.warning(
+                "batch failed, will retry", consumer=self.title, size=len(batch), error=repr(exc)
+            )
+            for pulled in batch:
+                await self._settler.retry(pulled.msg, exc)
+            return
+        for pulled in batch:
+            await pulled.msg.ack()
+        await batch[-1].msg._client.flush()
+        self._acked(batch)
+
+    async def _settle_all(self, batch: list[Pulled], process: ProcessPulled) -> None:
+        attempt = max(max(p.msg.metadata.num_delivered for p in batch), 1)
+        while True:
+            try:
+                await process(batch)
+                break
+            except Exception as exc:
+                if attempt >= self._settings.max_deliver:
+                    reason = f"gave up after {attempt} deliveries: {exc!r}"
+                    for pulled in batch:
+                        await self._dead_letter(pulled.msg, reason)
+                    return
+                delay = self._settings.backoff(attempt)
+                log.warning(
+                    "batch failed, will retry",
+                    consumer=self.title,
+                    size=len(batch),
+                    attempt=attempt,
+                    delay_s=delay,
+                    error=repr(exc),
+                )
+                self._settler.count_retries(Counter(p.subject for p in batch))
+                if await self._pause(delay):
+                    return  # stopping: left unsettled, delivered again from the ack floor
+                attempt += 1
+                batch = [replace(p, deliveries=attempt) if p.deliveries else p for p in batch]
+        last = max(batch, key=lambda p: p.stream_seq)
+        await last.msg.ack()
+        self._acked(batch)
+
+    def _acked(self, batch: list[Pulled]) -> None:
+        self._settler.count_acked(Counter(p.subject for p in batch))
+        for pulled in batch:
+            self._settler.observe_latency(pulled.envelope["type"], pulled.envelope["time"])
+        log.info(
+            "batch processed",
+            consumer=self.title,
+            size=len(batch),
+            first_seq=batch[0].stream_seq,
+            last_seq=batch[-1].stream_seq,
+        )
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        """Dead-letter `msg`. With `AckPolicy.ALL` it must be settled before any later ack,
+        so a failure (NATS unreachable) is retried until it succeeds or the consumer stops
+        (then it is delivered again)."""
+        while True:
+            try:
+                await self._settler.dead_letter(msg, reason)
+                return
+            except Exception as exc:
+                if self.ack is not AckPolicy.ALL:
+                    raise
+                log.error("dead-letter failed, retrying", consumer=self.title, error=repr(exc))
+                if await self._pause(RETRY_PAUSE_S):
+                    raise
