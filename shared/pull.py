@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
 
 import nats.errors
 import structlog
@@ -46,7 +45,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from shared.consumer import Settler
-from shared.envelope import NotAnEnvelope, parse_envelope
+from shared.envelope import Envelope, NotAnEnvelope, parse_envelope
 from shared.settings import Settings
 from shared.subjects import StreamSpec
 
@@ -63,8 +62,9 @@ RETRY_PAUSE_S = 1.0
 class Pulled:
     """One delivery: its envelope parsed once, the message, where it is in the stream."""
 
-    envelope: dict[str, Any]
+    envelope: Envelope
     msg: Msg
+    stream: str
     stream_seq: int
     deliveries: int
     """JetStream's delivery count; 0 when the message may have been delivered before by a
@@ -252,7 +252,7 @@ class PullConsumer:
                 await self._dead_letter(msg, str(exc))
                 continue
             deliveries = meta.num_delivered if seq > self._seen_through else 0
-            batch.append(Pulled(envelope, msg, seq, deliveries))
+            batch.append(Pulled(envelope, msg, meta.stream, seq, deliveries))
         return batch
 
     async def _pause(self, seconds: float) -> bool:

@@ -1,4 +1,5 @@
-"""Helpers for tests that run services: serve one in-process, poll with a deadline."""
+"""Helpers for tests that run services: serve one in-process, poll with a deadline, hand a
+handler deliveries as a lean consumer does."""
 
 import asyncio
 import json
@@ -11,18 +12,37 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from typer.testing import CliRunner, Result
 
 from choreo.servers.process import ServerProcess
 from services.ingest.admission import Admission
+from shared.envelope import Event, parse_envelope
 from shared.metrics import Metrics
+from shared.pull import Pulled
 from shared.service import Service
 from shared.settings import Settings
 
 T = TypeVar("T")
+
+
+def pulled(
+    event: Event,
+    seq: int = 1,
+    *,
+    subject: str | None = None,
+    stream: str = "DATA",
+    deliveries: int = 1,
+) -> Pulled:
+    """A delivery of `event` as a lean consumer (shared/pull.py) hands it to its handler,
+    without a server: for the handler's logic; settling it needs a real one."""
+    body = event.to_bytes()
+    msg = Msg(cast(NATS, None), subject=subject or f"data.{event.type}", data=body)
+    return Pulled(parse_envelope(body), msg, stream, seq, deliveries)
 
 
 @asynccontextmanager

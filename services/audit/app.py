@@ -38,7 +38,7 @@ def create_app(
     steps = steps if steps is not None else StepRegistry(NAME)
     choreography = Choreography.create(NAME, config, broker, metrics, steps)
     audit_steps(steps, event_store.get, choreography.publisher)
-    AuditHandlers(event_store.get, choreography.settler, metrics).subscribe(broker, config)
+    handlers = AuditHandlers(event_store.get, choreography.settler, metrics)
 
     @asynccontextmanager
     async def database() -> AsyncIterator[None]:
@@ -56,6 +56,7 @@ def create_app(
         broker,
         metrics,
         resources=[] if store is not None else [database],
+        consumers=handlers.consumers(config),
         checks={"postgres": database_ready},
         routers=[audit_router(event_store.get)],
         choreography=choreography,

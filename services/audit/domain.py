@@ -1,11 +1,12 @@
 """What the audit service records for an event: a row of the `events` table."""
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from shared.consumer import Received
+import orjson
+
+from shared.pull import Pulled
 
 
 class EventRow(NamedTuple):
@@ -31,25 +32,28 @@ class EventRow(NamedTuple):
 EVENT_COLUMNS = EventRow._fields
 
 
-def event_row(received: Received) -> EventRow:
-    """The row for one delivered event; `data` as JSON text for the jsonb column."""
-    e = received.event
+def event_row(pulled: Pulled) -> EventRow:
+    """The row for one delivered event, straight from its parsed envelope; `data` as JSON
+    text for the jsonb column."""
+    e = pulled.envelope
+    data = e.get("data")
+    get = e.get
     return EventRow(
-        id=e.id,
-        type=e.type,
-        source=e.source,
-        subject=e.subject,
-        time=e.time,
-        runid=e.runid,
-        stepid=e.stepid,
-        attempt=e.attempt,
-        correlationid=e.correlationid,
-        causationid=e.causationid,
-        traceparent=e.traceparent,
-        data=None if e.data is None else json.dumps(e.data, separators=(",", ":")),
-        nats_subject=received.subject,
-        stream=received.stream,
-        stream_seq=received.stream_seq,
+        e["id"],
+        e["type"],
+        e["source"],
+        get("subject"),
+        e["time"],
+        get("runid"),
+        get("stepid"),
+        get("attempt"),
+        get("correlationid"),
+        get("causationid"),
+        get("traceparent"),
+        None if data is None else orjson.dumps(data).decode(),
+        pulled.msg.subject,
+        pulled.stream,
+        pulled.stream_seq,
     )
 
 

@@ -1,13 +1,17 @@
-"""The audit service's consumer: every event of the audited streams becomes a row (and
+"""The audit service's consumers: every event of the audited streams becomes a row (and
 rows of the projections: runs, steps, business events, fraud verdicts, lake objects).
 
-A batch is acknowledged only after its rows are committed (`shared.consumer.Settler`), so
-a crash re-delivers, and the store ignores ids it already has.
+One lean pull consumer per audited stream (shared/pull.py), durable `audit`, which the
+service's replicas share: so explicit acks (an ack may settle only the messages it names;
+with `AckPolicy.ALL` one replica's ack would settle another's batch still in flight). A
+batch is acknowledged only after its rows are committed, so a crash re-delivers, and the
+store ignores ids it already has. The rows are built from the envelopes as parsed (plain
+dicts): no model per event.
 """
 
 from collections.abc import Callable
 
-from faststream.nats import NatsBroker
+from nats.js.api import AckPolicy
 from prometheus_client import Counter
 
 from services.audit.domain import event_row, unique_rows
@@ -20,8 +24,9 @@ from services.audit.projections import (
     step_update,
 )
 from shared.access import AUDIT
-from shared.consumer import BatchMessage, Received, Settler, batch_subscription
+from shared.consumer import Settler
 from shared.metrics import Metrics
+from shared.pull import PullConsumer, Pulled
 from shared.settings import Settings
 from shared.subjects import DATA, FRAUD, LAKE, WORKFLOW, StreamSpec
 
@@ -41,24 +46,29 @@ class AuditHandlers:
             registry=metrics.registry,
         )
 
-    def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
-        """A durable batch consumer per audited stream."""
+    def consumers(self, settings: Settings) -> list[PullConsumer]:
+        """A durable batch consumer per audited stream, shared by the replicas."""
+        found = []
         for spec in AUDITED_STREAMS:
-            broker.subscriber(
-                **batch_subscription(spec, AUDIT, settings),
+            consumer = PullConsumer(
+                self.settler,
+                spec,
+                AUDIT,
+                settings,
+                ack=AckPolicy.EXPLICIT,
                 title=f"audit/{spec.name}",
                 description=f"Records every event of stream {spec.name} in the `events` table.",
-            )(self.on_events)
+            )
+            consumer.process_with(self.record)
+            found.append(consumer)
+        return found
 
-    async def on_events(self, msg: BatchMessage) -> None:
-        await self.settler.handle_batch(msg.raw_message, self.record, "on_events")
-
-    async def record(self, batch: list[Received]) -> None:
+    async def record(self, batch: list[Pulled]) -> None:
         """One transaction: the new rows, the run and step states, business events, fraud
         verdicts and landed lake objects the batch carries."""
-        events = [r.event for r in batch]
+        events = [p.envelope for p in batch]
         new = await self.store().insert_events(
-            unique_rows([event_row(r) for r in batch]),
+            unique_rows([event_row(p) for p in batch]),
             runs=[u for u in map(run_update, events) if u is not None],
             steps=[u for u in map(step_update, events) if u is not None],
             business=[b for b in map(business_row, events) if b is not None],

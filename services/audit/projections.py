@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from shared.envelope import Event
+from shared.envelope import Envelope
 from shared.fraud import FraudVerdict
 from shared.lake import Group, parse_key
 from shared.subjects import FRAUD_ALERT, FRAUD_SCORED, OBJECT_WRITTEN
@@ -79,41 +79,41 @@ class StepUpdate:
     duration_s: float | None = None
 
 
-def run_update(event: Event) -> RunUpdate | None:
-    if event.type not in _RUN_RANK or not event.runid or not isinstance(event.data, dict):
+def run_update(event: Envelope) -> RunUpdate | None:
+    kind, runid, data, time = event["type"], event.get("runid"), event.get("data"), event["time"]
+    if kind not in _RUN_RANK or not runid or not isinstance(data, dict):
         return None
-    data: dict[str, Any] = event.data
     generation = int(data.get("generation") or 1)
-    ended = _RUN_RANK[event.type] == 2
+    ended = _RUN_RANK[kind] == 2
     workflow = data.get("workflow")
     name = data.get("name") or (workflow.get("name") if isinstance(workflow, dict) else None)
     return RunUpdate(
-        runid=event.runid,
-        status=_RUN_STATUS[event.type],
+        runid=runid,
+        status=_RUN_STATUS[kind],
         generation=generation,
-        order_key=generation * 10 + _RUN_RANK[event.type],
+        order_key=generation * 10 + _RUN_RANK[kind],
         name=name if isinstance(name, str) else None,
         inputs=data.get("inputs"),
-        outputs=data.get("outputs") if event.type == ev.RUN_COMPLETED else None,
+        outputs=data.get("outputs") if kind == ev.RUN_COMPLETED else None,
         reason=data.get("reason"),
-        failed_step=data.get("step") if event.type == ev.RUN_FAILED else None,
+        failed_step=data.get("step") if kind == ev.RUN_FAILED else None,
         problems=data.get("problems") or None,
-        requested_at=event.time if event.type == ev.RUN_REQUESTED else None,
-        started_at=event.time if event.type == ev.RUN_STARTED else None,
-        ended_at=event.time if ended else None,
+        requested_at=time if kind == ev.RUN_REQUESTED else None,
+        started_at=time if kind == ev.RUN_STARTED else None,
+        ended_at=time if ended else None,
     )
 
 
-def step_update(event: Event) -> StepUpdate | None:
-    kind = _step_kind(event.type)
-    if kind is None or not event.runid or not isinstance(event.data, dict):
+def step_update(event: Envelope) -> StepUpdate | None:
+    kind = _step_kind(event["type"])
+    runid, data, time = event.get("runid"), event.get("data"), event["time"]
+    if kind is None or not runid or not isinstance(data, dict):
         return None
-    data: dict[str, Any] = event.data
     step = data.get("step")
     if not isinstance(step, str):
         return None
     generation = int(data.get("generation") or 1)
-    attempt = int(data.get("attempt") or event.attempt or 0)
+    attempt = int(data.get("attempt") or event.get("attempt") or 0)
     if kind == ev.STEP_SKIPPED:
         status, order_attempt, rank = "skipped", _SKIPPED_ATTEMPT, 2
     elif kind == ev.STEP_FAILED and data.get("will_retry"):
@@ -128,7 +128,7 @@ def step_update(event: Event) -> StepUpdate | None:
         order_attempt, rank = attempt, _STEP_RANK[kind]
     ended = kind in (ev.STEP_COMPLETED, ev.STEP_FAILED, ev.STEP_SKIPPED)
     return StepUpdate(
-        runid=event.runid,
+        runid=runid,
         stepid=step,
         status=status,
         generation=generation,
@@ -139,9 +139,9 @@ def step_update(event: Event) -> StepUpdate | None:
         inputs=data.get("inputs") if kind == ev.STEP_STARTED else None,
         output=data.get("output"),
         error=data.get("error"),
-        requested_at=event.time if kind == "requested" else None,
-        started_at=event.time if kind == ev.STEP_STARTED else None,
-        ended_at=event.time if ended else None,
+        requested_at=time if kind == "requested" else None,
+        started_at=time if kind == ev.STEP_STARTED else None,
+        ended_at=time if ended else None,
         duration_s=data.get("duration_s"),
     )
 
@@ -161,19 +161,19 @@ class BusinessRow:
 BUSINESS_EVENT = "business_event"
 
 
-def business_row(event: Event) -> BusinessRow | None:
+def business_row(event: Envelope) -> BusinessRow | None:
     """The business_events row of a `business_event` (ingest validated its schema)."""
-    if event.type != BUSINESS_EVENT or not isinstance(event.data, dict):
+    data = event.get("data")
+    if event["type"] != BUSINESS_EVENT or not isinstance(data, dict):
         return None
-    data: dict[str, Any] = event.data
     occurred = data.get("occurred_at")
     return BusinessRow(
-        id=event.id,
+        id=event["id"],
         company_id=str(data.get("company_id")),
         event_type=str(data.get("event_type")),
         payload=data.get("payload") or {},
         occurred_at=datetime.fromisoformat(occurred) if isinstance(occurred, str) else None,
-        time=event.time,
+        time=event["time"],
     )
 
 
@@ -194,22 +194,23 @@ class FraudRow:
     verdict: FraudVerdict
 
 
-def fraud_row(event: Event) -> FraudRow | None:
+def fraud_row(event: Envelope) -> FraudRow | None:
     """The row of a `fraud.scored` or `fraud.alert` event; None for other types and for
     data that breaks the contract (logged: the event itself is still audited)."""
-    if event.type not in FRAUD_TYPES:
+    kind = event["type"]
+    if kind not in FRAUD_TYPES:
         return None
     try:
-        verdict = FraudVerdict.model_validate(event.data)
+        verdict = FraudVerdict.model_validate(event.get("data"))
     except ValidationError as exc:
         log.warning(
             "fraud verdict not projected: unexpected data",
-            event_id=event.id,
-            type=event.type,
+            event_id=event["id"],
+            type=kind,
             errors=exc.errors(include_url=False, include_context=False, include_input=False),
         )
         return None
-    return FraudRow(event.type, event.id, event.time, verdict)
+    return FraudRow(kind, event["id"], event["time"], verdict)
 
 
 def _step_kind(event_type: str) -> str | None:
@@ -253,12 +254,16 @@ class LakeRow:
     last_seq: int
 
 
-def lake_row(event: Event) -> LakeRow | None:
+def lake_row(event: Envelope) -> LakeRow | None:
     """The row of a `lake.object.written` the lander announced; None for other events and
     for the objects of steps and uploads (their keys hold no stream sequences)."""
-    data = event.data if isinstance(event.data, dict) else {}
+    if event["type"] != OBJECT_WRITTEN:
+        return None
+    data = event.get("data")
+    if not isinstance(data, dict) or data.get("by") != "lander":
+        return None
     key, bucket = data.get("key"), data.get("bucket")
-    if event.type != OBJECT_WRITTEN or data.get("by") != "lander" or not isinstance(key, str):
+    if not isinstance(key, str):
         return None
     parsed = parse_key(key)
     if parsed is None or not isinstance(bucket, str):

@@ -1,5 +1,6 @@
 """Audit's handlers in memory: an in-memory event store (tests/handlers/fakes.py) behind
-the `EventStore` port, the broker a `TestNatsBroker`, the HTTP API over ASGI."""
+the `EventStore` port, deliveries handed to the handler as its lean consumers hand them
+(their fetching and settling: tests/integration/test_pull.py), the HTTP API over ASGI."""
 
 from collections.abc import AsyncIterator
 from typing import cast
@@ -11,14 +12,16 @@ from faststream.nats import TestNatsBroker
 from services.audit.app import create_app
 from services.audit.handlers import AuditHandlers
 from services.audit.settings import AuditSettings
-from shared.consumer import Received, Settler
+from shared.consumer import Settler
 from shared.envelope import Event
 from shared.lake import Group, object_key
 from shared.metrics import Metrics
 from shared.objects import object_written
+from shared.pull import Pulled
 from shared.subjects import FRAUD_SCORED, OBJECT_WRITTEN
 from tests.handlers.fakes import MemoryEventStore
 from tests.samples import TRANSACTION, changed
+from tests.support import pulled
 
 TX = Event(id="ev-tx-1", type="transaction", source="tests", data=TRANSACTION)
 SCORED = Event(
@@ -49,10 +52,10 @@ LANDED = object_written(
 )
 
 
-def delivered(event: Event, seq: int) -> Received:
+def delivered(event: Event, seq: int) -> Pulled:
     stream = {FRAUD_SCORED: "FRAUD", OBJECT_WRITTEN: "LAKE"}.get(event.type, "DATA")
     subject = f"data.{event.type}" if stream == "DATA" else event.type
-    return Received(event, subject, stream, seq, deliveries=1)
+    return pulled(event, seq, subject=subject, stream=stream)
 
 
 def handlers(store: MemoryEventStore, metrics: Metrics) -> AuditHandlers:

@@ -20,11 +20,10 @@ from services.audit.adapters import PgEventStore
 from services.audit.app import create_app as audit_app
 from services.audit.domain import event_row
 from services.audit.projections import fraud_row
-from shared.consumer import Received
-from shared.envelope import Event
+from shared.envelope import Event, parse_envelope
 from shared.ids import uuid7
 from shared.settings import Settings
-from tests.support import serve, settings_env, start_process, stop_process, wait_for
+from tests.support import pulled, serve, settings_env, start_process, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,14 +64,11 @@ def verdict(tx: Event, event_type: str, decision: str = "block", **changes: Any)
     )
 
 
-def received(event: Event, seq: int) -> Received:
-    return Received(event, event.type, "FRAUD", seq, 1)
-
-
 async def record(store: PgEventStore, events: list[Event]) -> int:
+    delivered = [pulled(e, n, subject=e.type, stream="FRAUD") for n, e in enumerate(events, 1)]
     return await store.insert_events(
-        [event_row(received(e, n)) for n, e in enumerate(events, 1)],
-        fraud=[r for r in map(fraud_row, events) if r is not None],
+        [event_row(p) for p in delivered],
+        fraud=[r for r in (fraud_row(p.envelope) for p in delivered) if r is not None],
     )
 
 
@@ -110,7 +106,7 @@ async def test_a_verdict_that_breaks_the_contract_is_audited_but_not_projected(
 ) -> None:
     tx_id = f"tx-{uuid7()}"
     broken = verdict(transaction(tx_id), "fraud.scored", score="high")
-    assert fraud_row(broken) is None
+    assert fraud_row(parse_envelope(broken.to_bytes())) is None
     assert await record(store, [broken]) == 1
     assert await db.fetchval("SELECT type FROM events WHERE id = $1", broken.id) == "fraud.scored"
     assert await store.fraud_score(tx_id) is None

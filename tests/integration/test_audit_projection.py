@@ -9,10 +9,10 @@ import pytest
 from services.audit.adapters import PgEventStore
 from services.audit.domain import RunCursor, event_row
 from services.audit.projections import business_row, run_update, step_update
-from shared.consumer import Received
-from shared.envelope import Event
+from shared.envelope import Event, parse_envelope
 from shared.ids import uuid7
 from shared.workflow import events as ev
+from tests.support import pulled
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2024, 1, 15, 12, tzinfo=UTC)
@@ -33,10 +33,11 @@ def step_event(
 
 
 async def apply(store: PgEventStore, events: list[Event]) -> None:
+    envelopes = [parse_envelope(e.to_bytes()) for e in events]
     await store.insert_events(
         [],
-        runs=[u for u in map(run_update, events) if u is not None],
-        steps=[u for u in map(step_update, events) if u is not None],
+        runs=[u for u in map(run_update, envelopes) if u is not None],
+        steps=[u for u in map(step_update, envelopes) if u is not None],
     )
 
 
@@ -123,13 +124,15 @@ async def test_business_events_are_recorded_once(store: PgEventStore) -> None:
         },
     )
     for _ in range(2):  # a redelivery changes nothing
-        await store.insert_events([], business=[b for b in [business_row(event)] if b])
+        row = business_row(parse_envelope(event.to_bytes()))
+        await store.insert_events([], business=[row] if row else [])
     rows = await store._pool.fetch("SELECT * FROM business_events WHERE id = $1", event.id)
     assert len(rows) == 1
     assert (rows[0]["company_id"], rows[0]["event_type"]) == ("acme", "invoice.created")
     assert json.loads(rows[0]["payload"]) == {"total": 1200}
     assert rows[0]["occurred_at"] == datetime(2024, 1, 15, 10, tzinfo=UTC)
-    assert business_row(Event(type="sale", source="t", data={})) is None
+    sale = Event(type="sale", source="t", data={})
+    assert business_row(parse_envelope(sale.to_bytes())) is None
 
 
 async def test_runs_are_listed_by_workflow_state_and_time(store: PgEventStore) -> None:
@@ -201,7 +204,7 @@ async def test_a_causation_chain_walks_back_and_forward(store: PgEventStore) -> 
     third = second.child(type="wf.run.started", source="ingest")
     other = Event(type="sale", source="ingest", data={})
     events = (first, second, third, other)
-    rows = [event_row(Received(e, e.type, "TEST", seq, 1)) for seq, e in enumerate(events, 1)]
+    rows = [event_row(pulled(e, seq, stream="TEST")) for seq, e in enumerate(events, 1)]
     await store.insert_events(rows)
     chain = await store.causation_chain(second.id, 50)
     assert [(c["id"], c["depth"]) for c in chain] == [(first.id, -1), (second.id, 0), (third.id, 1)]

@@ -17,7 +17,7 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from shared.consumer import Settler
+from shared.consumer import BatchMessage, Settler, batch_subscription
 from shared.envelope import Event
 from shared.jetstream import EventPublisher, ensure_streams, jetstream
 from shared.metrics import Metrics
@@ -228,3 +228,29 @@ async def test_an_explicit_durable_becomes_ack_all_from_its_ack_floor(settings: 
     assert (info.config.metadata or {}).get(SEEN_THROUGH) == "6"
     assert info.ack_floor.stream_seq == 10
     assert again.created == info.created
+
+
+async def test_a_durable_faststream_created_is_taken_over_as_it_is(settings: Settings) -> None:
+    """Upgrading a service whose subscriber became a lean consumer: the durable its
+    FastStream subscriber created (explicit acks) is bound, updated, and consumed on."""
+    async with world(settings) as w:
+        broker = create_broker(settings, w.service)
+        subscription = batch_subscription(w.spec, "pulled", settings)
+
+        async def before(msg: BatchMessage) -> None:
+            for message in msg.raw_message:
+                await message.ack()
+
+        broker.subscriber(**subscription)(before)
+        await broker.start()
+        await broker.stop()
+        created = await w.js.consumer_info(w.spec.name, "pulled")
+        ids = await w.publish(3)
+        consumer = w.consumer(AckPolicy.EXPLICIT)
+        consumer.process_with(w.record)
+        async with consumer.running(w.js, 1.0):
+            await wait_for(w.seen_ids, lambda seen: len(seen) >= 3)
+            info = await w.js.consumer_info(w.spec.name, "pulled")
+    assert w.ids() == ids
+    assert info.created == created.created
+    assert info.config.ack_policy == AckPolicy.EXPLICIT

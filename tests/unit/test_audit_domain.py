@@ -3,12 +3,8 @@
 import json
 
 from services.audit.domain import EVENT_COLUMNS, event_row, unique_rows
-from shared.consumer import Received
 from shared.envelope import Event
-
-
-def received(event: Event, seq: int = 1) -> Received:
-    return Received(event, f"data.{event.type}", "DATA", seq, 1)
+from tests.support import pulled as received
 
 
 def test_row_has_every_column_in_order() -> None:
@@ -18,6 +14,8 @@ def test_row_has_every_column_in_order() -> None:
     assert row.id == event.id
     assert row.stream_seq == 7
     assert row.nats_subject == "data.sale"
+    assert (row.type, row.source, row.time) == (event.type, event.source, event.time)
+    assert (row.runid, row.attempt, row.traceparent) == ("r", 1, event.traceparent)
     assert row.data is not None
     assert json.loads(row.data) == {"b": 2, "a": [1]}
 

@@ -6,7 +6,7 @@ import pytest
 
 from services.audit.api import parse_since
 from services.audit.projections import fraud_row
-from shared.envelope import Event
+from shared.envelope import Event, parse_envelope
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 DATA = {
@@ -51,7 +51,7 @@ def test_since_refuses_anything_else_and_says_what_it_takes(value: str) -> None:
 @pytest.mark.parametrize("event_type", ["fraud.scored", "fraud.alert"])
 def test_a_verdict_becomes_a_row_with_its_event(event_type: str) -> None:
     event = Event(type=event_type, source="choreo/fraud", data=DATA, time=NOW)
-    row = fraud_row(event)
+    row = fraud_row(parse_envelope(event.to_bytes()))
     assert row is not None
     assert (row.type, row.event_id, row.event_time) == (event_type, event.id, NOW)
     assert row.verdict.timestamp == datetime(2024, 1, 15, 9, 1, tzinfo=UTC)
@@ -71,11 +71,13 @@ def test_a_verdict_becomes_a_row_with_its_event(event_type: str) -> None:
     ids=["missing-field", "score-out-of-range", "naive-timestamp", "reasons-not-a-list", "no-data"],
 )
 def test_a_verdict_that_breaks_the_contract_gives_no_row(data: object) -> None:
-    assert fraud_row(Event(type="fraud.scored", source="x", data=data)) is None
+    event = Event(type="fraud.scored", source="x", data=data)
+    assert fraud_row(parse_envelope(event.to_bytes())) is None
 
 
 def test_other_events_give_no_row() -> None:
-    assert fraud_row(Event(type="transaction", source="x", data=DATA)) is None
+    event = Event(type="transaction", source="x", data=DATA)
+    assert fraud_row(parse_envelope(event.to_bytes())) is None
 
 
 def test_since_too_far_back_is_refused() -> None:
