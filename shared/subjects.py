@@ -7,6 +7,7 @@ stream's subjects are disjoint: `data.*` holds validated events (one token after
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 SERVICES = ("ingest", "transform", "store", "audit", "fraud")
 
@@ -88,6 +89,7 @@ from, and all that replaying one publishes to (tests/unit/test_subjects.py check
 against the services' subscribers)."""
 
 
+@lru_cache(maxsize=1024)  # asked on every publish, of a service's few subjects mostly
 def stream_for(subject: str) -> StreamSpec:
     """The stream that stores `subject` (ValueError when none does)."""
     tokens = subject.split(".")

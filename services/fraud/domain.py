@@ -95,10 +95,11 @@ class Scorer:
         self.model = model or shipped_model()
         self.state = State()
 
-    def score(self, tx: Mapping[str, Any], shadow: Model | None = None) -> Scored:
-        """Score `tx`, then record it; with `shadow`, also judge it by that model (same
-        features, its own pushes), in `Scored.shadow`."""
-        parsed = Tx.parse(tx)
+    def score(self, tx: Mapping[str, Any] | Tx, shadow: Model | None = None) -> Scored:
+        """Score `tx` (a transaction's data, or its fields parsed already), then record it;
+        with `shadow`, also judge it by that model (same features, its own pushes), in
+        `Scored.shadow`."""
+        parsed = tx if isinstance(tx, Tx) else Tx.parse(tx)
         f, hits = assess(parsed, self.state, self.config)
         candidate = None if shadow is None else judge(dict(f), hits, self.config, shadow)
         scored = judge(f, hits, self.config, self.model)

@@ -1,5 +1,6 @@
-"""Transactions as the scorer reads them: one transaction's fields (`Tx`), and transactions one
-JSON object a line (evaluation files, lake objects)."""
+"""Transactions as the scorer reads them: one transaction's fields (`Tx`), a transaction event's
+data as the fraud service reads it (`Transaction`), and transactions one JSON object a line
+(evaluation files, lake objects)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from services.fraud.feedback import parse_time
+from shared.envelope import rfc3339
 
 REQUIRED = ("card_id", "terminal_id", "amount", "timestamp")
 
@@ -47,6 +50,47 @@ class Tx:
             country=None if country is None else str(country),
             channel=None if channel is None else str(channel),
             transaction_id=None if tx_id is None else str(tx_id),
+        )
+
+
+REPEATED = ("transaction_id", "card_id", "terminal_id", "currency", "timestamp")
+"""The string fields of a transaction that its verdicts repeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A `transaction` event's data as the fraud service reads it: what the scorer takes
+    (`tx`) and the fields its verdicts repeat, as `fraud.scored` carries them
+    (shared/fraud.py `FraudVerdict`: the amount a float, the timestamp as it writes times)."""
+
+    tx: Tx
+    transaction_id: str
+    card_id: str
+    terminal_id: str
+    amount: float
+    currency: str
+    timestamp: str
+
+    @classmethod
+    def parse(cls, data: Any) -> Transaction:
+        """ValueError naming the first field that is missing or wrong."""
+        if not isinstance(data, dict):
+            raise ValueError("data: not an object")
+        for name in REPEATED:
+            value = data.get(name)
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"{name}: missing" if value is None else f"{name}: not a string ({value!r})"
+                )
+        tx = Tx.parse(data)
+        return cls(
+            tx,
+            data["transaction_id"],
+            data["card_id"],
+            data["terminal_id"],
+            tx.amount,
+            data["currency"],
+            rfc3339(datetime.fromisoformat(data["timestamp"])),
         )
 
 

@@ -37,6 +37,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import structlog
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
@@ -44,11 +45,11 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
-from pydantic import BaseModel, ValidationError
 
 from services.fraud.domain import Scored, Scorer
 from services.fraud.feedback import Applied
 from services.fraud.model import Model, shipped_model
+from services.fraud.records import Transaction
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import (
     Outcome,
@@ -62,10 +63,9 @@ from services.fraud.snapshot import (
 )
 from shared.access import fraud_durable
 from shared.consumer import BatchMessage, Settler, batch_subscription
-from shared.envelope import Event
-from shared.fraud import FraudVerdict
+from shared.envelope import Envelope, NotAnEnvelope, child_envelope, parse_envelope
 from shared.fraud_models import ModelStore
-from shared.jetstream import EventPublisher
+from shared.jetstream import Encoded, EventPublisher
 from shared.metrics import Metrics
 from shared.subjects import DATA, FRAUD_ALERT, FRAUD_SCORED, FRAUD_SHADOW, data_subject
 
@@ -85,51 +85,46 @@ def partition_of(card_id: str, partitions: int) -> int:
     return zlib.crc32(card_id.encode()) % partitions
 
 
-class Transaction(BaseModel):
-    """The fields of a transaction that the fraud events repeat (the scorer reads its own)."""
-
-    transaction_id: str
-    card_id: str
-    terminal_id: str
-    amount: float
-    currency: str
-    timestamp: str
-
-
-def fraud_events(transaction: Event, verdict: Verdict) -> list[tuple[str, Event]]:
+def fraud_events(transaction: Envelope, tx: Transaction, verdict: Verdict) -> list[Encoded]:
     """`fraud.scored`, `fraud.alert` unless allowed, and `fraud.shadow` when a shadow model
-    judged it too, as (subject, event) to publish."""
-    tx = Transaction.model_validate(transaction.data)
+    judged it too, serialized: children of the `transaction` event (its checked envelope,
+    its data parsed as `tx`), the JSON `Event.child()` would give with shared/fraud.py's
+    `FraudVerdict` as their data."""
 
     def data(v: Verdict) -> dict[str, Any]:
-        return FraudVerdict(
-            transaction_event_id=transaction.id,
-            score=v.score,
-            decision=v.decision,
-            reasons=v.reasons,
-            rules=v.rules,
-            model=v.model,
-            **tx.model_dump(),
-        ).model_dump(mode="json")
+        return {
+            "transaction_id": tx.transaction_id,
+            "transaction_event_id": transaction["id"],
+            "card_id": tx.card_id,
+            "terminal_id": tx.terminal_id,
+            "amount": tx.amount,
+            "currency": tx.currency,
+            "timestamp": tx.timestamp,
+            "score": float(v.score),
+            "decision": v.decision,
+            "reasons": v.reasons,
+            "rules": {rule: float(push) for rule, push in v.rules.items()},
+            "model": v.model,
+        }
 
     kinds = [(FRAUD_SCORED, verdict)]
     if verdict.decision != "allow":
         kinds.append((FRAUD_ALERT, verdict))
     if verdict.shadow is not None:
         kinds.append((FRAUD_SHADOW, verdict.shadow))
-    return [
-        (
-            kind,
-            transaction.child(
-                type=kind,
-                source=SOURCE,
-                id=str(uuid.uuid5(EVENT_IDS, f"{transaction.id}:{kind.rsplit('.', 1)[1]}")),
-                subject=tx.transaction_id,
-                data=data(v),
-            ),
+    events = []
+    for kind, v in kinds:
+        event_id = str(uuid.uuid5(EVENT_IDS, f"{transaction['id']}:{kind.rsplit('.', 1)[1]}"))
+        event = child_envelope(
+            transaction,
+            id=event_id,
+            type=kind,
+            source=SOURCE,
+            subject=tx.transaction_id,
+            data=data(v),
         )
-        for kind, v in kinds
-    ]
+        events.append(Encoded(kind, event_id, orjson.dumps(event)))
+    return events
 
 
 async def _model(store: ModelStore, version: str) -> Model:
@@ -158,8 +153,8 @@ async def _read_labels_too(js: JetStreamContext, config: ConsumerConfig) -> None
     )
 
 
-def _card_of(event: Event | None) -> str | None:
-    data = event.data if event is not None else None
+def _card_of(event: Envelope | None) -> str | None:
+    data = event.get("data") if event is not None else None
     card = data.get("card_id") if isinstance(data, dict) else None
     return card if isinstance(card, str) else None
 
@@ -210,43 +205,47 @@ class FraudScoring:
 
     # -- consuming ----------------------------------------------------------------------------
 
-    def owns(self, event: Event | None) -> bool:
+    def owns(self, event: Envelope | None) -> bool:
         """Whether this partition scores `event`; one without a card (it cannot be scored,
         only dead-lettered) belongs to partition 0. Every partition learns from a label."""
-        if event is not None and event.type == "fraud_label":
+        if event is not None and event["type"] == "fraud_label":
             return True
         card = _card_of(event)
         if card is None:
             return self.partition == 0
         return partition_of(card, self.partitions) == self.partition
 
-    def apply(self, seq: int, event: Event) -> Outcome | None:
+    def apply(self, seq: int, event: Envelope) -> Outcome | None:
         """Score the transaction at stream sequence `seq` (after every earlier one) and keep
         the outcome until its delivery is settled; for a label, learn from it (None: nothing
         to publish)."""
-        if event.type == "fraud_label":
+        return self._apply(seq, event)[0]
+
+    def _apply(self, seq: int, event: Envelope) -> tuple[Outcome | None, Transaction | None]:
+        """`apply`, with the transaction as read when it was scored."""
+        if event["type"] == "fraud_label":
             self.applied_seq = seq
-            return self.learn(seq, event)
+            return self.learn(seq, event), None
+        tx = None
         try:
-            if not isinstance(event.data, dict):
-                raise ValueError("data: not an object")
-            Transaction.model_validate(event.data)
-            scored = self.scorer.score(event.data, self.shadow)
-        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError included
+            tx = Transaction.parse(event.get("data"))
+            scored = self.scorer.score(tx.tx, self.shadow)
+        except (KeyError, TypeError, ValueError) as exc:
             error = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             outcome = Outcome(None, f"transaction cannot be scored: {error}")
         else:
             outcome = Outcome(_verdict(scored))
         self.pending[seq] = outcome
         self.applied_seq = seq
-        return outcome
+        return outcome, tx
 
-    def learn(self, seq: int, event: Event) -> Outcome | None:
+    def learn(self, seq: int, event: Envelope) -> Outcome | None:
         """Apply a label; a malformed one is dead-lettered by partition 0 only."""
         try:
-            if not isinstance(event.data, dict):
+            data = event.get("data")
+            if not isinstance(data, dict):
                 raise ValueError("data: not an object")
-            applied: Applied = self.scorer.learn(event.data)
+            applied: Applied = self.scorer.learn(data)
         except ValueError as exc:
             if self.partition != 0:
                 return None
@@ -286,14 +285,14 @@ class FraudScoring:
             await self._receive(messages)
 
     async def _receive(self, messages: Sequence[Msg]) -> None:
-        outgoing: list[tuple[Msg, Event, int, list[tuple[str, Event]]]] = []
+        outgoing: list[tuple[Msg, Envelope, int, list[Encoded]]] = []
         for msg in messages:
             seq = msg.metadata.sequence.stream
             try:
-                event = Event.from_bytes(msg.data)
-            except ValidationError as exc:
+                event = parse_envelope(msg.data)
+            except NotAnEnvelope as exc:
                 if self.owns(None):
-                    await self._dead_letter(msg, seq, f"not a valid event envelope: {exc}")
+                    await self._dead_letter(msg, seq, str(exc))
                 else:
                     await self._settle(msg, ack=True)
                 continue
@@ -301,8 +300,9 @@ class FraudScoring:
                 await self._settle(msg, ack=True)
                 continue
             outcome: Outcome | None
+            tx: Transaction | None = None
             if seq > self.applied_seq:
-                outcome = self.apply(seq, event)
+                outcome, tx = self._apply(seq, event)
                 if outcome is not None and outcome.verdict is not None:
                     self.decisions.labels(self._metrics.service, outcome.verdict.decision).inc()
             else:  # a redelivery: its outcome if still pending, else it was settled before
@@ -311,18 +311,14 @@ class FraudScoring:
                 await self._settle(msg, ack=True)
             elif outcome.verdict is None:
                 await self._dead_letter(msg, seq, outcome.error or "")
-            else:
-                outgoing.append((msg, event, seq, fraud_events(event, outcome.verdict)))
+            else:  # scored: the transaction was read then (now, for a redelivery)
+                tx = tx or Transaction.parse(event["data"])
+                outgoing.append((msg, event, seq, fraud_events(event, tx, outcome.verdict)))
         await self._publish(outgoing)
 
-    async def _publish(
-        self, outgoing: list[tuple[Msg, Event, int, list[tuple[str, Event]]]]
-    ) -> None:
+    async def _publish(self, outgoing: list[tuple[Msg, Envelope, int, list[Encoded]]]) -> None:
         """Publish every event of the chunk at once; settle each delivery by its own events."""
-        results = await asyncio.gather(
-            *(self._publisher.publish(s, e) for *_, events in outgoing for s, e in events),
-            return_exceptions=True,
-        )
+        results = await self._publisher.publish_all([e for *_, events in outgoing for e in events])
         at = 0
         for msg, event, seq, events in outgoing:
             failed = [r for r in results[at : at + len(events)] if isinstance(r, BaseException)]
@@ -333,7 +329,7 @@ class FraudScoring:
                 continue
             await self._settle(msg, ack=True)
             self.pending.pop(seq, None)  # after the ack: a snapshot never misses an unacked one
-            self._metrics.observe_latency(event.type, event.time)
+            self._metrics.observe_latency(event["type"], event["time"])
 
     async def _dead_letter(self, msg: Msg, seq: int, reason: str) -> None:
         try:
@@ -411,8 +407,8 @@ class FraudScoring:
         replayed = 0
         async for msg in read_range(js, DATA.name, SUBJECTS, self.applied_seq + 1, delivered):
             try:
-                event = Event.from_bytes(msg.data)
-            except ValidationError:
+                event = parse_envelope(msg.data)
+            except NotAnEnvelope:
                 continue  # not state: dead-lettered again if it comes back
             if self.owns(event):
                 self.apply(msg.metadata.sequence.stream, event)

@@ -7,14 +7,17 @@ import uuid
 import zlib
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from choreo.generate import generate
 from services.fraud.domain import Scorer
 from services.fraud.model import Model, shipped_model
-from services.fraud.scoring import EVENT_IDS, fraud_events, partition_of
+from services.fraud.records import Transaction
+from services.fraud.scoring import EVENT_IDS, SOURCE, _verdict, fraud_events, partition_of
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import (
     Outcome,
@@ -26,8 +29,10 @@ from services.fraud.snapshot import (
     encode_detached,
     object_name,
 )
-from shared.envelope import Event
+from shared.envelope import Event, parse_envelope, rfc3339
+from shared.fraud import FraudVerdict
 from shared.subjects import FRAUD_ALERT, FRAUD_SCORED, FRAUD_SHADOW
+from shared.tracing import trace_id
 from tests.samples import TRANSACTION, changed
 
 TX = changed(TRANSACTION, country="ES")
@@ -53,7 +58,7 @@ def test_partition_of_is_crc32_of_the_card() -> None:
 def test_fraud_events_derive_from_the_transaction(decision: str, subjects: list[str]) -> None:
     transaction = Event(type="transaction", source="tests", data=TX, correlationid="corr-9")
     verdict = Verdict(0.9, decision, ["velocity_1m: 4 transactions"], {"velocity_1m": 0.65}, "m1")
-    events = fraud_events(transaction, verdict)
+    events = built(transaction, verdict)
     assert [subject for subject, _ in events] == subjects
     for subject, event in events:
         assert event.type == subject
@@ -78,13 +83,101 @@ def test_fraud_events_derive_from_the_transaction(decision: str, subjects: list[
             "model": "m1",
         }
     # The same transaction event always gives the same ids: a re-publish is a duplicate.
-    assert [e.id for _, e in fraud_events(transaction, verdict)] == [e.id for _, e in events]
+    assert [e.id for _, e in built(transaction, verdict)] == [e.id for _, e in events]
+
+
+def built(transaction: Event, verdict: Verdict) -> list[tuple[str, Event]]:
+    """fraud_events() of `transaction` as it arrives (bytes), read back as events."""
+    envelope = parse_envelope(transaction.to_bytes())
+    events = fraud_events(envelope, Transaction.parse(envelope["data"]), verdict)
+    for encoded in events:
+        assert Event.from_bytes(encoded.payload).id == encoded.id  # the de-duplication id
+    return [(e.subject, Event.from_bytes(e.payload)) for e in events]
+
+
+class TransactionModel(BaseModel):
+    """The fields FraudVerdict repeats, as fraud_events read them with pydantic."""
+
+    transaction_id: str
+    card_id: str
+    terminal_id: str
+    amount: float
+    currency: str
+    timestamp: str
+
+
+def model_built(transaction: Event, verdict: Verdict, kind: str, time: datetime, tp: str) -> bytes:
+    """What fraud_events() gave when it built models: Event.child() with a FraudVerdict as
+    its data, serialized by Event.to_bytes(); with the time and traceparent given (a clock
+    reading and a random span id, new on every call)."""
+    tx = TransactionModel.model_validate(transaction.data)
+    v = verdict.shadow if kind == FRAUD_SHADOW else verdict
+    assert v is not None
+    data = FraudVerdict(
+        transaction_event_id=transaction.id,
+        score=v.score,
+        decision=v.decision,
+        reasons=v.reasons,
+        rules=v.rules,
+        model=v.model,
+        **tx.model_dump(),
+    ).model_dump(mode="json")
+    child = transaction.child(
+        type=kind,
+        source=SOURCE,
+        id=str(uuid.uuid5(EVENT_IDS, f"{transaction.id}:{kind.rsplit('.', 1)[1]}")),
+        subject=tx.transaction_id,
+        data=data,
+        time=time,
+        traceparent=tp,
+    )
+    return child.to_bytes()
+
+
+def test_fraud_events_are_byte_for_byte_what_event_child_gave() -> None:
+    """The events built as dicts and serialized by orjson are the bytes the models gave,
+    for real verdicts (rules, reasons, shadows) of generated transactions, in envelopes
+    with and without extensions, timestamps and amounts spelled otherwise. Only the time
+    and the span id are new on every call: those are compared apart."""
+    transactions, _ = generate(400, seed=4)
+    scorer = Scorer()
+    candidate = Model.from_dict({**shipped_model().to_dict(), "version": "c", "intercept": 1.0})
+    spellings = ["+00:00", ".250+01:00", ".000001-05:30", ".000Z"]
+    compared: Counter[str] = Counter()
+    for n, tx in enumerate(transactions):
+        data = dict(tx)
+        if n % 5 == 1:
+            data["timestamp"] = tx["timestamp"].replace("Z", spellings[n % 4])
+        if n % 7 == 0:
+            data["amount"] = int(data["amount"]) + 1  # an integer: FraudVerdict's is a float
+        extensions: dict[str, Any] = (
+            {"runid": "run-1", "stepid": "score", "attempt": 2, "correlationid": f"c-{n}"}
+            if n % 2
+            else {"traceparent": None}
+        )
+        transaction = Event(type="transaction", source="tests", data=data, **extensions)
+        verdict = _verdict(scorer.score(data, candidate if n % 3 == 0 else None))
+        envelope = parse_envelope(transaction.to_bytes())
+        started = datetime.now(UTC)
+        for encoded in fraud_events(envelope, Transaction.parse(envelope["data"]), verdict):
+            event = Event.from_bytes(encoded.payload)
+            assert event.traceparent is not None
+            old = model_built(transaction, verdict, encoded.subject, event.time, event.traceparent)
+            assert encoded.payload == old
+            assert rfc3339(event.time) in old.decode()  # the time as the model writes it
+            assert started <= event.time <= datetime.now(UTC)
+            if transaction.traceparent is not None:
+                assert trace_id(event.traceparent) == trace_id(transaction.traceparent)
+            compared[encoded.subject] += 1
+    assert compared[FRAUD_SCORED] == len(transactions)
+    assert compared[FRAUD_ALERT] > 0
+    assert compared[FRAUD_SHADOW] > 0
 
 
 def test_a_shadow_verdict_is_recorded_never_alerting() -> None:
     transaction = Event(type="transaction", source="tests", data=TX)
     shadow = Verdict(0.95, "block", ["velocity_1m: 4 transactions"], {"velocity_1m": 0.65}, "s")
-    events = fraud_events(transaction, Verdict(0.1, "allow", [], {}, "m1", shadow))
+    events = built(transaction, Verdict(0.1, "allow", [], {}, "m1", shadow))
     assert [subject for subject, _ in events] == [FRAUD_SCORED, FRAUD_SHADOW]
     scored, shadowed = (e.data for _, e in events)
     assert isinstance(scored, dict)

@@ -9,6 +9,7 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -435,6 +436,60 @@ async def test_a_failed_publish_is_retried_with_the_verdict_it_had(
         if line.startswith("choreo_fraud_decisions_total{")
     )
     assert scored == len(transactions)
+
+
+async def test_a_publish_refused_mid_chunk_is_scored_once_when_redelivered(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    """Stream FRAUD stops storing `fraud.alert` (its subjects narrowed) while one fetched
+    chunk holds allowed transactions, alerting ones, then allowed ones again: the first
+    alerting transaction's publish fails in the middle of the chunk. Nothing from it on is
+    acknowledged while the stream refuses; once it stores alerts again, the redeliveries
+    publish the verdicts they had (fraud.scored again: a duplicate JetStream drops), and
+    no transaction is scored twice or skipped."""
+    transactions = card_history("card-a", "term-1") + card_history("card-b", "term-2")
+    expected = reference(transactions)
+    order = [str(tx["transaction_id"]) for tx in transactions]
+    alerting = [i for i, tx_id in enumerate(order) if expected[tx_id]["decision"] != "allow"]
+    first = alerting[0]
+    assert first > 0, "allowed transactions before the first alert"
+    assert set(range(first, len(order))) - set(alerting), "allowed ones after it"
+    js = admin.jetstream()
+    settings = fraud_settings(nats_server, s3_endpoint, tmp_path, fraud_fetch_batch=100)
+    async with serve(create_app(settings)) as http:
+        config = (await js.stream_info(FRAUD.name)).config
+        await js.update_stream(replace(config, subjects=["fraud.scored", "fraud.shadow"]))
+        await js.pause_consumer(DATA.name, "fraud-p0-of-1", "2999-01-01T00:00:00Z")
+        await publish(js, as_events(transactions))  # one chunk, once resumed
+        await js.resume_consumer(DATA.name, "fraud-p0-of-1")
+
+        async def metrics() -> str:
+            return (await http.get("/metrics")).text
+
+        info = await wait_for(  # all delivered, the refused ones nak'd and delivered again
+            lambda: js.consumer_info(DATA.name, "fraud-p0-of-1"),
+            lambda i: not i.num_pending and i.num_redelivered > 0,
+        )
+        assert (info.ack_floor.stream_seq or 0) < first + 1  # stream seqs count from 1
+        assert info.num_ack_pending >= len(alerting)
+        await ensure_streams(js, Settings(environment="test"), [FRAUD])
+        await wait_for(lambda: count(js, "fraud.alert"), lambda n: n == len(alerting))
+        done = await wait_for(
+            lambda: js.consumer_info(DATA.name, "fraud-p0-of-1"),
+            lambda i: not i.num_ack_pending and not i.num_pending,
+        )
+        text = await metrics()
+    assert (done.ack_floor.stream_seq or 0) == len(transactions)
+    scored = await read(js, FRAUD.name, "fraud.scored")
+    assert len(scored) == len(transactions)  # each verdict stored once
+    assert verdicts(scored) == expected
+    assert set(verdicts(await read(js, FRAUD.name, "fraud.alert"))) == {order[i] for i in alerting}
+    decided = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("choreo_fraud_decisions_total{")
+    )
+    assert decided == len(transactions)  # scored once each, the redeliveries included
 
 
 async def test_replicas_split_the_cards_and_score_each_card_in_order(

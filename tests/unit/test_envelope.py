@@ -3,12 +3,20 @@
 import uuid
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 import structlog
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from shared.envelope import MSG_ID_HEADER, Event, NotAnEnvelope, parse_envelope
+from shared.envelope import (
+    MSG_ID_HEADER,
+    Event,
+    NotAnEnvelope,
+    child_envelope,
+    parse_envelope,
+    rfc3339,
+)
 from shared.ids import uuid7
 from shared.logs import bound_event
 from shared.tracing import TRACEPARENT, trace_id
@@ -72,6 +80,50 @@ def test_headers_carry_the_id_for_deduplication() -> None:
 def test_invalid_envelopes_are_refused(fields: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Event.model_validate(fields)
+
+
+def test_child_envelope_is_what_child_gives() -> None:
+    parent = Event(type="a", source="a", runid="r", stepid="s", attempt=3, correlationid="c")
+    for source in (parent, Event(type="a", source="a", traceparent=None)):
+        raw = orjson.dumps(
+            child_envelope(
+                parse_envelope(source.to_bytes()),
+                id="child-1",
+                type="b",
+                source="b",
+                subject="tx-1",
+                data={"ok": True},
+            )
+        )
+        got = Event.from_bytes(raw)
+        expected = source.child(
+            type="b",
+            source="b",
+            id="child-1",
+            subject="tx-1",
+            data={"ok": True},
+            time=got.time,
+            traceparent=got.traceparent,
+        )
+        assert raw == expected.to_bytes()
+        if source.traceparent is not None:
+            assert trace_id(got.traceparent) == trace_id(source.traceparent)
+
+
+@pytest.mark.parametrize(
+    ("when", "text"),
+    [
+        (datetime(2024, 1, 15, 12, tzinfo=UTC), "2024-01-15T12:00:00Z"),
+        (datetime(2024, 1, 15, 12, 0, 0, 250000, tzinfo=UTC), "2024-01-15T12:00:00.250000Z"),
+        (datetime.fromisoformat("2024-01-15T12:00:00.000001-05:30"), None),
+        (datetime.fromisoformat("2024-01-15T12:00:00+01:00"), None),
+    ],
+)
+def test_rfc3339_writes_times_as_event_does(when: datetime, text: str | None) -> None:
+    written = Event(type="a", source="a", time=when).to_bytes()
+    assert f'"time":"{rfc3339(when)}"'.encode() in written
+    if text is not None:
+        assert rfc3339(when) == text
 
 
 def test_uuid7_is_version_7_and_time_ordered() -> None:
