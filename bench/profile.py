@@ -15,24 +15,9 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from bench.stages import (
-    audit_stage,
-    fraud_stage,
-    ingest_stage,
-    lander_stage,
-    run_stage,
-    shared_servers,
-)
+from bench.stages import STAGES, run_stage, shared_servers
 from bench.transactions import envelopes
 from shared.logs import configure_logging
-
-STAGES = {
-    "ingest": ingest_stage,
-    "store-lander": lander_stage,
-    "audit": audit_stage,
-    "fraud": fraud_stage,
-}
-
 
 # Leaves where a thread waits rather than works: the event loop in epoll (py-spy shows the
 # native wait as the Python frame above it) and idle worker threads.

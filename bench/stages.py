@@ -12,8 +12,15 @@ A stage's rate is `messages / (all acknowledged - resumed)`, read from the consu
 counters (ack floor, pending, ack pending, polled every 50 ms), whatever a service batches.
 Replicas (the scaling runs) share one durable consumer (audit) or own one partition each
 (fraud: every replica reads every transaction, scores its own cards' ones, acks the rest).
+
+    python -m bench stages [--events 30000] [--stage audit --stage store-lander] [--replicas N]
+
+runs the ceilings and the chosen stages only (all four by default; `--replicas` for audit
+and fraud), and prints per stage events/s, the ratios to `C_hop` (and `C_copy` for audit)
+and the service's CPU per event. The suite (bench/suite.py) runs them all with the scaling.
 """
 
+import argparse
 import asyncio
 import json
 import os
@@ -24,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +53,7 @@ from services.audit.adapters import migrate, open_pool
 from shared.access import AUDIT, INGEST_IN, STORE_LANDER, fraud_durable
 from shared.envelope import Event
 from shared.jetstream import ensure_streams
+from shared.logs import configure_logging
 from shared.settings import Settings
 from shared.subjects import DATA, DATA_IN, DATA_IN_PREFIX, data_subject
 
@@ -133,6 +141,17 @@ def fraud_stage(replicas: int = 1) -> Stage:
         DATA.name,
         tuple(fraud_durable(p, replicas) for p in range(replicas)),
     )
+
+
+STAGES: dict[str, Callable[[], Stage]] = {
+    "ingest": ingest_stage,
+    "store-lander": lander_stage,
+    "audit": audit_stage,
+    "fraud": fraud_stage,
+}
+"""Each stage by its label (one replica)."""
+SCALED: dict[str, Callable[[int], Stage]] = {"audit": audit_stage, "fraud": fraud_stage}
+"""The stages that run with replicas."""
 
 
 def _env(servers: Servers, nats_url: str, data_dir: Path, port: int) -> dict[str, str]:
@@ -317,17 +336,10 @@ def run_stages(
     with shared_servers() as servers:
         log(f"ceilings ({events} messages, {put_objects} x 1 MB objects)")
         limits = ceilings(servers, envelopes(events, f"ceil-{secrets.token_hex(4)}-"), put_objects)
-        hop = limits["c_hop"]["per_s"]
-        copy = limits["c_copy"]["per_s"]
         stages: dict[str, Any] = {}
         for stage in (ingest_stage(), lander_stage(), audit_stage(), fraud_stage()):
             log(f"stage {stage.label} ({events} events)")
-            figures = run_stage(servers, stage, envelopes(events, f"{stage.label}-{_tag()}-"))
-            figures["ratio_to_c_hop"] = round(figures["events_per_s"] / hop, 3)
-            if stage.label == "audit":
-                figures["rows_per_s"] = figures["events_per_s"]
-                figures["ratio_to_c_copy"] = round(figures["events_per_s"] / copy, 3)
-            stages[stage.label] = figures
+            stages[stage.label] = measured_stage(servers, stage, events, limits)
         scaling: dict[str, Any] = {"audit": {}, "fraud": {}}
         for replicas in replica_counts:
             for service, build in (("audit", audit_stage), ("fraud", fraud_stage)):
@@ -340,6 +352,38 @@ def run_stages(
                     servers, stage, envelopes(events, f"{stage.label}-{_tag()}-")
                 )
     return {"ceilings": limits, "stages": stages, "scaling": scaling}
+
+
+def measured_stage(
+    servers: Servers, stage: Stage, events: int, limits: dict[str, Any]
+) -> dict[str, Any]:
+    """Run a stage on `events` events; its figures with the ratios to the ceilings and the
+    service's CPU per event."""
+    figures = run_stage(servers, stage, envelopes(events, f"{stage.label}-{_tag()}-"))
+    figures["ratio_to_c_hop"] = round(figures["events_per_s"] / limits["c_hop"]["per_s"], 3)
+    if stage.label.startswith("audit"):
+        figures["rows_per_s"] = figures["events_per_s"]
+        figures["ratio_to_c_copy"] = round(figures["events_per_s"] / limits["c_copy"]["per_s"], 3)
+    figures["cpu_ms_per_event"] = round(1000 * figures["service_cpu_s"] / events, 4)
+    return figures
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench stages")
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--stage", action="append", choices=STAGES, help="run only these")
+    parser.add_argument("--replicas", type=int, default=1, help="of audit and fraud")
+    parser.add_argument("--put-objects", type=int, default=16, help="for C_put")
+    args = parser.parse_args(argv)
+    configure_logging("WARNING")
+    with shared_servers() as servers:
+        tag = f"ceil-{secrets.token_hex(4)}-"
+        limits = ceilings(servers, envelopes(args.events, tag), args.put_objects)
+        figures: dict[str, Any] = {"ceilings": limits, "stages": {}}
+        for name in args.stage or STAGES:
+            stage = SCALED[name](args.replicas) if name in SCALED else STAGES[name]()
+            figures["stages"][stage.label] = measured_stage(servers, stage, args.events, limits)
+    print(json.dumps(figures, indent=2))
 
 
 def _tag() -> str:

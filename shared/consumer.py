@@ -8,13 +8,14 @@ each message here, on purpose:
 - processing fails: `nak` with the configured backoff; on the `max_deliver`-th delivery it
   goes to `dlq.<service>` with the error instead;
 - processing succeeds: `ack`, only after the effect is durable.
+
+The lean pull consumers (shared/pull.py) settle through the same `Settler`, in bulk.
 """
 
 import base64
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -40,18 +41,6 @@ BatchMessage = Annotated[NatsBatchMessage, Context("message")]
 """Handler parameter giving the raw JetStream messages of a batch, to settle one by one."""
 
 
-@dataclass(frozen=True)
-class Received:
-    """An event as delivered: with the subject and stream position it came from."""
-
-    event: Event
-    subject: str
-    stream: str
-    stream_seq: int
-    deliveries: int
-
-
-ProcessBatch = Callable[[list[Received]], Awaitable[None]]
 ProcessOne = Callable[[Event], Awaitable[float | None]]
 """Handle one event; return None to ack it, or seconds after which to see it again."""
 
@@ -142,8 +131,8 @@ class Settler:
         depth = (info.state.subjects or {}).get(subject, 0)
         self._metrics.dlq_depth.labels(self.service).set(depth)
 
-    # -- the settling every consumer uses (the handle_* methods, and the consumers that
-    # settle themselves: ingest's data.in, fraud's scorer) --------------------------------
+    # -- the settling every consumer uses (handle_one, the lean consumers of shared/pull.py,
+    # and the consumers that settle themselves: ingest's data.in, fraud's scorer) ---------
 
     async def ack(self, msg: Msg) -> None:
         """Acknowledge a delivery whose effect is durable."""
@@ -190,46 +179,6 @@ class Settler:
         self._metrics.handler_seconds.labels(self.service, name).observe(
             time.perf_counter() - started
         )
-
-    async def handle_batch(self, messages: Sequence[Msg], process: ProcessBatch, name: str) -> None:
-        """Parse every message as an `Event`, process the valid ones together, settle all."""
-        with self.measured(messages, name):
-            await self._handle_batch(messages, process, name)
-
-    async def _handle_batch(
-        self, messages: Sequence[Msg], process: ProcessBatch, name: str
-    ) -> None:
-        good: list[tuple[Msg, Received]] = []
-        for msg in messages:
-            try:
-                event = Event.from_bytes(msg.data)
-            except ValidationError as exc:
-                await self.dead_letter(msg, f"not a valid event envelope: {exc}")
-                continue
-            meta = msg.metadata
-            seq = meta.sequence.stream if meta.sequence else 0
-            good.append((msg, Received(event, msg.subject, meta.stream, seq, meta.num_delivered)))
-        if good:
-            try:
-                await process([received for _, received in good])
-            except Exception as exc:
-                log.warning(
-                    "batch failed, will retry", handler=name, size=len(good), error=repr(exc)
-                )
-                for msg, received in good:
-                    with bound_event(received.event):
-                        await self.retry(msg, exc)
-            else:
-                log.info(
-                    "batch processed",
-                    handler=name,
-                    size=len(good),
-                    first_seq=good[0][1].stream_seq,
-                    last_seq=good[-1][1].stream_seq,
-                )
-                for msg, received in good:
-                    await self.ack(msg)
-                    self._metrics.observe_latency(received.event.type, received.event.time)
 
     async def handle_one(self, msg: Msg, process: ProcessOne) -> None:
         """Parse one message as an `Event`, process it with its ids bound to the logs, settle."""

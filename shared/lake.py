@@ -8,10 +8,9 @@ sort by sequence).
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from urllib.parse import quote
 
-from shared.envelope import Event
 from shared.settings import Settings
 from shared.subjects import EVENT_TYPE_PATTERN
 from shared.workflow.steps import StepFailed
@@ -42,10 +41,10 @@ class Group:
         return f"{KEY_ROOT}/{self.type}/date={self.date}/"
 
 
-def group_of(event: Event) -> Group:
+def group_of(event_type: str, time: datetime) -> Group:
     """The group of an event: its type and the UTC date of its `time` (naive means UTC)."""
-    moment = event.time if event.time.tzinfo else event.time.replace(tzinfo=UTC)
-    return Group(key_segment(event.type), moment.astimezone(UTC).date().isoformat())
+    moment = time if time.tzinfo else time.replace(tzinfo=UTC)
+    return Group(key_segment(event_type), moment.astimezone(UTC).date().isoformat())
 
 
 def object_key(group: Group, first: int, last: int) -> str:

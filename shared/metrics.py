@@ -78,7 +78,8 @@ class Metrics:
 
         self.retries = Counter(
             "choreo_message_retries",
-            "Deliveries that failed and were handed back for redelivery after a backoff.",
+            "Deliveries that failed and were retried after a backoff (handed back for "
+            "redelivery, or processed again in place by a consumer with AckPolicy.ALL).",
             ["service", "subject"],
             registry=self.registry,
         )

@@ -12,7 +12,7 @@ its messages and stream sequences, then settled in bulk through `shared.consumer
 - `AckPolicy.EXPLICIT` (a durable that replicas share: each takes batches of its own, so an
   ack may settle only what it names): after the batch's effects are durable, one ack per
   message, sent without waiting for each and flushed once; a failed batch is nak'd with the
-  backoff, message by message, exactly as `Settler.handle_batch` does;
+  backoff, message by message, as `Settler.retry` does;
 - `AckPolicy.ALL` (a durable one consumer owns): one ack, of the batch's highest stream
   sequence, settles it and everything before it. Then nothing below an ack may be left
   unsettled, so a failed batch is not nak'd: it is processed again in place after the

@@ -75,17 +75,17 @@ def create_app(
             await client.get().head_bucket(Bucket=bucket)
 
     resources: list[Callable[[], AbstractAsyncContextManager[Any]]] = [object_store]
+    consumers = []
     if config.lander_enabled:
         lander = LakeLander(
             choreography.settler,
+            config,
             lake or Lake(client.get, config.bucket_raw),
             FlushPolicy(config.lander_max_events, config.lander_max_bytes, config.lander_max_age_s),
             LakeMetrics(metrics.registry),
-            config.ack_wait_s,
             announce,
         )
-
-        lander.subscribe(broker, config)
+        consumers.append(lander.consumer)  # stops before the resources close
         resources.append(lander.running)  # after the S3 client: it closes first
 
     return build_service(
@@ -94,6 +94,7 @@ def create_app(
         broker,
         metrics,
         resources=resources,
+        consumers=consumers,
         checks={"s3": buckets_ready},
         routers=[objects_router(client.get, signer.get)],
         choreography=choreography,

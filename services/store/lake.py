@@ -5,8 +5,16 @@ Here: events arrive from the `store-lander` consumer in fetched batches, wait in
 until the flush policy says so (count, bytes or age; a background task watches the age),
 then one flush at a time: find which redelivered events have landed already, write one
 gzip'd JSONL object per group and run, announce each object (`lake.object.written`), and
-only then acknowledge (`Settler.handle_batch`: a failure naks the batch with backoff, an
-unparseable message goes to `dlq.store`).
+only then acknowledge.
+
+The consumer is a lean pull consumer (shared/pull.py) with `AckPolicy.ALL`: the lander is
+the durable's one consumer (one lander at a time: lander.py), so one ack of a flush's
+highest sequence settles the flush. An unparseable message goes to `dlq.store` as it is
+fetched; a failed flush is retried in place after the backoff, as a redelivery (its events
+are then checked against the lake like any redelivered ones), and dead-lettered on the
+`CHOREO_MAX_DELIVER`-th attempt. What a stopped or killed lander leaves unacknowledged
+comes back first to the next one, as maybe landed (the consumer is re-created from its ack
+floor: shared/pull.py).
 
 Announcing once per object
 --------------------------
@@ -28,8 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
-from faststream.nats import NatsBroker
-from nats.aio.msg import Msg
+from nats.js.api import AckPolicy
 from prometheus_client import CollectorRegistry, Counter
 
 from services.store.lander import (
@@ -43,10 +50,11 @@ from services.store.lander import (
 )
 from services.store.settings import StoreSettings
 from shared.access import STORE_LANDER
-from shared.consumer import BatchMessage, Received, Settler, batch_subscription
+from shared.consumer import Settler
 from shared.envelope import Event
 from shared.lake import Group, seq_range
 from shared.objects import object_written
+from shared.pull import PullConsumer, Pulled
 from shared.subjects import DATA
 
 if TYPE_CHECKING:  # the stubs are a dev dependency, not needed at run time
@@ -111,7 +119,7 @@ class Lake:
                 "date": obj.group.date,
                 "first-seq": str(obj.first),
                 "last-seq": str(obj.last),
-                "events": str(len(obj.events)),
+                "events": str(len(obj.envelopes)),
                 "uncompressed-bytes": str(len(lines)),
             },
         )
@@ -174,54 +182,48 @@ class LakeLander:
     def __init__(
         self,
         settler: Settler,
+        settings: StoreSettings,
         lake: Lake,
         policy: FlushPolicy,
         metrics: LakeMetrics,
-        ack_wait_s: float,
         announce: Announce,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._settler = settler
-        self._announce = announce
-        self._lake = lake
-        self._policy = policy
-        self._metrics = metrics
-        self._ack_wait_s = ack_wait_s
-        self._clock = clock
-        self._buffer: Buffer[Msg] = Buffer()
-        self._lock = asyncio.Lock()
-        self._closed = False
-
-    def subscribe(self, broker: NatsBroker, settings: StoreSettings) -> None:
-        """The durable `store-lander` on stream DATA, fetching no more than a buffer holds
-        and waiting no longer than a buffer may."""
-        subscription = batch_subscription(
+        self.consumer = PullConsumer(
+            settler,
             DATA,
             STORE_LANDER,
             settings,
-            batch_size=min(FETCH_BATCH, settings.lander_max_events),
-            max_wait_s=min(FETCH_WAIT_S, settings.lander_max_age_s),
-        )
-        broker.subscriber(
-            **subscription,
+            ack=AckPolicy.ALL,
             title="store/lander",
             description="Lands every event of stream DATA in the raw bucket as gzip'd JSONL "
             "objects: events/<type>/date=<YYYY-MM-DD>/<first-seq>-<last-seq>.jsonl.gz, "
             "each announced on lake.object.written.",
-        )(self.on_data)
+            # No more than a buffer holds, waiting no longer than a buffer may.
+            batch_size=min(FETCH_BATCH, policy.max_events),
+            max_wait_s=min(FETCH_WAIT_S, policy.max_age_s),
+        )
+        self.consumer.receive_with(self.receive)
+        self._announce = announce
+        self._lake = lake
+        self._policy = policy
+        self._metrics = metrics
+        self._ack_wait_s = settings.ack_wait_s
+        self._clock = clock
+        self._buffer: Buffer[Pulled] = Buffer()
+        self._lock = asyncio.Lock()
+        self._closed = False
 
-    async def on_data(self, msg: BatchMessage) -> None:
-        await self.receive(msg.raw_message)
-
-    async def receive(self, messages: Sequence[Msg]) -> None:
+    async def receive(self, batch: Sequence[Pulled]) -> None:
         """Buffer a fetched batch, writing the buffer whenever the policy says so."""
         async with self._lock:
             if self._closed:
                 return  # left unacknowledged: redelivered to the next lander
-            for msg in messages:
-                if reason := self._buffer.full_for(self._policy, len(msg.data)):
+            for pulled in batch:
+                size = len(pulled.msg.data)
+                if reason := self._buffer.full_for(self._policy, size):
                     await self._flush(reason)
-                self._buffer.add(msg, len(msg.data), self._clock())
+                self._buffer.add(pulled, size, self._clock())
             if reason := self._buffer.due(self._policy, self._clock()):
                 await self._flush(reason)
 
@@ -261,9 +263,9 @@ class LakeLander:
 
     async def _flush(self, reason: str) -> None:
         oldest = self._buffer.oldest
-        messages = self._buffer.take()
+        batch = self._buffer.take()
         self._metrics.flushes.labels(reason).inc()
-        await self._settler.handle_batch(messages, self._land, "lander")
+        await self.consumer.settle(batch, self._land)
         held = self._clock() - oldest if oldest is not None else 0.0
         if held > self._ack_wait_s:
             log.warning(
@@ -273,7 +275,7 @@ class LakeLander:
                 ack_wait_s=self._ack_wait_s,
             )
 
-    async def _land(self, batch: list[Received]) -> None:
+    async def _land(self, batch: list[Pulled]) -> None:
         checks = to_check(batch)
         found = await asyncio.gather(*(self._lake.landed(g, s) for g, s in checks.items()))
         covering = [obj for objects in found for obj in objects]
@@ -292,7 +294,7 @@ class LakeLander:
             if isinstance(outcome, int):
                 self._metrics.objects.inc()
                 self._metrics.bytes.inc(outcome)
-                self._metrics.events.labels(obj.group.type).inc(len(obj.events))
+                self._metrics.events.labels(obj.group.type).inc(len(obj.envelopes))
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome

@@ -31,10 +31,13 @@ partial acks and redeliveries.
 
 With (I), "has the message with sequence s of group g landed?" is answered by the keys
 alone: yes exactly when a key of g covers s (`covered()`). The lander asks only for
-redelivered messages (delivery count > 1): a first delivery cannot have been written by
-anyone, since no lander had it before. A run never spans `MAX_OBJECT_SPAN` sequences or
-more, so an object covering s starts after s - MAX_OBJECT_SPAN and one bounded listing of
-the group's keys answers it (`listing_start()`). Then:
+redelivered messages (delivery count other than 1): a first delivery cannot have been
+written by anyone, since no lander had it before. (The consumer re-created from its ack
+floor, shared/pull.py, hands what an earlier consumer of the name may have delivered with
+a count of 0, and a flush retried in place counts as a redelivery.) A run never spans
+`MAX_OBJECT_SPAN` sequences or more, so an object covering s starts after
+s - MAX_OBJECT_SPAN and one bounded listing of the group's keys answers it
+(`listing_start()`). Then:
 
 - at most once: a redelivered message found landed is acknowledged without being written;
   one not found is written. Nothing is overwritten: a new object's first event had not
@@ -59,25 +62,30 @@ sent may still complete on the server after the kill, as seen here in the SIGKIL
 within milliseconds, long before ack_wait ends and the message is redelivered; then it is
 found.)
 
-We chose to warn rather than refuse a second lander: nothing on the consumer tells reliably
-that another process pulls from it, and a second lander is correct whenever its flushes
-are quicker than ack_wait (the two interleave, so objects get smaller). The supported setup
-is one: run the lander in one store replica (`CHOREO_LANDER_ENABLED=false` on the others,
-which keep running steps and presigning URLs).
+The consumer acknowledges with `AckPolicy.ALL` (one ack per flush: services/store/lake.py),
+which makes one lander a requirement, not only the supported setup: a second lander's ack
+would also settle the first one's buffered events, lost if the first then died before
+writing them. Nothing on the consumer tells reliably that another process pulls from it,
+so this is configuration: run the lander in one store replica (`CHOREO_LANDER_ENABLED=false`
+on the others, which keep running steps and presigning URLs), replaced with `Recreate`
+(k8s/base/services/store.yaml).
 
 Also assumed: the `events/` prefix of the raw bucket belongs to the lander (an object
 someone else puts there under a key of this shape would be taken as landed events), and the
-consumer is not deleted and re-created over a stream already landed (delivery counts restart
-at 1, so the stream would land again).
+consumer is not deleted by hand over a stream already landed (a new one counts deliveries
+from 1, so the stream would land again; the lander's own re-creation from the ack floor
+keeps the mark of what was delivered before).
 """
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from shared.consumer import Received
-from shared.envelope import Event
+import orjson
+
+from shared.envelope import Envelope
 from shared.lake import SEQ_DIGITS, Group, group_of, object_key
+from shared.pull import Pulled
 
 # An object spans fewer stream sequences than this (last - first < MAX_OBJECT_SPAN), so the
 # keys that may cover a sequence s all start after s - MAX_OBJECT_SPAN.
@@ -105,9 +113,14 @@ def runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
     return found
 
 
-def unique(batch: Iterable[Received]) -> list[Received]:
+def delivery_group(pulled: Pulled) -> Group:
+    """The group of a delivered event."""
+    return group_of(pulled.envelope["type"], pulled.envelope["time"])
+
+
+def unique(batch: Iterable[Pulled]) -> list[Pulled]:
     """The batch in stream order, one delivery per sequence (the most delivered one)."""
-    by_seq: dict[int, Received] = {}
+    by_seq: dict[int, Pulled] = {}
     for received in batch:
         seen = by_seq.get(received.stream_seq)
         if seen is None or received.deliveries > seen.deliveries:
@@ -115,16 +128,17 @@ def unique(batch: Iterable[Received]) -> list[Received]:
     return [by_seq[seq] for seq in sorted(by_seq)]
 
 
-def to_check(batch: Iterable[Received]) -> dict[Group, set[int]]:
+def to_check(batch: Iterable[Pulled]) -> dict[Group, set[int]]:
     """Per group, the sequences that may have landed already: those delivered before.
 
-    A delivery count of 1 means no lander ever had the message; anything else (including an
-    unknown count, 0) is checked against the lake's keys.
+    A delivery count of 1 means no lander ever had the message; anything else (including
+    0: maybe delivered before, by a consumer of the name since re-created) is checked
+    against the lake's keys.
     """
     found: dict[Group, set[int]] = {}
-    for received in batch:
-        if received.deliveries != 1:
-            found.setdefault(group_of(received.event), set()).add(received.stream_seq)
+    for pulled in batch:
+        if pulled.deliveries != 1:
+            found.setdefault(delivery_group(pulled), set()).add(pulled.stream_seq)
     return found
 
 
@@ -134,7 +148,7 @@ class LakeObject:
 
     group: Group
     seqs: tuple[int, ...]
-    events: tuple[Event, ...]
+    envelopes: tuple[Envelope, ...]
 
     @property
     def first(self) -> int:
@@ -149,29 +163,30 @@ class LakeObject:
         return object_key(self.group, self.first, self.last)
 
     def jsonl(self) -> bytes:
-        """The events as JSON Lines: each envelope on one line (`Event.to_bytes()`)."""
-        return b"".join(event.to_bytes() + b"\n" for event in self.events)
+        """The events as JSON Lines: each envelope on one line, as `Event.to_bytes()`
+        writes it (compact, a UTC time with `Z`)."""
+        return b"".join(orjson.dumps(e, option=orjson.OPT_UTC_Z) + b"\n" for e in self.envelopes)
 
 
-def plan(batch: Sequence[Received], landed: Collection[int]) -> list[LakeObject]:
+def plan(batch: Sequence[Pulled], landed: Collection[int]) -> list[LakeObject]:
     """The objects that land `batch`: per run of consecutive sequences, one object per group
     holding the group's events of that run that have not `landed` yet."""
     ordered = unique(batch)
     by_seq = {r.stream_seq: r for r in ordered}
     objects: list[LakeObject] = []
     for low, high in runs(by_seq):
-        members: dict[Group, list[Received]] = {}
+        members: dict[Group, list[Pulled]] = {}
         for seq in range(low, high + 1):
             if seq not in landed:
-                received = by_seq[seq]
-                members.setdefault(group_of(received.event), []).append(received)
-        for group in sorted(members):
-            items = members[group]
+                pulled = by_seq[seq]
+                members.setdefault(delivery_group(pulled), []).append(pulled)
+        for found in sorted(members):
+            items = members[found]
             objects.append(
                 LakeObject(
-                    group,
-                    tuple(r.stream_seq for r in items),
-                    tuple(r.event for r in items),
+                    found,
+                    tuple(p.stream_seq for p in items),
+                    tuple(p.envelope for p in items),
                 )
             )
     return objects

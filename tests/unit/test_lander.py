@@ -4,6 +4,7 @@ buffer's behaviour with a fake NATS connection, an in-memory lake and a fake clo
 
 import random
 from collections.abc import Collection
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -17,26 +18,32 @@ from services.store.lander import (
     FlushPolicy,
     LakeObject,
     covered,
+    delivery_group,
     listing_start,
     plan,
     runs,
     to_check,
     unique,
 )
-from shared.consumer import Received, Settler
-from shared.envelope import Event
+from services.store.settings import StoreSettings
+from shared.consumer import Settler
+from shared.envelope import Event, parse_envelope
 from shared.jetstream import EventPublisher
 from shared.lake import Group, group_of, key_segment, object_key, seq_range
 from shared.metrics import Metrics
+from shared.pull import Pulled
 from shared.service import create_broker
-from shared.settings import Settings
+from tests.support import pulled
 
 DAY = datetime(2024, 1, 15, 12, tzinfo=UTC)
 
 
-def received(seq: int, type_: str = "sale", *, day: int = 0, deliveries: int = 1) -> Received:
-    event = Event(id=f"e{seq}", type=type_, source="tests", time=DAY + timedelta(days=day))
-    return Received(event, f"data.{type_}", "DATA", seq, deliveries)
+def event(seq: int, type_: str = "sale", *, day: int = 0) -> Event:
+    return Event(id=f"e{seq}", type=type_, source="tests", time=DAY + timedelta(days=day))
+
+
+def received(seq: int, type_: str = "sale", *, day: int = 0, deliveries: int = 1) -> Pulled:
+    return pulled(event(seq, type_, day=day), seq, deliveries=deliveries)
 
 
 # -- groups and keys -------------------------------------------------------------------------
@@ -45,10 +52,8 @@ def received(seq: int, type_: str = "sale", *, day: int = 0, deliveries: int = 1
 def test_a_group_is_the_type_and_the_utc_date_of_the_event_time() -> None:
     late_in_brazil = datetime(2024, 1, 15, 23, 30, tzinfo=timezone(timedelta(hours=-3)))
     naive = datetime(2024, 1, 15, 23, 30)
-    assert group_of(Event(type="sale", source="t", time=late_in_brazil)) == Group(
-        "sale", "2024-01-16"
-    )
-    assert group_of(Event(type="sale", source="t", time=naive)) == Group("sale", "2024-01-15")
+    assert group_of("sale", late_in_brazil) == Group("sale", "2024-01-16")
+    assert group_of("sale", naive) == Group("sale", "2024-01-15")
 
 
 @pytest.mark.parametrize(
@@ -231,8 +236,7 @@ def test_crashes_and_any_redelivery_order_land_every_event_exactly_once(seed: in
         batch = []
         for seq in chosen:
             deliveries[seq] += 1
-            original = stream[seq - 1]
-            batch.append(Received(original.event, original.subject, "DATA", seq, deliveries[seq]))
+            batch.append(replace(stream[seq - 1], deliveries=deliveries[seq]))
 
         landed: set[int] = set()
         covering: set[str] = set()
@@ -262,7 +266,7 @@ def test_crashes_and_any_redelivery_order_land_every_event_exactly_once(seed: in
     assert set(lake.objects) <= announced, "an object was never announced"
     for key, members in lake.objects.items():
         assert seq_range(key) == (members[0], members[-1])
-        prefixes = {group_of(stream[s - 1].event).prefix for s in members}
+        prefixes = {delivery_group(stream[s - 1]).prefix for s in members}
         assert prefixes == {key.rsplit("/", 1)[0] + "/"}
 
 
@@ -280,13 +284,14 @@ class FakeNats:
 
 
 class MemoryLake(Lake):
-    def __init__(self, fail_writes: bool = False) -> None:
+    def __init__(self, failures: int = 0) -> None:
         super().__init__(lambda: pytest.fail("the in-memory lake uses no S3 client"), "raw")
         self.objects: dict[str, tuple[int, ...]] = {}
-        self.fail_writes = fail_writes
+        self.failures = failures  # the next writes that fail
 
     async def put(self, obj: LakeObject) -> int:
-        if self.fail_writes:
+        if self.failures:
+            self.failures -= 1
             raise ConnectionError("S3 is down (test)")
         self.objects[obj.key] = obj.seqs
         return 1
@@ -308,21 +313,26 @@ class Clock:
         return self.now
 
 
-def delivery(nc: FakeNats, seq: int, *, deliveries: int = 1, data: bytes | None = None) -> Msg:
-    event = received(seq).event
+def delivery(nc: FakeNats, seq: int, *, deliveries: int = 1) -> Pulled:
+    """A delivery of the sale of `seq`, whose ack is recorded by `nc`."""
+    body = event(seq).to_bytes()
     reply = f"$JS.ACK.DATA.store-lander.{deliveries}.{seq}.{seq}.1700000000000000000.0"
-    return Msg(nc, "data.sale", reply, data if data is not None else event.to_bytes())  # type: ignore[arg-type]
+    msg = Msg(nc, "data.sale", reply, body)  # type: ignore[arg-type]
+    return Pulled(parse_envelope(body), msg, "DATA", seq, deliveries)
 
 
 class Announcements:
-    """The `lake.object.written` events the lander publishes; fails while `down`."""
+    """The `lake.object.written` events the lander publishes; fails while `down` (the next
+    `failures` calls)."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.events: list[Event] = []
-        self.down = False
+        self.failures = failures
+        self.calls = 0
 
     async def __call__(self, event: Event) -> None:
-        if self.down:
+        self.calls += 1
+        if self.calls <= self.failures:
             raise ConnectionError("NATS is down (test)")
         self.events.append(event)
 
@@ -333,16 +343,19 @@ class Announcements:
 def make_lander(
     lake: Lake, policy: FlushPolicy, clock: Clock, announce: Announcements | None = None
 ) -> tuple[LakeLander, Metrics]:
-    settings = Settings(environment="test", max_deliver=3, retry_backoff_s=(0.5,))
+    """A lander whose consumer is never bound: deliveries are handed to `receive`."""
+    settings = StoreSettings(
+        environment="test", max_deliver=3, retry_backoff_s=(0.01,), ack_wait_s=120.0
+    )
     metrics = Metrics("store")
     publisher = EventPublisher(create_broker(settings, "store"), metrics)  # never connected
     settler = Settler("store", publisher, metrics, settings)
     lander = LakeLander(
         settler,
+        settings,
         lake,
         policy,
         LakeMetrics(metrics.registry),
-        30.0,
         announce or Announcements(),
         clock,
     )
@@ -353,20 +366,25 @@ def flushes(metrics: Metrics, reason: str) -> float:
     return metrics.registry.get_sample_value("choreo_lake_flushes_total", {"reason": reason}) or 0
 
 
-async def test_the_lander_writes_at_the_count_and_acks_only_what_it_wrote() -> None:
+async def test_the_lander_writes_at_the_count_and_acks_each_write_with_one_ack() -> None:
     nc, lake, clock = FakeNats(), MemoryLake(), Clock()
     lander, metrics = make_lander(lake, FlushPolicy(3, 10**6, 1.0), clock)
-    messages = [delivery(nc, seq) for seq in range(1, 8)]
-    await lander.receive(messages)
+    batch = [delivery(nc, seq) for seq in range(1, 8)]
+    await lander.receive(batch)
     assert sorted(lake.objects.values()) == [(1, 2, 3), (4, 5, 6)]
-    assert set(nc.settled) == {m.reply for m in messages[:6]}  # the 7th waits in the buffer
-    assert set(nc.settled.values()) == {b""}  # acks
+    # AckPolicy.ALL: the ack of 3 settles 1-3, that of 6 settles 4-6; the 7th waits.
+    assert nc.settled == {batch[2].msg.reply: b"", batch[5].msg.reply: b""}
     assert flushes(metrics, "count") == 2
+    acked = metrics.registry.get_sample_value(
+        "choreo_messages_consumed_total",
+        {"service": "store", "subject": "data.sale", "outcome": "ack"},
+    )
+    assert acked == 6
 
 
 async def test_the_lander_writes_before_the_bytes_would_exceed_the_limit() -> None:
     nc, lake, clock = FakeNats(), MemoryLake(), Clock()
-    size = len(delivery(nc, 1).data)
+    size = len(delivery(nc, 1).msg.data)
     lander, metrics = make_lander(lake, FlushPolicy(100, 2 * size + 1, 1.0), clock)
     await lander.receive([delivery(nc, seq) for seq in range(1, 6)])
     assert sorted(lake.objects.values()) == [(1, 2), (3, 4)]
@@ -397,25 +415,34 @@ async def test_stopping_the_lander_writes_its_buffer_and_takes_nothing_more() ->
     await lander.receive([late])
     assert list(lake.objects.values()) == [(1, 2)]
     assert flushes(metrics, "stop") == 1
-    assert late.reply not in nc.settled  # left for JetStream to redeliver to the next lander
+    assert late.msg.reply not in nc.settled  # left for JetStream to deliver to the next lander
 
 
 async def test_a_redelivered_event_found_in_the_lake_is_acked_without_a_write() -> None:
     nc, lake, clock = FakeNats(), MemoryLake(), Clock()
     lake.objects[object_key(Group("sale", "2024-01-15"), 1, 2)] = (1, 2)
     lander, metrics = make_lander(lake, FlushPolicy(3, 10**6, 1.0), clock)
-    messages = [delivery(nc, 2, deliveries=2), delivery(nc, 3), delivery(nc, 4)]
-    await lander.receive(messages)
+    batch = [delivery(nc, 2, deliveries=2), delivery(nc, 3), delivery(nc, 4)]
+    await lander.receive(batch)
     assert sorted(lake.objects.values()) == [(1, 2), (3, 4)]
-    assert set(nc.settled) == {m.reply for m in messages}
+    assert nc.settled == {batch[-1].msg.reply: b""}
     assert metrics.registry.get_sample_value("choreo_lake_events_already_landed_total") == 1
 
 
-async def test_a_failed_write_naks_the_batch_with_backoff() -> None:
-    nc, lake, clock = FakeNats(), MemoryLake(fail_writes=True), Clock()
-    lander, _ = make_lander(lake, FlushPolicy(2, 10**6, 1.0), clock)
-    await lander.receive([delivery(nc, 1), delivery(nc, 2)])
-    assert set(nc.settled.values()) == {b'-NAK {"delay": 500000000}'}
+async def test_a_failed_write_is_retried_in_place_after_the_backoff() -> None:
+    """No nak (with AckPolicy.ALL a later ack would settle a nak'd message unseen): the
+    flush is tried again, the third time (of at most 3) succeeds; one ack. Giving up on the
+    last attempt (dead-letters): tests/integration/test_pull.py."""
+    nc, lake, clock = FakeNats(), MemoryLake(failures=2), Clock()
+    lander, metrics = make_lander(lake, FlushPolicy(2, 10**6, 1.0), clock)
+    batch = [delivery(nc, 1), delivery(nc, 2)]
+    await lander.receive(batch)
+    assert list(lake.objects.values()) == [(1, 2)]
+    assert nc.settled == {batch[-1].msg.reply: b""}
+    retries = metrics.registry.get_sample_value(
+        "choreo_message_retries_total", {"service": "store", "subject": "data.sale"}
+    )
+    assert retries == 2 * 2  # two retries of two messages
 
 
 async def test_each_written_object_is_announced_before_its_events_are_acked() -> None:
@@ -436,20 +463,17 @@ async def test_each_written_object_is_announced_before_its_events_are_acked() ->
 
 
 async def test_an_object_whose_announcement_failed_is_announced_again_with_the_same_id() -> None:
-    nc, lake, clock, announced = FakeNats(), MemoryLake(), Clock(), Announcements()
+    nc, lake, clock = FakeNats(), MemoryLake(), Clock()
+    announced = Announcements(failures=1)
     lander, _ = make_lander(lake, FlushPolicy(2, 10**6, 1.0), clock, announced)
-    announced.down = True
     first = [delivery(nc, 1), delivery(nc, 2)]
+    # Written, not announced: retried in place as a redelivery, found in the lake, no
+    # second write, the object announced now, then acknowledged.
     await lander.receive(first)
-    assert list(lake.objects.values()) == [(1, 2)]  # written, not announced: nak'd
-    assert set(nc.settled.values()) == {b'-NAK {"delay": 500000000}'}
-    announced.down = False
-    # The redelivery is found in the lake: no second write, the object announced now.
-    again = [delivery(nc, 1, deliveries=2), delivery(nc, 2, deliveries=2)]
-    await lander.receive(again)
     assert list(lake.objects.values()) == [(1, 2)]
     assert announced.keys() == list(lake.objects)
-    assert {nc.settled[m.reply] for m in again} == {b""}
+    assert nc.settled == {first[-1].msg.reply: b""}
     # Once more (an ack lost after the announcement): the same event, which JetStream drops.
     await lander.receive([delivery(nc, 1, deliveries=3), delivery(nc, 2, deliveries=3)])
+    assert len(announced.events) == 2
     assert len({e.id for e in announced.events}) == 1
