@@ -24,7 +24,11 @@ together after a restart.
 Redeliveries and restarts. `applied_seq` is the last stream sequence applied to the state,
 so nothing is applied twice. The outcome of every delivery not yet acknowledged stays in
 `pending`: a nak'd transaction comes back after later ones were scored, and gets the verdict
-it had then instead of a new one. On start the state is loaded from the last snapshot and
+it had then instead of a new one. A delivery lost on the way (JetStream sent it, the
+service never got it: its server killed, a fetch dropped) also comes back after later ones,
+after ack_wait: a gap in the consumer's delivery sequence shows it, and the transactions
+skipped are applied from the stream itself before the delivery after the gap, so that each
+has its verdict waiting in `pending`. On start the state is loaded from the last snapshot and
 brought up to the durable consumer's last delivered sequence by replaying the stream, which
 re-creates the outcomes of the deliveries that may still come back (see restore()).
 """
@@ -181,6 +185,8 @@ class FraudScoring:
         self._models_tag: str | None = None  # the ETag of the choice last applied
         self.applied_seq = 0
         self.pending: dict[int, Outcome] = {}
+        self.delivered = 0  # the consumer's delivery sequence of the last delivery received
+        self._js: JetStreamContext | None = None  # once running(): the gaps' replays
         self.restored = False
         self._saved_seq: int | None = None
         self._settler = settler
@@ -288,6 +294,10 @@ class FraudScoring:
         outgoing: list[tuple[Msg, Envelope, int, list[Encoded]]] = []
         for msg in messages:
             seq = msg.metadata.sequence.stream
+            delivery = msg.metadata.sequence.consumer
+            if delivery > self.delivered + 1 and seq > self.applied_seq + 1:
+                await self._replay_gap(seq - 1)
+            self.delivered = delivery
             try:
                 event = parse_envelope(msg.data)
             except NotAnEnvelope as exc:
@@ -303,8 +313,7 @@ class FraudScoring:
             tx: Transaction | None = None
             if seq > self.applied_seq:
                 outcome, tx = self._apply(seq, event)
-                if outcome is not None and outcome.verdict is not None:
-                    self.decisions.labels(self._metrics.service, outcome.verdict.decision).inc()
+                self._count(outcome)
             else:  # a redelivery: its outcome if still pending, else it was settled before
                 outcome = self.pending.get(seq)
             if outcome is None:
@@ -331,6 +340,35 @@ class FraudScoring:
             self.pending.pop(seq, None)  # after the ack: a snapshot never misses an unacked one
             self._metrics.observe_latency(event["type"], event["time"])
 
+    def _count(self, outcome: Outcome | None) -> None:
+        if outcome is not None and outcome.verdict is not None:
+            self.decisions.labels(self._metrics.service, outcome.verdict.decision).inc()
+
+    async def _replay_gap(self, last: int) -> None:
+        """Deliveries were lost on the way: apply what the stream holds of this partition
+        after `applied_seq` up to `last`, in order, their outcomes pending until their
+        deliveries come back."""
+        if self._js is None:
+            raise RuntimeError("the scorer consumes before running()")
+        first = self.applied_seq + 1
+        for outcome in await self._replay(self._js, first, last):
+            self._count(outcome)
+        self.applied_seq = max(self.applied_seq, last)
+        log.warning("deliveries lost on the way, applied from the stream", first=first, last=last)
+
+    async def _replay(self, js: JetStreamContext, first: int, last: int) -> list[Outcome | None]:
+        """Apply this partition's events of stream DATA in [first, last] read from the
+        stream, in order; their outcomes."""
+        outcomes = []
+        async for msg in read_range(js, DATA.name, SUBJECTS, first, last):
+            try:
+                event = parse_envelope(msg.data)
+            except NotAnEnvelope:
+                continue  # not state: dead-lettered when its delivery comes
+            if self.owns(event):
+                outcomes.append(self.apply(msg.metadata.sequence.stream, event))
+        return outcomes
+
     async def _dead_letter(self, msg: Msg, seq: int, reason: str) -> None:
         try:
             await self._settler.dead_letter(msg, reason)
@@ -354,7 +392,7 @@ class FraudScoring:
         """A service resource: restore the state before consuming starts; snapshot it
         every interval while running and once more on a graceful stop. `connect` gives the
         JetStream context once the broker is connected."""
-        js = connect()
+        js = self._js = connect()
         name = object_name(self.partition, self.partitions)
         store = await SnapshotStore.open(js, self.settings, name)
         await self.refresh_models()  # before the replay: it scores with the chosen model
@@ -403,16 +441,9 @@ class FraudScoring:
         else:
             delivered = info.delivered.stream_seq or 0
             acked = info.ack_floor.stream_seq or 0
+            self.delivered = info.delivered.consumer_seq or 0
             await _read_labels_too(js, info.config)
-        replayed = 0
-        async for msg in read_range(js, DATA.name, SUBJECTS, self.applied_seq + 1, delivered):
-            try:
-                event = parse_envelope(msg.data)
-            except NotAnEnvelope:
-                continue  # not state: dead-lettered again if it comes back
-            if self.owns(event):
-                self.apply(msg.metadata.sequence.stream, event)
-                replayed += 1
+        replayed = len(await self._replay(js, self.applied_seq + 1, delivered))
         self.applied_seq = max(self.applied_seq, delivered)
         self._forget_acked(acked)
         self.restored = True

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import time
 import types
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +32,12 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    NotFoundError,
+    ObjectNotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.object_store import ObjectStore
 
 from services.fraud.windows import State
@@ -45,6 +51,7 @@ FORMAT = "choreo.fraud.snapshot"
 VERSION = 1
 REPLAY_BATCH = 1_000
 REPLAY_WAIT_S = 2.0
+REPLAY_STALL_S = 60.0
 ENCODE_TIMEOUT_S = 120.0
 
 
@@ -255,7 +262,15 @@ async def read_range(
     js: JetStreamContext, stream: str, subjects: list[str], first: int, last: int
 ) -> AsyncIterator[Msg]:
     """The messages of `subjects` with stream sequence in [first, last], in order, from an
-    ephemeral consumer without acks (it never moves the durable consumer)."""
+    ephemeral consumer without acks (it never moves the durable consumer).
+
+    The consumer reads the store of one replica, which may be behind the stream's leader
+    (a node catching up, or whose disk is full) or slow to answer on a loaded machine:
+    running out of messages there (a fetch that times out, or nothing left pending) ends
+    the read only once the leader has no message of `subjects` left up to `last`. A read
+    that stopped short would leave the replay short, and the deliveries it missed would
+    come back with no verdict. ReplayStalled if the replica delivers nothing for
+    REPLAY_STALL_S while the leader holds more."""
     if last < first:
         return
     config = ConsumerConfig(
@@ -270,19 +285,48 @@ async def read_range(
     assert config.name is not None
     await js.add_consumer(stream, config)
     subscription = await js.pull_subscribe_bind(config.name, stream)
+    after = first  # the first sequence not read yet
+    progressed = time.monotonic()
     try:
         while True:
             try:
                 batch = await subscription.fetch(REPLAY_BATCH, timeout=REPLAY_WAIT_S)
             except TimeoutError:
-                return  # nothing at or after `first` any more (removed by the stream's max_age)
+                batch = []
             for msg in batch:
                 seq = msg.metadata.sequence.stream
                 if seq > last:
                     return
                 yield msg
-                if seq == last or msg.metadata.num_pending == 0:
+                if seq == last:
                     return
+                after, progressed = seq + 1, time.monotonic()
+            if batch and batch[-1].metadata.num_pending > 0:
+                continue
+            with suppress(TimeoutError, ServiceUnavailableError):  # the leader busy: again
+                if not await _held(js, stream, subjects, after, last):
+                    return  # the rest was removed (the stream's max_age), or never existed
+            if time.monotonic() - progressed > REPLAY_STALL_S:
+                raise ReplayStalled(
+                    f"{stream}: no message read after sequence {after - 1} for "
+                    f"{REPLAY_STALL_S:.0f} s, while the stream holds more up to {last}"
+                )
     finally:
         await subscription.unsubscribe()
         await js.delete_consumer(stream, config.name)
+
+
+class ReplayStalled(RuntimeError):
+    """The replica read for a replay stopped delivering before its end (see read_range)."""
+
+
+async def _held(
+    js: JetStreamContext, stream: str, subjects: list[str], first: int, last: int
+) -> bool:
+    """Whether the stream's leader holds a message of `subjects` in [first, last]."""
+    for subject in subjects:
+        with suppress(NotFoundError):
+            found = await js.get_msg(stream, seq=first, subject=subject, next=True)
+            if found.seq is not None and found.seq <= last:
+                return True
+    return False

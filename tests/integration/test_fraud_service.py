@@ -28,18 +28,27 @@ from choreo.generate import generate
 from choreo.servers.nats import NatsServer
 from choreo.servers.ports import free_port
 from choreo.stack import ServiceProcess
-from services.fraud.app import create_app
+from services.fraud.app import NAME, create_app
 from services.fraud.domain import Scorer
 from services.fraud.feedback import Label, interleave
 from services.fraud.model import Model, shipped_model
-from services.fraud.scoring import partition_of
+from services.fraud.scoring import SUBJECTS, FraudScoring, partition_of
 from services.fraud.settings import FraudSettings
-from services.fraud.snapshot import SnapshotStore, object_name, read_range
+from services.fraud.snapshot import (
+    REPLAY_BATCH,
+    REPLAY_WAIT_S,
+    SnapshotStore,
+    object_name,
+    read_range,
+)
 from services.fraud.windows import DAY
+from shared.consumer import Settler
 from shared.envelope import Event
 from shared.fraud_models import ModelStore
-from shared.jetstream import ensure_streams
+from shared.jetstream import EventPublisher, ensure_streams, jetstream
+from shared.metrics import Metrics
 from shared.s3 import s3_client
+from shared.service import create_broker
 from shared.settings import Settings
 from shared.subjects import DATA, FRAUD, FRAUD_STATE_BUCKET
 from tests.conftest import S3Endpoint
@@ -490,6 +499,88 @@ async def test_a_publish_refused_mid_chunk_is_scored_once_when_redelivered(
         if line.startswith("choreo_fraud_decisions_total{")
     )
     assert decided == len(transactions)  # scored once each, the redeliveries included
+
+
+async def test_a_replay_outlasts_a_server_that_stops_answering(
+    nats_server: NatsServer, admin: NatsClient
+) -> None:
+    """The server answers nothing for longer than a replay's fetch waits (SIGSTOPped, as a
+    node on a loaded machine or catching up): the replay waits for it and reads every
+    message, rather than taking the silence for the end of the stream."""
+    transactions, _ = generate(2 * REPLAY_BATCH + 500, seed=8)
+    js = admin.jetstream()
+    await publish(js, as_events(transactions))
+    last = (await js.stream_info(DATA.name)).state.last_seq
+    assert nats_server.pid is not None
+    read_seqs: list[int] = []
+    resumed: list[asyncio.Task[None]] = []
+
+    async def resume() -> None:
+        await asyncio.sleep(REPLAY_WAIT_S + 1)
+        os.kill(nats_server.pid or 0, signal.SIGCONT)
+
+    try:
+        async for msg in read_range(js, DATA.name, ["data.transaction"], 1, last):
+            read_seqs.append(msg.metadata.sequence.stream)
+            if len(read_seqs) == REPLAY_BATCH:  # the next fetch finds the server stopped
+                os.kill(nats_server.pid, signal.SIGSTOP)
+                resumed.append(asyncio.create_task(resume()))
+    finally:
+        os.kill(nats_server.pid, signal.SIGCONT)
+    await asyncio.gather(*resumed)
+    assert read_seqs == list(range(1, last + 1))
+
+
+async def test_deliveries_lost_on_the_way_are_scored_when_they_come_back(
+    nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
+) -> None:
+    """JetStream counts a delivery as made once it sent it: one lost on the way (the client's
+    server killed, a fetch dropped) comes back only after ack_wait, once later ones were
+    scored. The scorer sees the gap in the consumer's delivery sequence, applies the missed
+    transactions from the stream first, in order, and gives each its verdict when it comes
+    back: every transaction scored once, as an uninterrupted scorer scores it."""
+    transactions = card_history("card-l", "term-6")
+    events = as_events(transactions)
+    settings = fraud_settings(nats_server, s3_endpoint, tmp_path)
+    metrics = Metrics(NAME)
+    broker = create_broker(settings, NAME)
+    publisher = EventPublisher(broker, metrics)
+    scoring = FraudScoring(
+        settings, Settler(NAME, publisher, metrics, settings), publisher, metrics
+    )
+    admin_js = admin.jetstream()
+    await admin_js.add_consumer(
+        DATA.name,
+        ConsumerConfig(
+            durable_name=scoring.durable,
+            filter_subjects=SUBJECTS,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=-1,
+        ),
+    )
+    await broker.connect()
+    try:
+        js = jetstream(broker)
+        async with scoring.running(lambda: js):
+            deliveries = await js.pull_subscribe_bind(scoring.durable, DATA.name)
+            await publish(admin_js, events[:3])
+            await scoring.receive(await deliveries.fetch(3))
+            await publish(admin_js, events[3:6])
+            lost = await deliveries.fetch(3)  # delivered, never handled
+            await publish(admin_js, events[6:])
+            await scoring.receive(await deliveries.fetch(len(events) - 6))
+            back = await deliveries.fetch(3, timeout=settings.ack_wait_s * 5)
+            assert [m.metadata.sequence.stream for m in back] == [
+                m.metadata.sequence.stream for m in lost
+            ]
+            await scoring.receive(back)
+        scored = await read(admin_js, FRAUD.name, "fraud.scored")
+    finally:
+        await broker.stop()
+    ids = Counter(str(e.data["transaction_id"]) for e in scored if isinstance(e.data, dict))
+    assert sorted(ids.elements()) == sorted(tx["transaction_id"] for tx in transactions)
+    assert verdicts(scored) == reference(transactions)
 
 
 async def test_replicas_split_the_cards_and_score_each_card_in_order(
