@@ -150,9 +150,17 @@ class EventPublisher:
         self._metrics.count_published(subject)
         return ack
 
-    async def publish_many(self, items: Sequence[tuple[str, Event]]) -> list[PubAck | None]:
-        """Publish concurrently (pipelined on one connection); raise if any is not stored."""
-        return list(await asyncio.gather(*(self.publish(s, e) for s, e in items)))
+    async def publish_many(self, items: Sequence[tuple[str, Event]]) -> list[PubAck]:
+        """Publish every event at once (`publish_all`); raise the first reason one of them
+        is not stored. Those that were are dropped as duplicates when the same events are
+        published again: their ids are their de-duplication ids."""
+        outcomes = await self.publish_all([Encoded(s, e.id, e.to_bytes()) for s, e in items])
+        acks = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            acks.append(outcome)
+        return acks
 
     async def publish_all(self, messages: Sequence[Encoded]) -> list[PubAck | BaseException]:
         """Publish every message at once (pipelined on the broker's connection, with raw

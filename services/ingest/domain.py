@@ -14,6 +14,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
 from services.ingest.registry import SchemaRegistry, UnknownSchema
@@ -98,16 +99,13 @@ class BadBody(Exception):
 
 
 def split_items(content_type: str, body: bytes, max_items: int) -> list[Any]:
-    """The JSON values of a body: one object, or one per NDJSON line."""
+    """The JSON values of a body: one object, or one per NDJSON line (parsed from the bytes
+    as they are, each line once)."""
     media = content_type.split(";", 1)[0].strip().lower()
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadBody(400, f"body is not valid UTF-8 (byte {exc.start})") from exc
     if media in JSON_TYPES:
-        items = [_loads(text, "body")]
+        items = [_loads(body, "body")]
     elif media in NDJSON_TYPES:
-        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        lines = [(n, line) for n, line in enumerate(body.splitlines(), 1) if line.strip()]
         if len(lines) > max_items:
             raise BadBody(413, f"batch has {len(lines)} events; the limit is {max_items}")
         items = [_loads(line, f"line {n}") for n, line in lines]
@@ -120,13 +118,17 @@ def split_items(content_type: str, body: bytes, max_items: int) -> list[Any]:
     return items
 
 
-def _loads(text: str, where: str) -> Any:
+def _loads(raw: bytes, where: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise BadBody(400, f"{where}: not valid UTF-8 (byte {bad.start})") from exc
+        if exc.msg == "depth limit exceeded":
+            raise BadBody(400, f"{where}: JSON nested too deeply") from exc
         raise BadBody(400, f"{where}: invalid JSON: {exc.msg} at column {exc.colno}") from exc
-    except RecursionError as exc:
-        raise BadBody(400, f"{where}: JSON nested too deeply") from exc
 
 
 def validate_items(

