@@ -4,12 +4,14 @@ Run in a process of its own (`python -m bench.loadgen SPEC.json`) so that the be
 measuring process never slows the arrivals. Open loop: every tick (10 ms) the events due
 by then are posted as one NDJSON request, without waiting for earlier requests to answer,
 so a slow system sees the queue grow instead of the load shrinking (no coordinated
-omission). It writes one JSON document: for each request its first event number, its size,
-and the wall-clock times (`time.time()`, the clock PostgreSQL and the bench also read) at
-which it was due and at which ingest acknowledged it with 202, i.e. once JetStream stored
-every event of it. A request refused with 429 (ingest at capacity, nothing published) is
-posted again after its `Retry-After`; its ack keeps the time it was first due, and
-`refusals` lists each 429.
+omission). Event n (from 0) is due once n + 1 events are: `started_at + (n + 1) / rate`,
+`started_at` being the wall-clock time (`time.time()`, the clock PostgreSQL and the bench
+also read) at which the schedule started. It writes one JSON document: `started_at`, and
+for each request its first event number, its size, and the wall-clock times at which it
+was posted (the tick that found its events due) and at which ingest acknowledged it with
+202, i.e. once JetStream stored every event of it. A request refused with 429 (ingest at
+capacity, nothing published) is posted again after its `Retry-After`; its ack keeps the
+time it was first posted, and `refusals` lists each 429.
 
 SPEC: {"url", "rate", "seconds", "prefix", "out"}; event n has id and transaction_id
 `<prefix><n>`.
@@ -67,7 +69,7 @@ async def generate(url: str, rate: float, seconds: float, prefix: str) -> dict[s
             acks.append((first, count, due_at, time.time()))
             accepted_s.append(time.time() - posted_at)
 
-        started, cpu = time.perf_counter(), time.process_time()
+        started, started_at, cpu = time.perf_counter(), time.time(), time.process_time()
         sent = max_in_flight = 0
         while sent < total:
             due = min(total, int((time.perf_counter() - started) * rate))
@@ -83,6 +85,7 @@ async def generate(url: str, rate: float, seconds: float, prefix: str) -> dict[s
     return {
         "rate": rate,
         "seconds": seconds,
+        "started_at": started_at,
         "events": total,
         "send_s": round(send_s, 3),
         "acked": sum(count for _, count, _, _ in acks),

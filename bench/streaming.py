@@ -9,12 +9,17 @@ PostgreSQL:
   lander holds up to a flush's worth unacknowledged by design), every 0.5 s;
 - every `fraud.scored` event (a core NATS subscription: the time it is published);
 - new lake objects of `raw/events/transaction/` (listed every 0.25 s: time first seen);
-- CPU seconds of every process of the stack, the generator and itself (psutil).
+- CPU seconds of every process of the stack, the generator and itself (psutil);
+- nats-server's counters (monitoring endpoints `/varz` and `/jsz`) before the load and
+  after the drain.
 
 Afterwards it reads `events.received_at` for the run's ids (set by PostgreSQL when the audit
 service's insert ran) and the new lake objects' contents, and reports, per event, the time
-from ingest's acknowledgement (the 202 the generator received) to the audit row, the lake
-object and `fraud.scored`.
+from when the generator was due to send it (its place in the open-loop schedule) to the
+audit row, the lake object and `fraud.scored`: what a producer sending at that rate waits,
+ingest's answer included. Per transaction (event acknowledged) it reports each process's
+CPU time from the first request to the drain, and the JetStream operations the pipeline
+made meanwhile (`jetstream_ops`).
 
 A rate is sustainable when ingest kept up (every event acknowledged, no error, p99 of the
 delay from a request being due to its 202 under 1 s) and so did every consumer: the backlog
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import psutil
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -64,6 +70,8 @@ CATCH_UP_LIMIT_S = 2.5
 FIRST_RATE = 250
 MAX_RATE = 16_000
 QUANTILES = {"p50_ms": 50.0, "p99_ms": 99.0, "p99_9_ms": 99.9}
+OFF_THE_STACK = ("loadgen", "bench")  # measured, but not part of what the stack spends
+OPS = ("stored", "delivered", "acked", "nats_in_msgs", "nats_out_msgs")
 
 Log = Callable[[str], None]
 
@@ -81,6 +89,8 @@ class Window:
     lake_keys: dict[str, float] = field(default_factory=dict)
     lake_floor: str = ""  # the last lake key that existed before the window
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # from the first post to the drain
+    nats_counters: tuple[dict[str, int], dict[str, int]] = ({}, {})  # before, after the drain
     drained: bool = False
     catch_up_s: float = 0.0
 
@@ -119,6 +129,8 @@ class Window:
             "max_backlog": max((max(b.values(), default=0) for _, b in self.backlog), default=0),
             "catch_up_s": round(self.catch_up_s, 2),
             "sustainable": self.sustainable(),
+            "cpu_ms_per_tx": cpu_ms_per_tx(self.cpu_s, g["acked"]),
+            "jetstream_ops_per_tx": ops_per_tx(*self.nats_counters, g["acked"]),
         }
 
 
@@ -165,6 +177,7 @@ class StreamingBench:
                 sys.executable, "-m", "bench.loadgen", str(spec)
             )
             pids = self.pids()
+            counters = await self._nats_counters()
             cpu = _cpu(pids)
             own = _own_cpu()
             started = time.perf_counter()
@@ -186,6 +199,10 @@ class StreamingBench:
                 }
                 window.drained = await self._drain(client, window)
                 window.catch_up_s = time.perf_counter() - started - elapsed
+                drained = _cpu(pids)
+                drained["loadgen"], drained["bench"] = used["loadgen"], _own_cpu()
+                window.cpu_s = {name: drained[name] - cpu.get(name, 0.0) for name in drained}
+                window.nats_counters = (counters, await self._nats_counters())
             finally:
                 for watcher in watchers:
                     watcher.cancel()
@@ -194,6 +211,13 @@ class StreamingBench:
             async with s3_client(self.settings) as s3:
                 await self._list_lake(s3, window)
         return window
+
+    async def _nats_counters(self) -> dict[str, int]:
+        """nats-server's counters now (see `nats_counters`)."""
+        async with httpx.AsyncClient(base_url=self.stack.nats.monitor_url, timeout=10) as http:
+            varz = (await http.get("/varz")).raise_for_status().json()
+            jsz = await http.get("/jsz", params={"accounts": 1, "streams": 1, "consumers": 1})
+        return nats_counters(varz, jsz.raise_for_status().json())
 
     async def _backlog(self, client: Client, window: Window) -> None:
         js = client.jetstream()
@@ -246,24 +270,20 @@ class StreamingBench:
         return False
 
     async def latencies(self, window: Window) -> dict[str, Any]:
-        """p50/p99/p99.9 (ms) from ingest's 202 to the audit row, lake object, fraud.scored."""
-        acked = _ack_times(window)
-        audit = await self._audit_times(window, list(acked))
-        lake = await self._lake_times(window, set(acked))
-        figures: dict[str, Any] = {}
-        for name, seen in (
-            ("audit_row", audit),
-            ("lake_object", lake),
-            ("fraud_scored", window.scored),
-        ):
-            lags = [(seen[i] - acked[i]) * 1000 for i in acked if i in seen]
-            figures[name] = {
-                "events": len(lags),
-                **{
-                    q: round(percentile(lags, p), 1) if lags else None for q, p in QUANTILES.items()
-                },
-            }
-        return figures
+        """p50/p99/p99.9 (ms) from when each acknowledged event was due to be sent to its
+        audit row, lake object, fraud.scored."""
+        g = window.generator
+        due = due_times(window.prefix, g["started_at"], g["rate"], g["acks"])
+        audit = await self._audit_times(window, list(due))
+        lake = await self._lake_times(window, set(due))
+        return {
+            name: latency(due, seen)
+            for name, seen in (
+                ("audit_row", audit),
+                ("lake_object", lake),
+                ("fraud_scored", window.scored),
+            )
+        }
 
     async def _audit_times(self, window: Window, ids: list[str]) -> dict[str, float]:
         assert self.settings.database_url is not None
@@ -301,12 +321,64 @@ def _recorder(window: Window) -> Callable[[Msg], Any]:
     return record
 
 
-def _ack_times(window: Window) -> dict[str, float]:
-    """Event id -> when ingest acknowledged it (the 202 of its request)."""
+def due_times(
+    prefix: str, started_at: float, rate: float, acks: list[tuple[int, int, float, float]]
+) -> dict[str, float]:
+    """Event id -> when the generator was due to send it, for every acknowledged event:
+    event n (from 0) once n + 1 events were due (bench/loadgen.py's schedule)."""
     return {
-        f"{window.prefix}{n}": at
-        for first, count, _, at in window.generator["acks"]
+        f"{prefix}{n}": started_at + (n + 1) / rate
+        for first, count, _, _ in acks
         for n in range(first, first + count)
+    }
+
+
+def latency(due: dict[str, float], seen: dict[str, float]) -> dict[str, Any]:
+    """How many events were seen, and p50/p99/p99.9 (ms) from when each was due to then."""
+    lags = [(seen[i] - due[i]) * 1000 for i in due if i in seen]
+    quantiles = {q: round(percentile(lags, p), 1) if lags else None for q, p in QUANTILES.items()}
+    return {"events": len(lags), **quantiles}
+
+
+def cpu_ms_per_tx(cpu_s: dict[str, float], transactions: int) -> dict[str, float]:
+    """CPU milliseconds per transaction of each process, and `stack`: the sum over the
+    stack's processes (the generator's and the bench's own are listed, not summed)."""
+    if not transactions:
+        return {}
+    per_tx = {name: round(1000 * used / transactions, 3) for name, used in cpu_s.items()}
+    stack = sum(v for name, v in per_tx.items() if name not in OFF_THE_STACK)
+    return {**per_tx, "stack": round(stack, 3)}
+
+
+def nats_counters(varz: dict[str, Any], jsz: dict[str, Any]) -> dict[str, int]:
+    """nats-server's cumulative counters, flat: `nats_in_msgs` / `nats_out_msgs` (every
+    message clients sent it / it sent clients: publishes, acks, API requests and their
+    answers, deliveries); per stream `stored.<stream>` (its last sequence: messages
+    stored); per durable consumer `delivered.<stream>/<consumer>` (deliveries, redeliveries
+    included) and `acked.<stream>/<consumer>` (the deliveries below its ack floor)."""
+    counters = {"nats_in_msgs": int(varz["in_msgs"]), "nats_out_msgs": int(varz["out_msgs"])}
+    for account in jsz.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            counters[f"stored.{stream['name']}"] = int(stream["state"].get("last_seq", 0))
+            for consumer in stream.get("consumer_detail", []):
+                key = f"{stream['name']}/{consumer['name']}"
+                counters[f"delivered.{key}"] = int(consumer["delivered"].get("consumer_seq", 0))
+                counters[f"acked.{key}"] = int(consumer["ack_floor"].get("consumer_seq", 0))
+    return counters
+
+
+def ops_per_tx(before: dict[str, int], after: dict[str, int], transactions: int) -> dict[str, Any]:
+    """What the counters moved by per transaction: the totals of `OPS` and, in `detail`,
+    each stream's and consumer's share (a counter absent before counts from 0)."""
+    if not transactions or not after:
+        return {}
+    moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    totals = dict.fromkeys(OPS, 0)
+    for key, delta in moved.items():
+        totals[key.split(".", 1)[0]] += delta
+    return {
+        **{op: round(n / transactions, 3) for op, n in totals.items()},
+        "detail": {k: round(v / transactions, 3) for k, v in sorted(moved.items())},
     }
 
 

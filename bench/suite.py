@@ -7,7 +7,8 @@ Sections (each measured with what bounds or compares with it, in the same run):
 - `stages`: ceilings (C_hop, C_copy, C_put), each service alone against them, and the
   scaling runs (1, 2, 4 replicas of fraud and audit) -- bench/stages.py;
 - `streaming`: open-loop load through the embedded stack: max sustainable rate, latencies
-  at 50% and 80% of it and at 1,000 tx/s, CPU per process, `--soak` RSS -- bench/streaming.py;
+  at 50% and 80% of it and at 1,000 tx/s, CPU per process, CPU and JetStream operations per
+  transaction, `--soak` RSS -- bench/streaming.py;
 - `workflows`: per-step overhead and runs/s (bench/workflows.py), on the same stack as
   `streaming`;
 - `peer`: `sales-report` next to its Prefect peer (bench/peer.py), on the same stack.
@@ -158,6 +159,28 @@ def print_ratios(figures: dict[str, Any]) -> None:
         print(f"{name:<40} {value:>12}  {row['goal'] or '':<8} {met}")
 
 
+def print_per_transaction(figures: dict[str, Any]) -> None:
+    """Per transaction at each streaming point: CPU ms of each process (and the stack's
+    sum), and JetStream operations."""
+    points = figures.get("streaming", {}).get("at", {})
+    if not points:
+        return
+    header = "".join(f"{point:>12}" for point in points)
+    for title, key, rows in (
+        ("CPU ms per transaction", "cpu_ms_per_tx", None),
+        ("JetStream operations per transaction", "jetstream_ops_per_tx", streaming.OPS),
+    ):
+        names = rows or list(dict.fromkeys(n for p in points.values() for n in p[key]))
+        print(f"\n{title:<40}{header}")
+        for name in names:
+            cells = "".join(f"{_cell(p[key].get(name)):>12}" for p in points.values())
+            print(f"{name:<40}{cells}")
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.3f}"
+
+
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -179,4 +202,5 @@ def main(argv: list[str]) -> None:
         print(json.dumps(json.loads(Path(path).read_text()), indent=2))
     else:
         print_ratios(figures)
+        print_per_transaction(figures)
     print(f"saved {path}")

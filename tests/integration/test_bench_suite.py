@@ -16,9 +16,13 @@ from typing import Any
 
 import pytest
 
+from bench.streaming import OPS
+from shared.access import AUDIT, STORE_LANDER, fraud_durable
+
 ROOT = Path(__file__).resolve().parents[2]
 LATENCY = {"events", "p50_ms", "p99_ms", "p99_9_ms"}
 STAGE = {"events", "replicas", "seconds", "events_per_s", "service_cpu_s"}
+STACK = {"nats", "s3", "postgres", "ingest", "store", "audit", "fraud"}
 
 pytestmark = pytest.mark.integration
 ONLY = [arg for section in ("stages", "streaming", "workflows") for arg in ("--only", section)]
@@ -70,9 +74,23 @@ def test_streaming(figures: dict[str, Any]) -> None:
         for stop in ("audit_row", "lake_object", "fraud_scored"):
             assert point["latency"][stop].keys() == LATENCY
             assert point["latency"][stop]["events"] == point["events"], stop
+            # From when each event was due: nothing is seen before it was sent.
+            assert point["latency"][stop]["p50_ms"] >= 0, stop
+        cpu_ms = point["cpu_ms_per_tx"]
+        assert cpu_ms.keys() >= {*STACK, "loadgen", "bench", "stack"}
+        in_stack = sum(v for k, v in cpu_ms.items() if k not in ("loadgen", "bench", "stack"))
+        assert cpu_ms["stack"] == pytest.approx(in_stack, abs=0.01)
+        ops = point["jetstream_ops_per_tx"]
+        assert ops.keys() == {*OPS, "detail"}
+        # Each transaction stored once in DATA, delivered to and acked by each consumer.
+        assert ops["detail"]["stored.DATA"] == 1.0
+        for consumer in (AUDIT, STORE_LANDER, fraud_durable(0, 1)):
+            delivered = ops["detail"][f"delivered.DATA/{consumer}"]
+            assert delivered >= 1.0, consumer
+            assert ops["detail"][f"acked.DATA/{consumer}"] == delivered, consumer
+        assert ops["nats_in_msgs"] > ops["stored"]
     cpu = streaming["cpu_percent_at_80pct"]
-    assert cpu.keys() >= {"nats", "s3", "postgres", "ingest", "store", "audit", "fraud"}
-    assert cpu.keys() >= {"loadgen", "bench"}
+    assert cpu.keys() >= {*STACK, "loadgen", "bench"}
 
 
 def test_workflows(figures: dict[str, Any]) -> None:
