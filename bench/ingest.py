@@ -1,5 +1,6 @@
-"""Ingest throughput on the embedded stack: events/s accepted over HTTP (NDJSON batches)
-and over NATS (`data.in.sale`, validated by ingest and republished to `data.sale`).
+"""Ingest throughput on the embedded stack: events/s accepted over HTTP (NDJSON batches;
+a batch refused with 429 is sent again after its Retry-After) and over NATS
+(`data.in.sale`, validated by ingest and republished to `data.sale`).
 
     python -m bench ingest [--events 50000] [--batch 1000] [--clients 4]
 """
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 
 from bench.results import save
-from choreo.client import ClientSettings
+from choreo.client import ClientSettings, retry_after_s
 from choreo.follow import connect
 from shared.ids import uuid7
 
@@ -47,9 +48,15 @@ async def over_http(url: str, events: int, batch: int, clients: int) -> float:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
             while not queue.empty():
                 body = queue.get_nowait()
-                response = await http.post(
-                    "/v1/events", content=body, headers={"content-type": "application/x-ndjson"}
-                )
+                while True:
+                    response = await http.post(
+                        "/v1/events", content=body, headers={"content-type": "application/x-ndjson"}
+                    )
+                    delay = retry_after_s(response.headers) if response.status_code == 429 else None
+                    if delay is None:
+                        break
+                    # At capacity, nothing published: the same body again after Retry-After.
+                    await asyncio.sleep(delay)
                 response.raise_for_status()
 
     started = time.perf_counter()
