@@ -14,7 +14,7 @@ The lean pull consumers (shared/pull.py) settle through the same `Settler`, in b
 
 import base64
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
@@ -158,9 +158,9 @@ class Settler:
         for subject, n in subjects.items():
             self._metrics.retries.labels(self.service, subject).inc(n)
 
-    def observe_latency(self, event_type: str, event_time: datetime) -> None:
-        """The time from an event's `time` to its settling (the service's latency metric)."""
-        self._metrics.observe_latency(event_type, event_time)
+    def observe_latencies(self, events: Iterable[tuple[str, datetime]]) -> None:
+        """The time from each (type, `time`) of events settled together to now."""
+        self._metrics.observe_latencies(events)
 
     def backoff(self, msg: Msg) -> float:
         """The delay before the next delivery of a message that failed (the settings'
