@@ -147,16 +147,18 @@ class Choreography:
         """Run (or replay) one requested attempt; seconds to wait before looking again."""
         request = parse_data(ev.StepRequested, event)
         runid = event.runid or ""
-        record = await self.store.run(runid)
+        # Both read before anything is decided, so read together.
+        record, output = await asyncio.gather(
+            self.store.run(runid), self.store.output(runid, request.step)
+        )
         if record is None:
             raise Unprocessable(f"unknown run {runid!r}")
         spec = WorkflowSpec.model_validate(record.workflow)
         step = spec.step(request.step)
         key = AttemptKey(runid, step.id, request.generation, request.attempt)
-        output = await self.store.output(runid, step.id)
         if output is not None:
             # Done before (a redelivery, or a crash after the output was stored): replay
-            # the idempotent rest so the run still advances.
+            # the idempotent rest so the run still advances (the run was read just now).
             await self._succeeded(event, record, spec, key, output, duration=None)
         elif record.status != "running" or request.generation != record.generation:
             log.info("step not started: run is not running", status=record.status)
@@ -185,6 +187,9 @@ class Choreography:
     ) -> None:
         function = self.steps.get(step.uses)
         started = time.monotonic()
+        logs = _LogSender(self, event, key, claim)
+        error: str | None = None
+        permanent = False
         try:
             if function is None:
                 raise StepFailed(f"{self.service} does not implement {step.uses!r}")
@@ -212,67 +217,59 @@ class Choreography:
                 )
             )
             context = StepContext(
-                record.runid, step.id, step.uses, key.attempt, key.generation, params, record.inputs
+                record.runid,
+                step.id,
+                step.uses,
+                key.attempt,
+                key.generation,
+                params,
+                record.inputs,
+                logs.lines,
             )
             output = await self._run_with_heartbeat(
-                raw, event, key, claim, function, context, spec.timeout_of(step)
+                raw, key, claim, logs, function, context, spec.timeout_of(step)
             )
         except (StepFailed, TemplateError) as exc:
-            await self._failed(event, record, spec, key, str(exc), permanent=True)
+            error, permanent = str(exc), True
         except TimeoutError:
-            timeout = spec.timeout_of(step)
-            await self._failed(event, record, spec, key, f"timed out after {timeout:g} s")
+            error = f"timed out after {spec.timeout_of(step):g} s"
         except Exception as exc:
-            await self._failed(event, record, spec, key, f"{type(exc).__name__}: {exc}")
-        else:
-            duration = time.monotonic() - started
-            await self.store.put_output(record.runid, step.id, output)
-            log.info("step completed", step=step.id, attempt=key.attempt, duration_s=duration)
-            await self._succeeded(event, record, spec, key, output, duration=duration)
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            await logs.send()
+            await self._failed(event, record, spec, key, error, permanent=permanent)
+            return
+        duration = time.monotonic() - started
+        # The output, the lines logged and the run as it is now (was it cancelled while the
+        # step ran?) do not depend on one another: written and read together.
+        _, _, current = await asyncio.gather(
+            self.store.put_output(record.runid, step.id, output),
+            logs.send(),
+            self.store.run(record.runid),
+        )
+        log.info("step completed", step=step.id, attempt=key.attempt, duration_s=duration)
+        await self._succeeded(event, current or record, spec, key, output, duration=duration)
 
     async def _run_with_heartbeat(
         self,
         raw: Msg,
-        cause: Event,
         key: AttemptKey,
         claim: Claim,
+        logs: "_LogSender",
         function: StepFunction,
         context: StepContext,
         timeout_s: float,
     ) -> StepOutput:
         """Run the step within its timeout, telling JetStream and the claim we are alive,
-        and publishing what it logs as it goes (`wf.step.log`)."""
-        sent = 0
-
-        async def send_logs() -> None:
-            """Publish the lines not sent yet; on a failure, try again with the next ones
-            (the step's outcome and its lease matter more than its log)."""
-            nonlocal sent
-            lines = context.lines[sent:]
-            if not lines:
-                return
-            logged = cause.child(
-                type=ev.STEP_LOG,
-                source=self.source,
-                id=f"{key.message_id}:log:{claim.takeovers}:{sent}",
-                attempt=key.attempt,
-                data=ev.StepLogged(
-                    step=key.step, generation=key.generation, lines=lines
-                ).model_dump(mode="json"),
-            )
-            try:
-                await self._publish(logged)
-            except Exception as exc:
-                log.warning("step log lines not published yet", step=key.step, error=repr(exc))
-                return
-            sent += len(lines)
+        and publishing what it logs as it goes (`wf.step.log`; the caller sends the last
+        lines once the step returned)."""
 
         async def heartbeat() -> None:
             while True:
                 await asyncio.sleep(self.lease_s / 3)
                 await raw.in_progress()
                 await self.store.renew(key, claim, self.lease_s)
-                await send_logs()
+                await logs.send()
 
         beat = asyncio.create_task(heartbeat())
         try:
@@ -280,35 +277,45 @@ class Choreography:
                 return await function(context)
         finally:
             beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)  # no send_logs in flight
-            await send_logs()
+            await asyncio.gather(beat, return_exceptions=True)  # no send in flight
 
     # -- after an attempt ------------------------------------------------------------------
 
     async def _succeeded(
         self,
         cause: Event,
-        record: RunRecord,
+        current: RunRecord,
         spec: WorkflowSpec,
         key: AttemptKey,
         output: StepOutput,
         duration: float | None,
     ) -> None:
+        """Publish the step's completion and advance the run. `current`: the run read once
+        the output existed (a run cancelled or failed meanwhile is not advanced)."""
         step = spec.step(key.step)
         completed = self._step_event(
             cause, ev.STEP_COMPLETED, key, step, output=output, duration_s=duration
         )
-        await self._publish(completed)
-        current = await self.store.run(record.runid) or record
         if current.status not in ("running", "completed"):
+            await self._publish(completed)
             return
         needs = {s.id: s.needs for s in spec.steps}
         successors = dag.successors(needs, step.id)
-        for successor in successors:
-            await self.store.record_dependency(record.runid, successor, step.id)
-            done = await self.store.dependencies_done(record.runid, successor, needs[successor])
-            if set(needs[successor]) <= done:
-                await self.request_step(completed, current, spec, successor)
+        # A join (a successor with other needs too) records this dependency once, then
+        # reads the others; a successor that needs only this step is ready now.
+        others = {s: sorted(set(needs[s]) - {step.id}) for s in successors}
+        joins = [s for s in successors if others[s]]
+        await asyncio.gather(
+            self._publish(completed),
+            *(self.store.record_dependency(current.runid, s, step.id) for s in joins),
+        )
+        recorded = await asyncio.gather(
+            *(self.store.dependencies_done(current.runid, s, others[s]) for s in joins)
+        )
+        ready = [s for s in successors if not others[s]] + [
+            s for s, done in zip(joins, recorded, strict=True) if set(others[s]) <= done
+        ]
+        await asyncio.gather(*(self.request_step(completed, current, spec, s) for s in ready))
         if not successors:
             await self.complete_if_done(completed, current, spec)
 
@@ -539,3 +546,39 @@ class Choreography:
 
     async def _publish(self, event: Event) -> None:
         await self.publisher.publish(event.type, event)
+
+
+class _LogSender:
+    """Publishes what an attempt logged through `ctx.log` (`wf.step.log`), the lines not
+    sent yet each time; on a failure it tries again with the next ones (the step's
+    outcome and its lease matter more than its log)."""
+
+    def __init__(self, runtime: Choreography, cause: Event, key: AttemptKey, claim: Claim) -> None:
+        self.runtime = runtime
+        self.cause = cause
+        self.key = key
+        self.claim = claim
+        self.lines: list[dict[str, Any]] = []
+        """The attempt's `StepContext.lines`."""
+        self.sent = 0
+
+    async def send(self) -> None:
+        lines = self.lines[self.sent :]
+        if not lines:
+            return
+        key = self.key
+        logged = self.cause.child(
+            type=ev.STEP_LOG,
+            source=self.runtime.source,
+            id=f"{key.message_id}:log:{self.claim.takeovers}:{self.sent}",
+            attempt=key.attempt,
+            data=ev.StepLogged(step=key.step, generation=key.generation, lines=lines).model_dump(
+                mode="json"
+            ),
+        )
+        try:
+            await self.runtime.publisher.publish(logged.type, logged)
+        except Exception as exc:
+            log.warning("step log lines not published yet", step=key.step, error=repr(exc))
+            return
+        self.sent += len(lines)

@@ -12,9 +12,11 @@ agree without a coordinator:
                                  (the run, once stored, answers for it from then on)
 """
 
+import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -191,16 +193,13 @@ class RunStore:
         return None if entry is None else dict(json.loads(entry[0]))
 
     async def outputs(self, runid: str, steps: list[str]) -> dict[str, Any]:
-        found = {}
-        for step in steps:
-            value = await self.output(runid, step)
-            if value is not None:
-                found[step] = value
-        return found
+        """The outputs of those of `steps` that have one (read concurrently)."""
+        values = await asyncio.gather(*(self.output(runid, step) for step in steps))
+        return {step: value for step, value in zip(steps, values, strict=True) if value is not None}
 
     async def done_steps(self, runid: str, steps: list[str]) -> set[str]:
-        """Which of `steps` have an output."""
-        return {step for step in steps if await self._get(f"out.{runid}.{step}") is not None}
+        """Which of `steps` have an output (read concurrently)."""
+        return await self._existing(steps, lambda step: f"out.{runid}.{step}")
 
     async def record_dependency(self, runid: str, step: str, dep: str) -> None:
         """Record once that `dep` finished, for `step` (a redelivery changes nothing)."""
@@ -208,10 +207,15 @@ class RunStore:
             await self.kv.create(f"dep.{runid}.{step}.{dep}", b"1")
 
     async def dependencies_done(self, runid: str, step: str, needs: list[str]) -> set[str]:
-        """Which of `needs` are recorded as finished for `step`."""
-        return {dep for dep in needs if await self._get(f"dep.{runid}.{step}.{dep}") is not None}
+        """Which of `needs` are recorded as finished for `step` (read concurrently)."""
+        return await self._existing(needs, lambda dep: f"dep.{runid}.{step}.{dep}")
 
     # -- plumbing --------------------------------------------------------------------------
+
+    async def _existing(self, names: list[str], key: Callable[[str], str]) -> set[str]:
+        """Those of `names` whose entry `key(name)` exists (read concurrently)."""
+        found = await asyncio.gather(*(self._get(key(name)) for name in names))
+        return {name for name, entry in zip(names, found, strict=True) if entry is not None}
 
     async def _get(self, key: str) -> tuple[bytes, int] | None:
         return await get_entry(self.kv, key)
