@@ -296,28 +296,44 @@ class Choreography:
         completed = self._step_event(
             cause, ev.STEP_COMPLETED, key, step, output=output, duration_s=duration
         )
-        if current.status not in ("running", "completed"):
+        successors = dag.successors({s.id: s.needs for s in spec.steps}, step.id)
+        if current.status not in ("running", "completed") or not successors:
             await self._publish(completed)
+            if successors:
+                return  # cancelled or failed meanwhile: not advanced
+            await self.complete_if_done(completed, current, spec)
             return
-        needs = {s.id: s.needs for s in spec.steps}
-        successors = dag.successors(needs, step.id)
-        # A join (a successor with other needs too) records this dependency once, then
-        # reads the others; a successor that needs only this step is ready now.
-        others = {s: sorted(set(needs[s]) - {step.id}) for s in successors}
-        joins = [s for s in successors if others[s]]
+        # Requesting the successors does not wait for the completion's ack: both are
+        # published at once, the completion first, on the one connection (which keeps
+        # their order). A failed publish fails the handling: the redelivered request
+        # finds the output and replays both (deterministic ids, de-duplicated).
         await asyncio.gather(
             self._publish(completed),
-            *(self.store.record_dependency(current.runid, s, step.id) for s in joins),
+            self._advance(completed, current, spec, step.id, successors),
         )
+
+    async def _advance(
+        self,
+        cause: Event,
+        current: RunRecord,
+        spec: WorkflowSpec,
+        done: str,
+        successors: list[str],
+    ) -> None:
+        """Request those of `successors` of the step `done` whose needs are all done. A
+        join (a successor with other needs too) records this dependency once, then reads
+        the others; a successor that needs only `done` is ready now."""
+        others = {s: sorted(set(spec.step(s).needs) - {done}) for s in successors}
+        joins = [s for s in successors if others[s]]
+        runid = current.runid
+        await asyncio.gather(*(self.store.record_dependency(runid, s, done) for s in joins))
         recorded = await asyncio.gather(
-            *(self.store.dependencies_done(current.runid, s, others[s]) for s in joins)
+            *(self.store.dependencies_done(runid, s, others[s]) for s in joins)
         )
         ready = [s for s in successors if not others[s]] + [
-            s for s, done in zip(joins, recorded, strict=True) if set(others[s]) <= done
+            s for s, found in zip(joins, recorded, strict=True) if set(others[s]) <= found
         ]
-        await asyncio.gather(*(self.request_step(completed, current, spec, s) for s in ready))
-        if not successors:
-            await self.complete_if_done(completed, current, spec)
+        await asyncio.gather(*(self.request_step(cause, current, spec, s) for s in ready))
 
     async def _failed(
         self,

@@ -4,7 +4,8 @@ Every KV read or write of the run's keys and every acknowledged publish of the r
 is recorded with its start and end. From the publish of one step's completion to the next one's
 in a chain (one step's end to the next one's end, as `bench workflows` measures it), the
 test counts the calls and how many of them follow one another (the longest sequence of calls
-that do not overlap: what the step waits for).
+that do not overlap: what the step waits for). Lease renewals, made on a timer while a step
+runs (a loaded machine may make one), are left out.
 """
 
 import time
@@ -29,7 +30,8 @@ from tests.workflow_support import wait_run_ended, workflow_services
 pytestmark = pytest.mark.integration
 
 CHAIN = 8
-MAX_CALLS_PER_STEP = 7
+# Before the calls were made together where they could be (2026-12-05): 11 and 11.
+MAX_CALLS_PER_STEP = 9
 MAX_SEQUENTIAL_PER_STEP = 5
 
 
@@ -108,7 +110,12 @@ async def run_traced(settings: Settings, db: asyncpg.Connection) -> tuple[str, l
             assert (await wait_run_ended(db, runid))["status"] == "completed"
     finally:
         await client.close()
-    return runid, [c for c in calls if runid in c.target]
+    renewal = f"claim.{runid}."
+    return runid, [
+        c
+        for c in calls
+        if runid in c.target and not (c.name == "put" and c.target.startswith(renewal))
+    ]
 
 
 def per_step(runid: str, calls: list[Call]) -> Iterator[tuple[int, list[Call]]]:

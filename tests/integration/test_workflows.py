@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,9 +12,14 @@ import pytest
 from nats.js import JetStreamContext
 
 from choreo.runs import request_cancel, request_retry, request_run
+from shared.envelope import Event
 from shared.settings import Settings
+from shared.workflow import events as ev
+from shared.workflow.state import AttemptKey, RunRecord, RunStore, ensure_bucket
+from shared.workflow.validate import validate_workflow
 from tests.support import wait_for
 from tests.workflow_support import (
+    TEST_KINDS,
     calls,
     step_rows,
     wait_run_ended,
@@ -267,3 +273,40 @@ async def test_an_invalid_workflow_fails_with_its_problems(
     assert run["status"] == "failed"
     problems = json.loads(run["problems"])
     assert any("$.steps[0].uses: unknown step kind 'audit.nope'" in p for p in problems)
+
+
+async def test_a_replayed_step_requests_its_one_need_successor_without_a_record(
+    js: JetStreamContext, db: asyncpg.Connection, settings: Settings
+) -> None:
+    """A step whose output was stored before its owner died (nothing published after it):
+    the redelivered request does not run it again, and its successor, which needs only it,
+    is requested and runs; no dependency record is needed for that."""
+    spec = validate_workflow(
+        workflow(step("a"), step("b", "audit.log", "a"), step("c", "audit.log", "b")),
+        {},
+        TEST_KINDS,
+    ).spec
+    assert spec is not None
+    runid = f"replay-{uuid.uuid4().hex[:8]}"
+    store = RunStore(await ensure_bucket(js, settings))
+    await store.create_run(RunRecord(runid, spec.dump(), {}))
+    await store.put_output(runid, "a", {"event_id": "stored before the crash"})
+    request = Event(
+        id=AttemptKey(runid, "a", 1, 1).message_id,
+        type=ev.step_requested("audit"),
+        source="test",
+        runid=runid,
+        stepid="a",
+        attempt=1,
+        data=ev.StepRequested(step="a", uses="audit.log").model_dump(mode="json"),
+    )
+    await js.publish(request.type, request.to_bytes(), headers=request.headers())
+    record = await wait_for(
+        lambda: store.run(runid), lambda r: r is not None and r.status == "completed"
+    )
+    assert record is not None
+    assert await store.output(runid, "a") == {"event_id": "stored before the crash"}
+    logged = await db.fetch("SELECT id FROM audit_log WHERE runid = $1 ORDER BY id", runid)
+    assert [r["id"] for r in logged] == [f"{runid}:b", f"{runid}:c"]  # a did not run again
+    assert await store.dependencies_done(runid, "b", ["a"]) == set()
+    assert await store.dependencies_done(runid, "c", ["b"]) == set()
