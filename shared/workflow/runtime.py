@@ -4,11 +4,12 @@ A service that owns step kinds subscribes to `wf.step.<service>.requested`. For 
 request it claims the attempt in the run-state bucket (so two replicas never both run it),
 renders the step's templates from the run's inputs and its upstream outputs, runs it,
 stores the output, publishes `wf.step.completed`, and advances the run: it records itself
-once as a finished dependency of each successor, and requests every successor whose
-dependencies are now all recorded (message id `run:step:attempt`, de-duplicated by
-JetStream). Whoever finds every step done completes the run. A failed attempt is retried
-after the step's backoff; the last failed attempt fails the run and skips the steps that
-had not started.
+once as a finished dependency of each join (a successor with several needs), and requests
+every successor whose needs are now all done, one that needs only this step at once
+(message id `run:step:attempt`, de-duplicated by JetStream). Calls that do not depend on
+one another are made together: a step waits for few round trips to nats-server. Whoever
+finds every step done completes the run. A failed attempt is retried after the step's
+backoff; the last failed attempt fails the run and skips the steps that had not started.
 
 Every step is safe to replay: a redelivered request whose output exists re-runs only the
 idempotent "after success" part, and every event has a deterministic id.

@@ -7,7 +7,8 @@ agree without a coordinator:
     claim.<run>.<step>.<g>.<n>   who runs attempt n of generation g, until when (create, or
                                  CAS once the holder's lease expired)
     out.<run>.<step>             the step's output; its existence means "done"
-    dep.<run>.<step>.<dep>       `dep` finished, recorded once for `step` (create-if-absent)
+    dep.<run>.<step>.<dep>       `dep` finished, recorded once for `step` (create-if-absent),
+                                 when `step` is a join (it needs others too)
     queued.<run>                 the run waits for a max_concurrent slot: its workflow's name
                                  (the run, once stored, answers for it from then on)
 """
