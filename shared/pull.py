@@ -233,7 +233,7 @@ class PullConsumer:
                 continue
             except Exception as exc:  # NATS unreachable for now: fetch again later
                 log.warning("fetch failed", consumer=self.title, error=repr(exc))
-                await self._pause(RETRY_PAUSE_S)
+                await self.pause(RETRY_PAUSE_S)
                 continue
             try:
                 batch = await self._parsed(messages)
@@ -257,8 +257,9 @@ class PullConsumer:
             batch.append(Pulled(envelope, msg, stream, seq, deliveries))
         return batch
 
-    async def _pause(self, seconds: float) -> bool:
-        """Wait `seconds` unless the consumer stops meanwhile; True when it stops."""
+    async def pause(self, seconds: float) -> bool:
+        """Wait `seconds` unless the consumer stops meanwhile; True when it stops (for a
+        receiver that retries in place, too)."""
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         except TimeoutError:
@@ -313,7 +314,7 @@ class PullConsumer:
                     error=repr(exc),
                 )
                 self._settler.count_retries(Counter(p.subject for p in batch))
-                if await self._pause(delay):
+                if await self.pause(delay):
                     return  # stopping: left unsettled, delivered again from the ack floor
                 attempt += 1
                 batch = [replace(p, deliveries=attempt) if p.deliveries else p for p in batch]
@@ -344,7 +345,7 @@ class PullConsumer:
                 if self.ack is not AckPolicy.ALL:
                     raise
                 log.error("dead-letter failed, retrying", consumer=self.title, error=repr(exc))
-                if await self._pause(RETRY_PAUSE_S):
+                if await self.pause(RETRY_PAUSE_S):
                     raise
 
 

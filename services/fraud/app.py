@@ -1,10 +1,10 @@
 """The fraud service: scores every payment of stream DATA in real time.
 
 Composition root: `create_app()` builds the settings, the scorer of this replica's partition
-(services/fraud/scoring.py), its durable consumer and the workflow side (`fraud.score_batch`,
-which reads the lake). The scorer's state is restored (snapshot, then stream replay) before
-the consumer starts, so /readyz answers only once scores are right; it is saved on an
-interval and on a graceful stop.
+(services/fraud/scoring.py), its durable consumer (shared/pull.py) and the workflow side
+(`fraud.score_batch`, which reads the lake). The scorer's state is restored (snapshot, then
+stream replay) before the consumer starts, so /readyz answers only once scores are right;
+it is saved on an interval and on a graceful stop.
 """
 
 from collections.abc import Callable
@@ -17,6 +17,7 @@ from services.fraud.steps import fraud_steps
 from shared.fraud_models import ModelStore
 from shared.jetstream import jetstream
 from shared.metrics import Metrics
+from shared.pull import PullConsumer
 from shared.s3 import open_s3
 from shared.service import ReadinessCheck, Service, build_service, create_broker
 from shared.settings import Settings
@@ -54,8 +55,9 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
         lambda: open_s3(config, client)
     ]
     checks: dict[str, ReadinessCheck] = {"s3": s3_ready}
+    consumers: list[PullConsumer] = []
     if config.fraud_scoring_enabled:
-        scoring.subscribe(broker)
+        consumers.append(scoring.consumer())
         resources.append(lambda: scoring.running(lambda: jetstream(broker)))
         checks["state"] = scoring.ready
 
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, *, steps: StepRegistry | None =
         broker,
         metrics,
         resources=resources,
+        consumers=consumers,
         checks=checks,
         choreography=choreography,
         description="Scores payments for fraud in real time.",

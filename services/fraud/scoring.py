@@ -3,9 +3,18 @@ learn from each `data.fraud_label` (confirmed fraud, services/fraud/feedback.py)
 
 Every transaction gets `fraud.scored`; those not allowed also get `fraud.alert`. Both are
 children of the transaction event, with ids derived from its id, so a re-publish is a
-JetStream duplicate and the audit keeps one row. A delivery is acknowledged only once
-JetStream has stored its events; a failed publish is nak'd with backoff and never given up
-(the card's state already counts the transaction, so its verdict must come out).
+JetStream duplicate and the audit keeps one row. The events are built as dicts (the JSON
+`Event.child()` would give) and a chunk's are published all at once, their acks awaited
+together.
+
+Acknowledgements. Each partition's durable has one consumer (shared/pull.py, with
+`AckPolicy.ALL`): one ack of a delivery settles it and every one before it. A chunk is
+acknowledged up to the delivery before the first one not settled (its events not stored
+by JetStream, or its dead letter not sent), with one ack; nothing after that one may be
+acknowledged, so the deliveries left are retried in place after the backoff, and never
+given up (the card's state already counts the transaction, so its verdict must come out),
+then acknowledged with one ack of the chunk's last delivery. A nak would not do: the next
+ack would settle the nak'd delivery unseen.
 
 Partitions. Replicas split the cards: crc32(card_id) % partitions picks the replica that
 scores a transaction, so each card's transactions are scored in order by one replica. Each
@@ -23,30 +32,28 @@ together after a restart.
 
 Redeliveries and restarts. `applied_seq` is the last stream sequence applied to the state,
 so nothing is applied twice. The outcome of every delivery not yet acknowledged stays in
-`pending`: a nak'd transaction comes back after later ones were scored, and gets the verdict
-it had then instead of a new one. A delivery lost on the way (JetStream sent it, the
-service never got it: its server killed, a fetch dropped) also comes back after later ones,
-after ack_wait: a gap in the consumer's delivery sequence shows it, and the transactions
-skipped are applied from the stream itself before the delivery after the gap, so that each
-has its verdict waiting in `pending`. On start the state is loaded from the last snapshot and
-brought up to the durable consumer's last delivered sequence by replaying the stream, which
-re-creates the outcomes of the deliveries that may still come back (see restore()).
+`pending`: a transaction retried, or delivered again after a restart, gets the verdict it
+had then instead of a new one. A delivery lost on the way (JetStream sent it, the service
+never got it: its server killed, a fetch dropped) would be settled unseen by the next ack:
+a gap in the consumer's delivery sequence shows it, and the transactions skipped are read
+from the stream itself and handled before the delivery after the gap. On start the state is
+loaded from the last snapshot and brought up to the durable consumer's last delivered
+sequence by replaying the stream, which re-creates the outcomes of the deliveries that may
+still come back (see restore()).
 """
 
 import asyncio
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import Counter as Tally
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import replace
 from typing import Any
 
 import orjson
 import structlog
-from faststream.nats import NatsBroker
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
@@ -66,11 +73,12 @@ from services.fraud.snapshot import (
     read_range,
 )
 from shared.access import fraud_durable
-from shared.consumer import BatchMessage, Settler, batch_subscription
+from shared.consumer import Settler
 from shared.envelope import Envelope, NotAnEnvelope, child_envelope, parse_envelope
 from shared.fraud_models import ModelStore
 from shared.jetstream import Encoded, EventPublisher
 from shared.metrics import Metrics
+from shared.pull import PullConsumer, Pulled
 from shared.subjects import DATA, FRAUD_ALERT, FRAUD_SCORED, FRAUD_SHADOW, data_subject
 
 log = structlog.get_logger(__name__)
@@ -79,7 +87,7 @@ INPUT = data_subject("transaction")
 LABELS = data_subject("fraud_label")
 SUBJECTS = [INPUT, LABELS]  # the consumer's filter: both, in stream order
 SOURCE = "choreo/fraud"
-HANDLER = "on_transactions"
+TITLE = "fraud/transactions"
 # uuid5 namespace of the fraud events' ids: uuid5(EVENT_IDS, "<transaction event id>:scored").
 EVENT_IDS = uuid.UUID("6f1f3c52-1d0e-5c8e-9a53-0c7f6e7a2b41")
 
@@ -143,18 +151,6 @@ def _verdict(scored: Scored) -> Verdict:
     rules = scored.features["rules"]
     shadow = None if scored.shadow is None else _verdict(scored.shadow)
     return Verdict(scored.score, scored.decision, scored.reasons, rules, scored.model, shadow)
-
-
-async def _read_labels_too(js: JetStreamContext, config: ConsumerConfig) -> None:
-    """A durable created before labels existed filters `data.transaction` only: widen it to
-    the labels (an update keeps its position; the labels published before it are read
-    from there on, the earlier ones were never seen and are not replayed)."""
-    if sorted(config.filter_subjects or [config.filter_subject or ""]) == sorted(SUBJECTS):
-        return
-    log.info("consumer widened to the labels", durable=config.durable_name, subjects=SUBJECTS)
-    await js.add_consumer(
-        DATA.name, config=replace(config, filter_subject=None, filter_subjects=SUBJECTS)
-    )
 
 
 def _card_of(event: Envelope | None) -> str | None:
@@ -261,53 +257,68 @@ class FraudScoring:
         self.labels.labels(self._metrics.service, applied).inc()
         return None
 
-    def subscribe(self, broker: NatsBroker) -> None:
-        """This replica's durable consumer of transactions and labels."""
+    def consumer(self) -> PullConsumer:
+        """This replica's durable consumer of transactions and labels (a durable created by
+        an earlier version, with explicit acks or without the labels, is re-created from
+        its ack floor: shared/pull.py)."""
         # Chunks of deliveries handled one after another: stream order, which the per-card
-        # state needs (a concurrent subscriber could score a card's transactions out of
-        # order). One consumer filters both subjects, so labels keep their place.
-        subscription = batch_subscription(
+        # state needs. One consumer filters both subjects, so labels keep their place.
+        consumer = PullConsumer(
+            self._settler,
             DATA,
             self.durable,
             self.settings,
+            ack=AckPolicy.ALL,
+            title=TITLE,
+            description="Scores the transactions of this replica's partition of the cards, in "
+            "stream order: fraud.scored always, fraud.alert unless the decision is allow; "
+            "learns from the labels (data.fraud_label) of those transactions.",
             subjects=SUBJECTS,
             batch_size=self.settings.fraud_fetch_batch,
             max_wait_s=self.settings.fraud_fetch_wait_s,
         )
-        broker.subscriber(
-            **subscription,
-            title="fraud/transactions",
-            description="Scores the transactions of this replica's partition of the cards, in "
-            "stream order: fraud.scored always, fraud.alert unless the decision is allow; "
-            "learns from the labels (data.fraud_label) of those transactions.",
-        )(self.on_transactions)
+        consumer.receive_with(lambda chunk: self.receive(chunk, consumer.pause))
+        return consumer
 
-    async def on_transactions(self, msg: BatchMessage) -> None:
-        await self.receive(msg.raw_message)
+    async def receive(self, chunk: list[Pulled], pause: Callable[[float], Awaitable[bool]]) -> None:
+        """Handle one fetched chunk of deliveries, in stream order, and acknowledge it (see
+        the module docstring); `pause(seconds)` waits before a retry, true when stopping."""
+        with self._settler.measured([p.msg for p in chunk], TITLE):
+            chunk = await self._with_lost(chunk)
+            settled = await self._handle(chunk)
+            first = settled.index(False) if False in settled else len(chunk)
+            if first:
+                await self._ack(chunk[:first])
+            left = chunk[first:]
+            retry = [p for p, done in zip(left, settled[first:], strict=True) if not done]
+            attempt = 1
+            while retry:
+                delay = self.settings.backoff(attempt)
+                self._settler.count_retries(Tally(p.subject for p in retry))
+                log.warning(
+                    "not settled, will retry",
+                    first_seq=retry[0].stream_seq,
+                    count=len(retry),
+                    attempt=attempt,
+                    delay_s=delay,
+                )
+                if await pause(delay):
+                    return  # stopping: delivered again from the ack floor when it starts
+                again = await self._handle(retry)
+                retry = [p for p, done in zip(retry, again, strict=True) if not done]
+                attempt += 1
+            if left:
+                await self._ack(left)
 
-    async def receive(self, messages: Sequence[Msg]) -> None:
-        """Handle one fetched chunk of deliveries, in stream order."""
-        with self._settler.measured(messages, HANDLER):
-            await self._receive(messages)
-
-    async def _receive(self, messages: Sequence[Msg]) -> None:
-        outgoing: list[tuple[Msg, Envelope, int, list[Encoded]]] = []
-        for msg in messages:
-            seq = msg.metadata.sequence.stream
-            delivery = msg.metadata.sequence.consumer
-            if delivery > self.delivered + 1 and seq > self.applied_seq + 1:
-                await self._replay_gap(seq - 1)
-            self.delivered = delivery
-            try:
-                event = parse_envelope(msg.data)
-            except NotAnEnvelope as exc:
-                if self.owns(None):
-                    await self._dead_letter(msg, seq, str(exc))
-                else:
-                    await self._settle(msg, ack=True)
-                continue
+    async def _handle(self, chunk: list[Pulled]) -> list[bool]:
+        """Score (or learn from) each delivery not applied yet, publish the verdicts of the
+        chunk at once, dead-letter what cannot be scored: for each, whether it is settled
+        (its effects stored, it may be acknowledged)."""
+        settled = [True] * len(chunk)
+        outgoing: list[tuple[int, list[Encoded]]] = []
+        for at, pulled in enumerate(chunk):
+            event, seq = pulled.envelope, pulled.stream_seq
             if not self.owns(event):
-                await self._settle(msg, ack=True)
                 continue
             outcome: Outcome | None
             tx: Transaction | None = None
@@ -317,44 +328,56 @@ class FraudScoring:
             else:  # a redelivery: its outcome if still pending, else it was settled before
                 outcome = self.pending.get(seq)
             if outcome is None:
-                await self._settle(msg, ack=True)
-            elif outcome.verdict is None:
-                await self._dead_letter(msg, seq, outcome.error or "")
+                continue
+            if outcome.verdict is None:
+                settled[at] = await self._dead_letter(pulled, outcome.error or "")
             else:  # scored: the transaction was read then (now, for a redelivery)
                 tx = tx or Transaction.parse(event["data"])
-                outgoing.append((msg, event, seq, fraud_events(event, tx, outcome.verdict)))
-        await self._publish(outgoing)
-
-    async def _publish(self, outgoing: list[tuple[Msg, Envelope, int, list[Encoded]]]) -> None:
-        """Publish every event of the chunk at once; settle each delivery by its own events."""
-        results = await self._publisher.publish_all([e for *_, events in outgoing for e in events])
-        at = 0
-        for msg, event, seq, events in outgoing:
-            failed = [r for r in results[at : at + len(events)] if isinstance(r, BaseException)]
-            at += len(events)
+                outgoing.append((at, fraud_events(event, tx, outcome.verdict)))
+        results = await self._publisher.publish_all([e for _, events in outgoing for e in events])
+        done = 0
+        for at, events in outgoing:
+            failed = [r for r in results[done : done + len(events)] if isinstance(r, BaseException)]
+            done += len(events)
             if failed:
+                seq = chunk[at].stream_seq
                 log.warning("publish failed, will retry", stream_seq=seq, error=repr(failed[0]))
-                await self._settle(msg, ack=False)
-                continue
-            await self._settle(msg, ack=True)
-            self.pending.pop(seq, None)  # after the ack: a snapshot never misses an unacked one
-            self._metrics.observe_latency(event["type"], event["time"])
+                settled[at] = False
+        return settled
+
+    async def _with_lost(self, chunk: list[Pulled]) -> list[Pulled]:
+        """The chunk with the deliveries lost on the way before it (a gap in the consumer's
+        delivery sequence: JetStream sent them, the service never got them) read from the
+        stream and put in their place. The next ack would settle them unseen, so they are
+        handled with the chunk; not acknowledged themselves (the durable never sees those
+        copies), they are covered by the next ack after them."""
+        if self._js is None:
+            raise RuntimeError("the scorer consumes before running()")
+        whole: list[Pulled] = []
+        upto = self.applied_seq
+        for pulled in chunk:
+            delivery = pulled.msg.metadata.sequence.consumer
+            if delivery > self.delivered + 1 and pulled.stream_seq > upto + 1:
+                first, last = upto + 1, pulled.stream_seq - 1
+                log.warning(
+                    "deliveries lost on the way, read from the stream", first=first, last=last
+                )
+                async for msg in read_range(self._js, DATA.name, SUBJECTS, first, last):
+                    try:
+                        envelope = parse_envelope(msg.data)
+                    except NotAnEnvelope as exc:
+                        if self.owns(None):
+                            await self._settler.dead_letter(msg, str(exc))
+                        continue
+                    whole.append(Pulled(envelope, msg, DATA.name, msg.metadata.sequence.stream, 0))
+            self.delivered = delivery
+            upto = max(upto, pulled.stream_seq)
+            whole.append(pulled)
+        return whole
 
     def _count(self, outcome: Outcome | None) -> None:
         if outcome is not None and outcome.verdict is not None:
             self.decisions.labels(self._metrics.service, outcome.verdict.decision).inc()
-
-    async def _replay_gap(self, last: int) -> None:
-        """Deliveries were lost on the way: apply what the stream holds of this partition
-        after `applied_seq` up to `last`, in order, their outcomes pending until their
-        deliveries come back."""
-        if self._js is None:
-            raise RuntimeError("the scorer consumes before running()")
-        first = self.applied_seq + 1
-        for outcome in await self._replay(self._js, first, last):
-            self._count(outcome)
-        self.applied_seq = max(self.applied_seq, last)
-        log.warning("deliveries lost on the way, applied from the stream", first=first, last=last)
 
     async def _replay(self, js: JetStreamContext, first: int, last: int) -> list[Outcome | None]:
         """Apply this partition's events of stream DATA in [first, last] read from the
@@ -369,21 +392,29 @@ class FraudScoring:
                 outcomes.append(self.apply(msg.metadata.sequence.stream, event))
         return outcomes
 
-    async def _dead_letter(self, msg: Msg, seq: int, reason: str) -> None:
-        try:
-            await self._settler.dead_letter(msg, reason)
-        except Exception as exc:
-            log.warning("dead-lettering failed, will retry", stream_seq=seq, error=repr(exc))
-            await self._settle(msg, ack=False)
-        else:
-            self.pending.pop(seq, None)
+    async def _ack(self, chunk: list[Pulled]) -> None:
+        """Acknowledge a settled run of deliveries with one ack of its last one (of the
+        durable's: not a copy read from the stream)."""
+        delivered = [p for p in chunk if p.msg.metadata.consumer == self.durable]
+        if delivered:
+            await delivered[-1].msg.ack()
+            self._settler.count_acked(Tally(p.subject for p in delivered))
+        for pulled in chunk:
+            # After the ack: a snapshot never misses an unacknowledged outcome.
+            outcome = self.pending.pop(pulled.stream_seq, None)
+            if outcome is not None and outcome.verdict is not None:
+                self._settler.observe_latency(pulled.envelope["type"], pulled.envelope["time"])
 
-    async def _settle(self, msg: Msg, *, ack: bool) -> None:
-        """Ack, or redeliver with backoff (never dead-lettered: see the module docstring)."""
-        if ack:
-            await self._settler.ack(msg)
-        else:
-            await self._settler.nak(msg, self._settler.backoff(msg), failed=True)
+    async def _dead_letter(self, pulled: Pulled, reason: str) -> bool:
+        """Dead-letter a delivery; False when it could not be (it is retried)."""
+        try:
+            await self._settler.dead_letter(pulled.msg, reason)
+        except Exception as exc:
+            log.warning(
+                "dead-lettering failed, will retry", stream_seq=pulled.stream_seq, error=repr(exc)
+            )
+            return False
+        return True
 
     # -- state across restarts ----------------------------------------------------------------
 
@@ -442,7 +473,6 @@ class FraudScoring:
             delivered = info.delivered.stream_seq or 0
             acked = info.ack_floor.stream_seq or 0
             self.delivered = info.delivered.consumer_seq or 0
-            await _read_labels_too(js, info.config)
         replayed = len(await self._replay(js, self.applied_seq + 1, delivered))
         self.applied_seq = max(self.applied_seq, delivered)
         self._forget_acked(acked)

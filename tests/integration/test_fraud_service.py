@@ -18,6 +18,7 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import ObjectNotFoundError
@@ -32,7 +33,7 @@ from services.fraud.app import NAME, create_app
 from services.fraud.domain import Scorer
 from services.fraud.feedback import Label, interleave
 from services.fraud.model import Model, shipped_model
-from services.fraud.scoring import SUBJECTS, FraudScoring, partition_of
+from services.fraud.scoring import FraudScoring, partition_of
 from services.fraud.settings import FraudSettings
 from services.fraud.snapshot import (
     REPLAY_BATCH,
@@ -43,10 +44,11 @@ from services.fraud.snapshot import (
 )
 from services.fraud.windows import DAY
 from shared.consumer import Settler
-from shared.envelope import Event
+from shared.envelope import Event, parse_envelope
 from shared.fraud_models import ModelStore
 from shared.jetstream import EventPublisher, ensure_streams, jetstream
 from shared.metrics import Metrics
+from shared.pull import Pulled
 from shared.s3 import s3_client
 from shared.service import create_broker
 from shared.settings import Settings
@@ -137,6 +139,21 @@ def as_stream(items: Sequence[Tx | Label]) -> list[Event]:
         else as_events([item])[0]
         for item in items
     ]
+
+
+RETRIES = 'choreo_message_retries_total{service="fraud",subject="data.transaction"}'
+
+
+def total(metrics: str, series: str) -> float:
+    """The sum of the series whose lines start with `series` in a /metrics text."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(series)
+    )
+
+
+def decided(metrics: str) -> float:
+    """How many transactions a replica scored (its decisions counter, all decisions)."""
+    return total(metrics, "choreo_fraud_decisions_total{")
 
 
 async def count(js: JetStreamContext, subject: str) -> int:
@@ -249,9 +266,9 @@ async def test_every_transaction_is_scored_and_the_risky_ones_alerted(
 async def test_labels_over_nats_reach_a_consumer_created_before_labels_existed(
     nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
 ) -> None:
-    """An upgrade: the durable filters data.transaction only. The service widens it to the
-    labels, keeps its position, and every transaction gets the verdict of a scorer that
-    learnt from the labels reported before it."""
+    """An upgrade: the durable filters data.transaction only. The service re-creates it
+    from its ack floor over the labels too, and every transaction gets the verdict of a
+    scorer that learnt from the labels reported before it."""
     transactions, labels = generate(3_000, seed=8)
     stream = with_labels(transactions, labels)
     js = admin.jetstream()
@@ -422,29 +439,24 @@ async def test_a_transaction_that_cannot_be_scored_is_dead_lettered(
 async def test_a_failed_publish_is_retried_with_the_verdict_it_had(
     nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
 ) -> None:
-    """With stream FRAUD gone, every publish fails: the deliveries are nak'd and come back
-    after later ones were scored; once FRAUD is back each gets its original verdict, and no
-    transaction is scored twice."""
+    """With stream FRAUD gone, every publish fails: the chunk's deliveries are retried in
+    place with the backoff, not scored again; once FRAUD is back each gets its original
+    verdict, and no transaction is scored twice."""
     transactions = card_history("card-d", "term-4")
     js = admin.jetstream()
     async with serve(create_app(fraud_settings(nats_server, s3_endpoint, tmp_path))) as http:
         await js.delete_stream(FRAUD.name)
         await publish(js, as_events(transactions))
 
-        async def naks() -> str:
+        async def metrics() -> str:
             return (await http.get("/metrics")).text
 
-        await wait_for(naks, lambda text: 'outcome="nack"' in text)
+        await wait_for(metrics, lambda text: total(text, RETRIES) > 0)
         await ensure_streams(js, Settings(environment="test"), [FRAUD])
         await wait_for(lambda: count(js, "fraud.scored"), lambda n: n == len(transactions))
-        metrics = (await http.get("/metrics")).text
+        text = await metrics()
     assert verdicts(await read(js, FRAUD.name, "fraud.scored")) == reference(transactions)
-    scored = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("choreo_fraud_decisions_total{")
-    )
-    assert scored == len(transactions)
+    assert decided(text) == len(transactions)
 
 
 async def test_a_publish_refused_mid_chunk_is_scored_once_when_redelivered(
@@ -452,10 +464,12 @@ async def test_a_publish_refused_mid_chunk_is_scored_once_when_redelivered(
 ) -> None:
     """Stream FRAUD stops storing `fraud.alert` (its subjects narrowed) while one fetched
     chunk holds allowed transactions, alerting ones, then allowed ones again: the first
-    alerting transaction's publish fails in the middle of the chunk. Nothing from it on is
-    acknowledged while the stream refuses; once it stores alerts again, the redeliveries
-    publish the verdicts they had (fraud.scored again: a duplicate JetStream drops), and
-    no transaction is scored twice or skipped."""
+    alerting transaction's publish fails in the middle of the chunk. The deliveries before
+    it are acknowledged (one ack, AckPolicy.ALL), none from it on, though the allowed ones
+    after it were published: an ack of one of them would settle the failed one too. The
+    service stops while retrying; started again once FRAUD stores alerts, it gets those
+    deliveries again and publishes the verdicts they had (fraud.scored again: a duplicate
+    JetStream drops): no transaction scored twice or skipped."""
     transactions = card_history("card-a", "term-1") + card_history("card-b", "term-2")
     expected = reference(transactions)
     order = [str(tx["transaction_id"]) for tx in transactions]
@@ -464,41 +478,45 @@ async def test_a_publish_refused_mid_chunk_is_scored_once_when_redelivered(
     assert first > 0, "allowed transactions before the first alert"
     assert set(range(first, len(order))) - set(alerting), "allowed ones after it"
     js = admin.jetstream()
+    durable = "fraud-p0-of-1"
     settings = fraud_settings(nats_server, s3_endpoint, tmp_path, fraud_fetch_batch=100)
     async with serve(create_app(settings)) as http:
         config = (await js.stream_info(FRAUD.name)).config
         await js.update_stream(replace(config, subjects=["fraud.scored", "fraud.shadow"]))
-        await js.pause_consumer(DATA.name, "fraud-p0-of-1", "2999-01-01T00:00:00Z")
+        await js.pause_consumer(DATA.name, durable, "2999-01-01T00:00:00Z")
         await publish(js, as_events(transactions))  # one chunk, once resumed
-        await js.resume_consumer(DATA.name, "fraud-p0-of-1")
-
-        async def metrics() -> str:
-            return (await http.get("/metrics")).text
-
-        info = await wait_for(  # all delivered, the refused ones nak'd and delivered again
-            lambda: js.consumer_info(DATA.name, "fraud-p0-of-1"),
-            lambda i: not i.num_pending and i.num_redelivered > 0,
+        await js.resume_consumer(DATA.name, durable)
+        # Stream sequences count from 1: the transaction before the first alerting one is
+        # at sequence `first`.
+        await wait_for(
+            lambda: js.consumer_info(DATA.name, durable),
+            lambda i: not i.num_pending and i.ack_floor.stream_seq == first,
         )
-        assert (info.ack_floor.stream_seq or 0) < first + 1  # stream seqs count from 1
-        assert info.num_ack_pending >= len(alerting)
-        await ensure_streams(js, Settings(environment="test"), [FRAUD])
+        await wait_for(lambda: count(js, "fraud.scored"), lambda n: n == len(transactions))
+        await asyncio.sleep(0.5)  # retries with a backoff of 0.1 and 0.2 s: several done
+        refused = await js.consumer_info(DATA.name, durable)
+        before = (await http.get("/metrics")).text
+    assert refused.config.ack_policy == AckPolicy.ALL
+    assert refused.ack_floor.stream_seq == first
+    assert refused.num_ack_pending == len(transactions) - first
+    assert decided(before) == len(transactions)
+    assert total(before, RETRIES) > 0
+    assert await count(js, "fraud.alert") == 0
+
+    await ensure_streams(js, Settings(environment="test"), [FRAUD])
+    async with serve(create_app(settings)) as http:
         await wait_for(lambda: count(js, "fraud.alert"), lambda n: n == len(alerting))
         done = await wait_for(
-            lambda: js.consumer_info(DATA.name, "fraud-p0-of-1"),
+            lambda: js.consumer_info(DATA.name, durable),
             lambda i: not i.num_ack_pending and not i.num_pending,
         )
-        text = await metrics()
-    assert (done.ack_floor.stream_seq or 0) == len(transactions)
+        after = (await http.get("/metrics")).text
+    assert done.ack_floor.stream_seq == len(transactions)
+    assert decided(after) == 0  # the redeliveries published the verdicts they had
     scored = await read(js, FRAUD.name, "fraud.scored")
     assert len(scored) == len(transactions)  # each verdict stored once
     assert verdicts(scored) == expected
     assert set(verdicts(await read(js, FRAUD.name, "fraud.alert"))) == {order[i] for i in alerting}
-    decided = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("choreo_fraud_decisions_total{")
-    )
-    assert decided == len(transactions)  # scored once each, the redeliveries included
 
 
 async def test_a_replay_outlasts_a_server_that_stops_answering(
@@ -531,14 +549,28 @@ async def test_a_replay_outlasts_a_server_that_stops_answering(
     assert read_seqs == list(range(1, last + 1))
 
 
-async def test_deliveries_lost_on_the_way_are_scored_when_they_come_back(
+def delivered(messages: Sequence[Msg]) -> list[Pulled]:
+    """Fetched messages as the lean consumer (shared/pull.py) hands them over."""
+    return [
+        Pulled(parse_envelope(m.data), m, m.metadata.stream, m.metadata.sequence.stream, 1)
+        for m in messages
+    ]
+
+
+async def never_stopping(seconds: float) -> bool:
+    await asyncio.sleep(seconds)
+    return False
+
+
+async def test_deliveries_lost_on_the_way_are_scored_before_the_ack_after_them(
     nats_server: NatsServer, s3_endpoint: S3Endpoint, admin: NatsClient, tmp_path: Path
 ) -> None:
-    """JetStream counts a delivery as made once it sent it: one lost on the way (the client's
-    server killed, a fetch dropped) comes back only after ack_wait, once later ones were
-    scored. The scorer sees the gap in the consumer's delivery sequence, applies the missed
-    transactions from the stream first, in order, and gives each its verdict when it comes
-    back: every transaction scored once, as an uninterrupted scorer scores it."""
+    """JetStream counts a delivery as made once it sent it: with AckPolicy.ALL, the ack of a
+    later delivery settles one lost on the way (the client's server killed, a fetch
+    dropped) although it was never handled. The scorer sees the gap in the consumer's
+    delivery sequence and handles the missed transactions from the stream first, in order:
+    every transaction scored once, as an uninterrupted scorer scores it, and nothing left
+    to come back."""
     transactions = card_history("card-l", "term-6")
     events = as_events(transactions)
     settings = fraud_settings(nats_server, s3_endpoint, tmp_path)
@@ -549,35 +581,28 @@ async def test_deliveries_lost_on_the_way_are_scored_when_they_come_back(
         settings, Settler(NAME, publisher, metrics, settings), publisher, metrics
     )
     admin_js = admin.jetstream()
-    await admin_js.add_consumer(
-        DATA.name,
-        ConsumerConfig(
-            durable_name=scoring.durable,
-            filter_subjects=SUBJECTS,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=settings.ack_wait_s,
-            max_deliver=-1,
-        ),
-    )
+    await admin_js.add_consumer(DATA.name, scoring.consumer().config())
     await broker.connect()
     try:
         js = jetstream(broker)
         async with scoring.running(lambda: js):
             deliveries = await js.pull_subscribe_bind(scoring.durable, DATA.name)
             await publish(admin_js, events[:3])
-            await scoring.receive(await deliveries.fetch(3))
+            await scoring.receive(delivered(await deliveries.fetch(3)), never_stopping)
             await publish(admin_js, events[3:6])
-            lost = await deliveries.fetch(3)  # delivered, never handled
+            await deliveries.fetch(3)  # delivered, never handled
             await publish(admin_js, events[6:])
-            await scoring.receive(await deliveries.fetch(len(events) - 6))
-            back = await deliveries.fetch(3, timeout=settings.ack_wait_s * 5)
-            assert [m.metadata.sequence.stream for m in back] == [
-                m.metadata.sequence.stream for m in lost
-            ]
-            await scoring.receive(back)
+            after = await deliveries.fetch(len(events) - 6)
+            await scoring.receive(delivered(after), never_stopping)
+            with pytest.raises(nats.errors.TimeoutError):
+                await deliveries.fetch(1, timeout=settings.ack_wait_s * 2)
+        info = await admin_js.consumer_info(DATA.name, scoring.durable)
         scored = await read(admin_js, FRAUD.name, "fraud.scored")
     finally:
         await broker.stop()
+    assert info.config.ack_policy == AckPolicy.ALL
+    assert info.ack_floor.stream_seq == len(events)
+    assert info.num_ack_pending == 0
     ids = Counter(str(e.data["transaction_id"]) for e in scored if isinstance(e.data, dict))
     assert sorted(ids.elements()) == sorted(tx["transaction_id"] for tx in transactions)
     assert verdicts(scored) == reference(transactions)
@@ -612,12 +637,7 @@ async def test_replicas_split_the_cards_and_score_each_card_in_order(
     # given only that partition's transactions says.
     assert got == reference(parts[0]) | reference(parts[1])
     for p, text in enumerate(metrics):
-        total = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("choreo_fraud_decisions_total{")
-        )
-        assert total == len(parts[p])
+        assert decided(text) == len(parts[p])
 
 
 async def snapshot_exists(js: JetStreamContext) -> bool:

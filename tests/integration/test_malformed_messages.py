@@ -66,6 +66,8 @@ def consumers() -> list[Consumer]:
                 continue
             subject = str(subscriber.subject.broker_address)
             found.append(Consumer(name, subject, stream.name, subscriber.config.durable_name))
+        for pull in service.consumers:  # shared/pull.py's, outside FastStream
+            found += [Consumer(name, s, pull.stream, pull.durable) for s in pull.subjects]
     return found
 
 
