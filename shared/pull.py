@@ -349,11 +349,24 @@ class PullConsumer:
                     raise
 
 
-def _position(reply: str) -> tuple[str, int, int]:
-    """(stream, stream sequence, delivery count) from a delivery's reply subject, read
-    without building nats-py's `Msg.metadata` (which also converts the timestamp: it cost
-    as much as parsing the body). `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`,
-    or with a domain and an account hash after `ACK`."""
+def _ack_tokens(reply: str) -> tuple[list[str], int]:
+    """A delivery's reply subject split, and where the stream's name is in it, read without
+    building nats-py's `Msg.metadata` (which also converts the timestamp: it cost as much as
+    parsing the body). `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
+    seq>...`, or with a domain and an account hash after `ACK`."""
     tokens = reply.split(".")
-    at = 2 if len(tokens) == V1_ACK_TOKENS else 4
+    return tokens, 2 if len(tokens) == V1_ACK_TOKENS else 4
+
+
+def _position(reply: str) -> tuple[str, int, int]:
+    """(stream, stream sequence, delivery count) from a delivery's reply subject."""
+    tokens, at = _ack_tokens(reply)
     return tokens[at], int(tokens[at + 3]), int(tokens[at + 2])
+
+
+def delivery(reply: str) -> tuple[str, int]:
+    """(consumer, consumer sequence) of a delivery, from its reply subject: which consumer
+    delivered it, and the consumer's count of deliveries (a gap in it: deliveries lost on
+    the way)."""
+    tokens, at = _ack_tokens(reply)
+    return tokens[at + 1], int(tokens[at + 4])

@@ -78,7 +78,7 @@ from shared.envelope import Envelope, NotAnEnvelope, child_envelope, parse_envel
 from shared.fraud_models import ModelStore
 from shared.jetstream import Encoded, EventPublisher
 from shared.metrics import Metrics
-from shared.pull import PullConsumer, Pulled
+from shared.pull import PullConsumer, Pulled, delivery
 from shared.subjects import DATA, FRAUD_ALERT, FRAUD_SCORED, FRAUD_SHADOW, data_subject
 
 log = structlog.get_logger(__name__)
@@ -356,8 +356,8 @@ class FraudScoring:
         whole: list[Pulled] = []
         upto = self.applied_seq
         for pulled in chunk:
-            delivery = pulled.msg.metadata.sequence.consumer
-            if delivery > self.delivered + 1 and pulled.stream_seq > upto + 1:
+            _, sent = delivery(pulled.msg.reply)
+            if sent > self.delivered + 1 and pulled.stream_seq > upto + 1:
                 first, last = upto + 1, pulled.stream_seq - 1
                 log.warning(
                     "deliveries lost on the way, read from the stream", first=first, last=last
@@ -370,7 +370,7 @@ class FraudScoring:
                             await self._settler.dead_letter(msg, str(exc))
                         continue
                     whole.append(Pulled(envelope, msg, DATA.name, msg.metadata.sequence.stream, 0))
-            self.delivered = delivery
+            self.delivered = sent
             upto = max(upto, pulled.stream_seq)
             whole.append(pulled)
         return whole
@@ -395,15 +395,17 @@ class FraudScoring:
     async def _ack(self, chunk: list[Pulled]) -> None:
         """Acknowledge a settled run of deliveries with one ack of its last one (of the
         durable's: not a copy read from the stream)."""
-        delivered = [p for p in chunk if p.msg.metadata.consumer == self.durable]
+        delivered = [p for p in chunk if delivery(p.msg.reply)[0] == self.durable]
         if delivered:
             await delivered[-1].msg.ack()
             self._settler.count_acked(Tally(p.subject for p in delivered))
+        scored = []
         for pulled in chunk:
             # After the ack: a snapshot never misses an unacknowledged outcome.
             outcome = self.pending.pop(pulled.stream_seq, None)
             if outcome is not None and outcome.verdict is not None:
-                self._settler.observe_latency(pulled.envelope["type"], pulled.envelope["time"])
+                scored.append((pulled.envelope["type"], pulled.envelope["time"]))
+        self._settler.observe_latencies(scored)
 
     async def _dead_letter(self, pulled: Pulled, reason: str) -> bool:
         """Dead-letter a delivery; False when it could not be (it is retried)."""

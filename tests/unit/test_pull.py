@@ -7,7 +7,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from shared.pull import _position
+from shared.pull import _position, delivery
 
 
 @pytest.mark.parametrize(
@@ -22,3 +22,5 @@ def test_the_position_is_what_nats_py_reads_from_the_reply(reply: str) -> None:
     meta = Msg(cast(NATS, None), "data.sale", reply).metadata
     assert _position(reply) == (meta.stream, meta.sequence.stream, meta.num_delivered)
     assert _position(reply) == ("DATA", 1234, 3)
+    assert delivery(reply) == (meta.consumer, meta.sequence.consumer)
+    assert delivery(reply) == ("audit", 99)
