@@ -154,10 +154,7 @@ class PullConsumer:
             info: ConsumerInfo | None = await js.consumer_info(self.stream, self.durable)
         except NotFoundError:
             info = None
-        if info is not None and (
-            info.config.ack_policy != self.ack
-            or (self.ack is AckPolicy.ALL and info.num_ack_pending)
-        ):
+        if info is not None and recreated(info, self.ack):
             info = await self._recreate(js, info, config)
         else:
             if info is not None:  # keep where it starts: not a setting an update may change
@@ -347,6 +344,12 @@ class PullConsumer:
                 log.error("dead-letter failed, retrying", consumer=self.title, error=repr(exc))
                 if await self.pause(RETRY_PAUSE_S):
                     raise
+
+
+def recreated(info: ConsumerInfo, ack: AckPolicy) -> bool:
+    """Whether `bind` re-creates the durable found as `info` for a consumer acking with
+    `ack` (from its ack floor, its delivery sequence starting over: see `_recreate`)."""
+    return info.config.ack_policy != ack or bool(ack is AckPolicy.ALL and info.num_ack_pending)
 
 
 def _ack_tokens(reply: str) -> tuple[list[str], int]:

@@ -78,7 +78,7 @@ from shared.envelope import Envelope, NotAnEnvelope, child_envelope, parse_envel
 from shared.fraud_models import ModelStore
 from shared.jetstream import Encoded, EventPublisher
 from shared.metrics import Metrics
-from shared.pull import PullConsumer, Pulled, delivery
+from shared.pull import PullConsumer, Pulled, delivery, recreated
 from shared.subjects import DATA, FRAUD_ALERT, FRAUD_SCORED, FRAUD_SHADOW, data_subject
 
 log = structlog.get_logger(__name__)
@@ -474,7 +474,10 @@ class FraudScoring:
         else:
             delivered = info.delivered.stream_seq or 0
             acked = info.ack_floor.stream_seq or 0
-            self.delivered = info.delivered.consumer_seq or 0
+            # Where the consumer's delivery sequence goes on from: a re-created durable
+            # numbers its deliveries from 1 again (a gap is then seen from the first one).
+            recreating = recreated(info, AckPolicy.ALL)
+            self.delivered = 0 if recreating else info.delivered.consumer_seq or 0
         replayed = len(await self._replay(js, self.applied_seq + 1, delivered))
         self.applied_seq = max(self.applied_seq, delivered)
         self._forget_acked(acked)
