@@ -189,48 +189,57 @@ class Choreography:
         function = self.steps.get(step.uses)
         started = time.monotonic()
         logs = _LogSender(self, event, key, claim)
-        error: str | None = None
-        permanent = False
+        # Only the step's own code (and its templates) decides the attempt's outcome. The
+        # platform's calls around it (reading the upstream outputs, publishing the start,
+        # storing the output) raise instead: the handling fails and the request comes back
+        # after the consumer's backoff, the claim still ours. A timeout or "no responders"
+        # while a leader is elected (a partition, a node restarting) delays the step; it
+        # never fails it.
+        # Any upstream step, not only a direct need (the validator checked that).
+        outputs = await self.store.outputs(record.runid, sorted(referenced_steps(step.with_)))
         try:
             if function is None:
                 raise StepFailed(f"{self.service} does not implement {step.uses!r}")
-            # Any upstream step, not only a direct need (the validator checked that).
-            wanted = sorted(referenced_steps(step.with_))
-            outputs = await self.store.outputs(record.runid, wanted)
             params = render(step.with_, record.inputs, outputs)
-            # A takeover starts the attempt again, visibly: its own event id.
-            again = f":takeover{claim.takeovers}" if claim.takeovers else ""
-            await self._publish(
-                event.child(
-                    type=ev.STEP_STARTED,
-                    source=self.source,
-                    id=f"{key.message_id}:started{again}",
-                    attempt=key.attempt,
-                    data=ev.StepStarted(
-                        step=step.id,
-                        generation=key.generation,
-                        uses=step.uses,
-                        service=self.service,
-                        inputs=params,
-                        takeovers=claim.takeovers,
-                        taken_from=claim.taken_from,
-                    ).model_dump(mode="json"),
-                )
+        except (StepFailed, TemplateError) as exc:
+            await self._failed(event, record, spec, key, str(exc), permanent=True)
+            return
+        # A takeover starts the attempt again, visibly: its own event id.
+        again = f":takeover{claim.takeovers}" if claim.takeovers else ""
+        await self._publish(
+            event.child(
+                type=ev.STEP_STARTED,
+                source=self.source,
+                id=f"{key.message_id}:started{again}",
+                attempt=key.attempt,
+                data=ev.StepStarted(
+                    step=step.id,
+                    generation=key.generation,
+                    uses=step.uses,
+                    service=self.service,
+                    inputs=params,
+                    takeovers=claim.takeovers,
+                    taken_from=claim.taken_from,
+                ).model_dump(mode="json"),
             )
-            context = StepContext(
-                record.runid,
-                step.id,
-                step.uses,
-                key.attempt,
-                key.generation,
-                params,
-                record.inputs,
-                logs.lines,
-            )
+        )
+        context = StepContext(
+            record.runid,
+            step.id,
+            step.uses,
+            key.attempt,
+            key.generation,
+            params,
+            record.inputs,
+            logs.lines,
+        )
+        error: str | None = None
+        permanent = False
+        try:
             output = await self._run_with_heartbeat(
                 raw, key, claim, logs, function, context, spec.timeout_of(step)
             )
-        except (StepFailed, TemplateError) as exc:
+        except StepFailed as exc:
             error, permanent = str(exc), True
         except TimeoutError:
             error = f"timed out after {spec.timeout_of(step):g} s"
@@ -268,8 +277,11 @@ class Choreography:
         async def heartbeat() -> None:
             while True:
                 await asyncio.sleep(self.lease_s / 3)
-                await raw.in_progress()
-                await self.store.renew(key, claim, self.lease_s)
+                try:
+                    await raw.in_progress()
+                    await self.store.renew(key, claim, self.lease_s)
+                except Exception as exc:  # the server busy or unreachable: at the next beat
+                    log.warning("step heartbeat failed", step=key.step, error=repr(exc))
                 await logs.send()
 
         beat = asyncio.create_task(heartbeat())

@@ -515,6 +515,12 @@ async def fires_ran_once(stack: Running, schedule: str) -> int:
     print(f"{schedule}: {len(times)} fires stored ({twice} of them twice), {len(found)} runs")
     assert expected, f"{schedule} never fired"
     assert set(found) == expected, "a fire without its run, or a run without a fire"
+    for runid, status in sorted(found.items()):
+        if status != "completed":  # its steps' states and errors, before the stack goes
+            shown = await asyncio.to_thread(
+                choreo, "status", runid, "--json", data_dir=stack.data_dir, check=False
+            )
+            print(f"{runid} ended {status}:\n{shown.stdout}{shown.stderr}")
     assert all(s == "completed" for s in found.values()), found
     return len(expected)
 
