@@ -10,6 +10,8 @@ every successor whose needs are now all done, one that needs only this step at o
 one another are made together: a step waits for few round trips to nats-server. Whoever
 finds every step done completes the run. A failed attempt is retried after the step's
 backoff; the last failed attempt fails the run and skips the steps that had not started.
+Only the step's own code fails an attempt: an error of the runtime's calls to nats-server
+around it fails the handling, and the request comes back after the consumer's backoff.
 
 Every step is safe to replay: a redelivered request whose output exists re-runs only the
 idempotent "after success" part, and every event has a deterministic id.
