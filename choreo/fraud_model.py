@@ -37,6 +37,9 @@ GENERATORS: dict[str, Generator] = {
     "handbook": choreo.generate_handbook.generate_handbook,
 }
 FEEDBACK_DELAY = DAY  # labels arrive a day after their transaction (cardholder reports)
+# Training replays each seed once per delay: a day (cardholder reports) and a week (slower
+# chargebacks), so that the model reads the label inputs well whichever delay it meets.
+FEEDBACK_DELAYS = (DAY, 7 * DAY)
 TRAIN_SEEDS = (101, 102)  # never used for evaluation
 HOLDOUT_SEED = 42
 N = 60_000
@@ -137,21 +140,26 @@ def train(
     cfg: ScoringConfig | None = None,
     progress: Callable[[str], None] = lambda _: None,
     generators: Sequence[str] = ("choreo", "handbook"),
-    feedback_delay: float = FEEDBACK_DELAY,
+    feedback_delays: Sequence[float] = FEEDBACK_DELAYS,
 ) -> Model:
-    """Fit on the training seeds of each generator; the model file records how, and its
-    figures on each generator's held-out seed."""
+    """Fit on the training seeds of each generator, each replayed once per feedback delay;
+    the model file records how, and its figures on each generator's held-out seed (with the
+    first delay)."""
     cfg = cfg or ScoringConfig()
     if holdout_seed in seeds:
         raise ValueError(f"holdout seed {holdout_seed}: also a training seed")
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown or not generators:
         raise ValueError(f"generators: {unknown or 'none'}; choose from {', '.join(GENERATORS)}")
+    if not feedback_delays:
+        raise ValueError("feedback delays: need at least one")
     parts = []
     for name in generators:
         for seed in seeds:
-            progress(f"generating and replaying {name} seed {seed} (n={n})")
-            parts.append(labelled_inputs(GENERATORS[name](n, seed), cfg, feedback_delay))
+            data = GENERATORS[name](n, seed)
+            for delay in feedback_delays:
+                progress(f"replaying {name} seed {seed} (n={n}), feedback after {delay:g} s")
+                parts.append(labelled_inputs(data, cfg, delay))
     x = np.vstack([part[0] for part in parts])
     y = np.concatenate([part[1] for part in parts])
     progress(f"fitting on {len(y)} transactions ({int(y.sum())} fraudulent)")
@@ -164,7 +172,7 @@ def train(
             "seeds": list(seeds),
             "l2": L2,
             "transactions": len(y),
-            "feedback_delay_s": feedback_delay,
+            "feedback_delays_s": list(feedback_delays),
         },
         data_version(generators),
     )
@@ -177,13 +185,13 @@ def train(
             {lb["transaction_id"]: Label(lb["is_fraud"], lb["scenario"]) for lb in labels},
             cfg,
             model,
-            feedback_delay=feedback_delay,
+            feedback_delay=feedback_delays[0],
         )
         holdouts[name] = {
             "generator": name,
             "n": n,
             "seed": holdout_seed,
-            "feedback_delay_s": feedback_delay,
+            "feedback_delay_s": feedback_delays[0],
             **report.summary(),
         }
     about = {**model.about, "holdout": holdouts[generators[0]], "holdouts": holdouts}

@@ -225,10 +225,12 @@ def train(
     feedback_delay: Annotated[
         str,
         typer.Option(
-            help="How long after a payment its label reaches the scorer in training (and in "
-            "the held-out figures): the delay the labels will have where the model runs."
+            help="How long after a payment its label reaches the scorer in training, "
+            "comma-separated: each training seed is replayed once per delay (the first one "
+            "also for the held-out figures). The delays the labels will have where the "
+            "model runs."
         ),
-    ] = "1d",
+    ] = "1d,7d",
     out: Annotated[
         Path | None,
         typer.Option(help="The model file [default: services/fraud/model.json, the shipped one]."),
@@ -254,10 +256,10 @@ def train(
 ) -> None:
     """Train the fraud model on generated data (deterministic) and write its model file.
 
-    Each seed's data is replayed through the scorer with its labels fed back a day after
-    each payment, as the fraud service receives confirmed fraud. With --from-lake, it
-    learns from what the stack received instead: each transaction is fraud if a label says
-    so, and its inputs see the labels reported by its time.
+    Each seed's data is replayed through the scorer with its labels fed back a day (and
+    again a week) after each payment, as the fraud service receives confirmed fraud. With
+    --from-lake, it learns from what the stack received instead: each transaction is fraud
+    if a label says so, and its inputs see the labels reported by its time.
     """
     from choreo.fraud_model import train as fit
     from services.fraud.model import MODEL_PATH
@@ -268,9 +270,12 @@ def train(
 
     from shared.durations import FORMS, duration_seconds
 
-    delay = duration_seconds(feedback_delay)
-    if delay is None:
-        errors.print(f"[red]--feedback-delay: need a duration ({FORMS}), got {feedback_delay!r}")
+    delays = [duration_seconds(delay) for delay in feedback_delay.split(",")]
+    if None in delays:
+        errors.print(
+            f"[red]--feedback-delay: need durations ({FORMS}) separated by commas, "
+            f"got {feedback_delay!r}[/red]"
+        )
         raise typer.Exit(2)
     try:
         training_seeds = [int(seed) for seed in seeds.split(",")]
@@ -284,7 +289,7 @@ def train(
             holdout_seed,
             progress=lambda m: errors.print(f"… {m}"),
             generators=generators.split(","),
-            feedback_delay=float(delay),
+            feedback_delays=[float(delay) for delay in delays if delay is not None],
         )
     except ValueError as exc:
         errors.print(f"[red]{exc}[/red]")
@@ -303,7 +308,8 @@ def train(
     console.print(f"Wrote {model.version} to {path}" + (f" and {uri}." if uri else "."))
     for name, holdout in model.about["holdouts"].items():
         console.print(
-            f"Held-out seed {holdout_seed} of {name} (feedback after {feedback_delay}): "
+            f"Held-out seed {holdout_seed} of {name} "
+            f"(feedback after {feedback_delay.split(',')[0]}): "
             f"ROC AUC {_figure(holdout['roc_auc'])}, precision {_figure(holdout['precision'])}, "
             f"recall {_figure(holdout['recall'])}."
         )

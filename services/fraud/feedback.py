@@ -145,9 +145,13 @@ class Feedback:
         """What the labels reported by `t` say about the card and terminal of a
         transaction at `t`."""
         card = self.card_frauds.get(card_id, ())
+        compromised = bool(card) and self.compromised(card_id, card, t)
         return {
             **terminal_counts(self.terminal_frauds.get(terminal_id, ()), t),
-            "card_compromised": bool(card) and self.compromised(card_id, card, t),
+            "card_compromised": compromised,
+            # A card whose frauds were confirmed on several days is still in a thief's
+            # hands; one with a single day of fraud (a burst of tests) was likely stopped.
+            "card_fraud_days_28d": len(fraud_days(card, t)) if compromised else 0,
         }
 
     def compromised(self, card_id: str, frauds: list[Report] | tuple[()], t: float) -> bool:
@@ -158,26 +162,37 @@ class Feedback:
         return not any(last <= r <= t for r in self.card_resets.get(card_id, ()))
 
 
+def fraud_days(reports: list[Report] | tuple[()], t: float) -> set[float]:
+    """The days (0: the last 24 h before `t`, up to 27) on which a fraud reported by `t`
+    happened."""
+    return {(t - ts) // DAY for ts, rep in reports if rep <= t and 0 <= t - ts < LABEL_HORIZON}
+
+
 def terminal_counts(reports: list[Report] | tuple[()], t: float) -> dict[str, int]:
     """A terminal's confirmed frauds of the last 2, 7 and 28 days reported by `t`, and on how
-    many of the last 7 days one happened: a terminal compromised for weeks has one every
-    day, while a burst of stolen cards fills a day or two and is over."""
-    days: set[float] = set()
+    many of the last 7 and 28 days one happened: a terminal compromised for weeks has one
+    every day (and when labels come a week late, those of the weeks before still show it),
+    while a burst of stolen cards fills a day or two and is over."""
+    days = fraud_days(reports, t)
     in_2d = in_7d = in_28d = 0
     for ts, rep in reports:
         age = t - ts
         if rep > t or not 0 <= age < LABEL_HORIZON:
             continue
         in_28d += 1
-        if age < WEEK:
-            in_7d += 1
-            days.add(age // DAY)
-            in_2d += age < 2 * DAY
+        in_7d += age < WEEK
+        in_2d += age < 2 * DAY
     return {
         "terminal_frauds_2d": in_2d,
         "terminal_frauds_7d": in_7d,
         "terminal_frauds_28d": in_28d,
-        "terminal_fraud_days_7d": len(days),
+        "terminal_fraud_days_7d": sum(day < 7 for day in days),
+        "terminal_fraud_days_28d": len(days),
+        # On how many of the last 7 days a fraud there was reported: while a terminal stays
+        # compromised reports keep coming, whatever their delay; after it, they stop.
+        "terminal_report_days_7d": len(
+            {(t - rep) // DAY for _, rep in reports if 0 <= t - rep < WEEK}
+        ),
     }
 
 

@@ -23,6 +23,7 @@ from services.fraud.windows import WEEK
 
 SMALL_AMOUNT = 5.0  # below this, a payment looks like a card test rather than a purchase
 LARGE = 200.0  # above this, a payment is large whatever the card's habit
+RARE = math.log(1 / 200)  # an amount paid by fewer than 1 payment in 200 is rare
 MODEL_PATH = Path(__file__).with_name("model.json")
 MODEL_REASONS = 3  # at most this many model inputs are named in the reasons
 MODEL_REASON_MIN_PUSH = 0.5  # ... and only those that add at least this much to the log-odds
@@ -60,6 +61,13 @@ INPUTS: tuple[str, ...] = (
     "log_terminal_frauds_2d",
     "terminal_fraud_share_2d",
     "log_terminal_fraud_days_7d",
+    "log_terminal_fraud_days_28d",
+    "log_terminal_report_days_7d",
+    "amount_rarity",
+    "usual_rarity",
+    "rare_amount",
+    "log_card_fraud_days_28d",
+    "recurrent_amount_over_2x",
     "rules_combined",
     *(f"rule_{name}" for name in RULES),
 )
@@ -119,6 +127,23 @@ def inputs(tx: Tx, f: Mapping[str, Any], cfg: ScoringConfig) -> dict[str, float]
         "log_terminal_frauds_2d": math.log1p(f["terminal_frauds_2d"]),
         "terminal_fraud_share_2d": f["terminal_frauds_2d"] / (f["terminal_count_2d"] + 1),
         "log_terminal_fraud_days_7d": math.log1p(f["terminal_fraud_days_7d"]),
+        "log_terminal_fraud_days_28d": math.log1p(f["terminal_fraud_days_28d"]),
+        "log_terminal_report_days_7d": math.log1p(f["terminal_report_days_7d"]),
+        # The amount against everyone's (the share of payments as large), and the card's
+        # usual amount likewise: a payment larger than nearly all is suspect, unless the
+        # card's usual payments are themselves among the largest.
+        "amount_rarity": f["amount_rarity"],
+        "usual_rarity": f["usual_rarity"] if habit else 0.0,
+        # A hinge: how much rarer than 1 payment in 200 (the steep tail of the amounts).
+        "rare_amount": max(0.0, RARE - f["amount_rarity"]),
+        # A card with fraud confirmed on several days, and how far above twice its habit it
+        # pays (a hinge: the thief spends more than the owner, who keeps paying too).
+        "log_card_fraud_days_28d": math.log1p(f["card_fraud_days_28d"]),
+        "recurrent_amount_over_2x": (
+            max(0.0, math.log(f["amount_ratio"] / 2))
+            if habit and f["card_fraud_days_28d"] >= 2
+            else 0.0
+        ),
         "rules_combined": combine(list(rules.values())),
         **{f"rule_{name}": rules.get(name, 0.0) for name in RULES},
     }

@@ -32,6 +32,11 @@ DAY = 86400.0
 WEEK = 7 * DAY
 WINDOWS: dict[str, float] = {"1m": MINUTE, "1h": HOUR, "1d": DAY, "7d": WEEK}
 HABIT_SIZE = 50  # the card's usual amount is the median of its last 50 amounts
+# The population's amounts: a histogram of log2(amount) in bins of 1/8 of a power of two
+# (9 % wide), from 2^-8 (bins below hold less) to 2^24 (bins above hold more).
+BINS_PER_OCTAVE = 8
+LOWEST_OCTAVE = -8
+AMOUNT_BINS = BINS_PER_OCTAVE * 32
 
 
 @dataclass
@@ -68,12 +73,47 @@ class CardState(EntityState):
     countries: set[str] = field(default_factory=set)
 
 
+def amount_bin(amount: float) -> int:
+    """The histogram bin of an amount (> 0)."""
+    place = math.floor((math.log2(amount) - LOWEST_OCTAVE) * BINS_PER_OCTAVE)
+    return min(max(place, 0), AMOUNT_BINS - 1)
+
+
+@dataclass
+class Amounts:
+    """How often each amount was paid, by anyone (a histogram of log amounts).
+
+    Held as a Fenwick tree (`tree[i]` sums a run of bins ending at bin i), so that adding a
+    payment and reading how many were at least as large both take log2(bins) steps.
+    """
+
+    tree: list[int] = field(default_factory=lambda: [0] * AMOUNT_BINS)
+    total: int = 0
+
+    def add(self, amount: float) -> None:
+        i = amount_bin(amount) + 1
+        while i <= AMOUNT_BINS:
+            self.tree[i - 1] += 1
+            i += i & -i
+        self.total += 1
+
+    def rarity(self, amount: float) -> float:
+        """log of the share of the payments seen in this amount's bin or above (+1 each:
+        0 before any payment, never -inf): -4.6 means 1 payment in 100 is as large."""
+        i, below = amount_bin(amount), 0
+        while i > 0:
+            below += self.tree[i - 1]
+            i -= i & -i
+        return math.log((self.total - below + 1) / (self.total + 1))
+
+
 @dataclass
 class State:
     """Everything the scorer remembers."""
 
     cards: dict[str, CardState] = field(default_factory=dict)
     terminals: dict[str, EntityState] = field(default_factory=dict)
+    amounts: Amounts = field(default_factory=Amounts)  # the population's amounts
     feedback: Feedback = field(default_factory=Feedback)  # what the labels taught
 
 
@@ -114,6 +154,10 @@ def features(tx: Tx, state: State) -> dict[str, Any]:
     out["card_history"] = card.history
     out["card_usual_amount"] = usual
     out["amount_ratio"] = tx.amount / usual if usual else None
+    # How rare the amount, and the card's usual amount, are among everyone's payments: a
+    # payment larger than nearly all others is suspect unless its card always pays that much.
+    out["amount_rarity"] = state.amounts.rarity(tx.amount)
+    out["usual_rarity"] = state.amounts.rarity(usual) if usual else None
     out["country_seen"] = tx.country is None or tx.country in card.countries
     out["seconds_since_last"] = tx.ts - card.watermark if card.history else None
     # A card paying where it paid in the last week is on familiar ground.
@@ -152,5 +196,6 @@ def record(tx: Tx, state: State) -> None:
         card.countries.add(tx.country)
     terminal = state.terminals.setdefault(tx.terminal_id, EntityState())
     terminal.add(tx.ts, tx.amount, tx.card_id)
+    state.amounts.add(tx.amount)
     if tx.transaction_id is not None:
         state.feedback.saw(tx.transaction_id, tx.ts, tx.card_id, tx.terminal_id)

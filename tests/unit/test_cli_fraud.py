@@ -169,7 +169,8 @@ def test_train_writes_a_deterministic_model_the_scorer_loads(tmp_path: Path) -> 
         assert result.exit_code == 0, result.output
     assert paths[0].read_bytes() == paths[1].read_bytes()
     model = load_model(paths[0])
-    assert model.about["training"]["feedback_delay_s"] == 86400
+    assert model.about["training"]["feedback_delays_s"] == [86400, 7 * 86400]
+    assert model.about["holdout"]["feedback_delay_s"] == 86400
     assert model.about["training"]["seeds"] == [1, 2]
     assert model.about["holdout"]["seed"] == 3
     assert json.loads(result.stdout)["model"] == model.version
@@ -182,7 +183,7 @@ def test_train_writes_a_deterministic_model_the_scorer_loads(tmp_path: Path) -> 
     [
         (["--seeds", "1,x"], "--seeds: need integers"),
         (["--seeds", "1,3", "--holdout-seed", "3"], "holdout seed 3: also a training seed"),
-        (["--feedback-delay", "later"], "--feedback-delay: need a duration"),
+        (["--feedback-delay", "1d,later"], "--feedback-delay: need durations"),
         (["--generators", "choreo,paysim"], "generators: ['paysim']; choose from"),
     ],
 )

@@ -12,7 +12,17 @@ import pytest
 from services.fraud.domain import Scored, Scorer, score
 from services.fraud.model import INPUTS, MODEL_PATH, Model, load_model, shipped_model
 from services.fraud.rules import ScoringConfig, combine
-from services.fraud.windows import DAY, HOUR, MINUTE, WEEK, State, most_distinct_cards
+from services.fraud.windows import (
+    AMOUNT_BINS,
+    DAY,
+    HOUR,
+    MINUTE,
+    WEEK,
+    Amounts,
+    State,
+    amount_bin,
+    most_distinct_cards,
+)
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
 
@@ -388,3 +398,33 @@ def test_shipped_model_blocks_a_spike_and_allows_the_habit() -> None:
     spike = scorer.score(tx(13 * HOUR, amount=1000, terminal="home-4"))
     assert spike.decision == "block"
     assert any(r.startswith("model: ") for r in spike.reasons)
+
+
+def test_amount_rarity_is_the_share_of_everyones_payments_as_large() -> None:
+    amounts = Amounts()
+    assert amounts.rarity(1000.0) == 0.0  # nothing seen: not rare
+    for i in range(99):
+        amounts.add(10.0 + i % 3)  # 10, 11, 12
+    amounts.add(500.0)
+    # One payment of 100 is in 500's bin or above (+1 each).
+    assert amounts.rarity(500.0) == pytest.approx(math.log(2 / 101))
+    assert amounts.rarity(10.0) == pytest.approx(0.0)  # every payment is as large
+    assert amounts.rarity(100.0) == amounts.rarity(500.0)
+    assert amounts.rarity(1e12) == pytest.approx(math.log(1 / 101))  # none as large
+    # Amounts beyond the ends share the end bins.
+    assert amount_bin(1e-9) == amount_bin(2.0**-8) == 0
+    assert amount_bin(1e12) == amount_bin(2.0**24) == AMOUNT_BINS - 1
+    # Bins are 1/8 of a power of two: 520 and 540 share one, 560 is in the next.
+    assert amount_bin(520.0) == amount_bin(540.0) == amount_bin(560.0) - 1
+
+
+def test_rarity_inputs_read_the_state_before_the_payment() -> None:
+    scorer = Scorer()
+    history(scorer, 20)  # 20 payments of 20
+    x = scorer.score(tx(30 * HOUR, amount=400.0, terminal="far")).features
+    assert x["amount_rarity"] == pytest.approx(math.log(1 / 21))  # none as large before it
+    assert x["usual_rarity"] == pytest.approx(0.0)  # the card's usual 20: everyone's
+    assert x["inputs"]["amount_rarity"] == x["amount_rarity"]
+    assert scorer.state.amounts.total == 21
+    first = Scorer().score(tx(0)).features["inputs"]
+    assert (first["amount_rarity"], first["usual_rarity"]) == (0.0, 0.0)

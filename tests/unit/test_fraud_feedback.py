@@ -1,6 +1,7 @@
 """Label feedback: confirmed fraud per terminal and per card, counted only once reported
 (no leakage), stricter thresholds for a compromised card until reset, labels applied once."""
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -219,3 +220,72 @@ def test_a_terminal_with_confirmed_frauds_is_flagged_for_its_next_transactions()
     """With the shipped model: the same payments are allowed when the labels never came."""
     assert all(d != "allow" for d in next_decisions(compromised_terminal("shop", labelled=True)))
     assert next_decisions(compromised_terminal("shop", labelled=False)) == ["allow"] * 3
+
+
+def test_fraud_days_count_only_labels_reported_by_the_payment_and_expire_after_28_days() -> None:
+    """A terminal and a card with a fraud confirmed on each of 10 days, every label a week
+    late: a payment sees the days whose labels were reported by its time, over 28 days."""
+    scorer = Scorer()
+    for day in range(10):
+        scorer.score(tx(day * DAY, card="stolen", terminal="shop", tx_id=f"f{day}"))
+        scorer.learn(label(f"f{day}", day * DAY + 7 * DAY))
+
+    def seen(seconds: float, tx_id: str) -> dict[str, Any]:
+        payment = tx(seconds, card="stolen", terminal="shop", tx_id=tx_id)
+        features: dict[str, Any] = scorer.score(payment).features
+        return features
+
+    # Day 9 (an hour after its payment): the labels of days 0-2 are reported (days 7-9).
+    day_9 = seen(9 * DAY + HOUR, "p9")
+    assert (day_9["terminal_fraud_days_28d"], day_9["card_fraud_days_28d"]) == (3, 3)
+    assert day_9["terminal_fraud_days_7d"] == 0  # days 0-2 are more than a week back
+    assert day_9["terminal_report_days_7d"] == 3  # ... but were reported on days 7, 8, 9
+    assert day_9["inputs"]["log_terminal_fraud_days_28d"] == pytest.approx(math.log1p(3))
+    assert day_9["inputs"]["log_card_fraud_days_28d"] == pytest.approx(math.log1p(3))
+    # Day 20: all ten reported, all within 28 days.
+    day_20 = seen(20 * DAY, "p20")
+    assert day_20["terminal_fraud_days_28d"] == 10
+    assert day_20["terminal_report_days_7d"] == 3  # reported on days 14-16 (13: a week ago)
+    # Day 30: the frauds of days 0-2 are 28 days old or more and no longer count.
+    day_30 = seen(30 * DAY, "p30")
+    assert (day_30["terminal_fraud_days_28d"], day_30["card_fraud_days_28d"]) == (7, 7)
+    assert day_30["terminal_report_days_7d"] == 0
+    # Day 40: all are older than 28 days; the card is no longer compromised.
+    day_40 = seen(40 * DAY, "p40")
+    assert (day_40["terminal_fraud_days_28d"], day_40["card_fraud_days_28d"]) == (0, 0)
+    assert not day_40["card_compromised"]
+
+
+def test_late_labels_never_change_the_fraud_days_of_earlier_payments() -> None:
+    informed, blind = Scorer(), Scorer()
+    for scorer in (informed, blind):
+        for day in range(5):
+            scorer.score(tx(day * DAY, card="stolen", terminal="shop", tx_id=f"f{day}"))
+    for day in range(5):
+        informed.learn(label(f"f{day}", 6 * DAY))  # all reported on day 6
+    payment = tx(6 * DAY - 1, card="stolen", terminal="shop", tx_id="before-the-report")
+    early = informed.score(payment)
+    assert early == blind.score(payment)
+    assert early.features["terminal_fraud_days_28d"] == 0
+    assert early.features["card_fraud_days_28d"] == 0
+    assert early.features["terminal_report_days_7d"] == 0
+    reported = tx(6 * DAY, card="stolen", terminal="shop", amount=100.0, tx_id="at-the-report")
+    after = informed.score(reported)
+    assert after.features["terminal_fraud_days_28d"] == 5
+    assert after.features["card_fraud_days_28d"] == 5
+    assert after.features["terminal_report_days_7d"] == 1
+    # A card confirmed compromised on several days: how far its payment (100, its usual 20)
+    # is above twice its habit is an input.
+    assert after.features["inputs"]["recurrent_amount_over_2x"] == pytest.approx(math.log(2.5))
+
+
+def test_a_single_day_of_card_fraud_is_not_recurrent() -> None:
+    scorer = Scorer()
+    for i in range(6):
+        scorer.score(tx(i * HOUR, card="c", terminal=f"t{i}", tx_id=f"h{i}"))
+    scorer.learn(label("h5", DAY))
+    x = scorer.score(tx(2 * DAY, card="c", amount=100.0, tx_id="big")).features
+    assert x["card_compromised"]
+    assert x["card_fraud_days_28d"] == 1
+    assert x["inputs"]["recurrent_amount_over_2x"] == 0.0
+    assert x["inputs"]["compromised_amount_ratio"] == pytest.approx(math.log(5.0))
