@@ -24,7 +24,7 @@ from services.fraud.feedback import interleave
 from services.fraud.model import Model
 from services.fraud.records import BadLine as DomainBadLine
 from services.fraud.records import Line, Tx, chronological, parse_transactions
-from services.fraud.rules import ScoringConfig
+from services.fraud.rules import Decision, ScoringConfig
 
 NO_SCENARIO = "(no scenario)"  # a fraud label without a scenario
 PROGRESS_EVERY = 5_000
@@ -107,36 +107,43 @@ def pr_curve(scores: list[float], truth: list[bool]) -> tuple[list[float], list[
 
 @dataclass
 class Report:
-    """Scores of the labelled transactions and the figures derived from them."""
+    """Scores and decisions of the labelled transactions and the figures derived from them.
+    Precision and recall are those of the scorer's decisions, as the service takes them
+    (flagged: review or block): a compromised card's thresholds and a compromised terminal's
+    floor included, so they are not always those of a threshold on the score."""
 
     config: ScoringConfig
     model: str
     scores: list[float] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
     truth: list[bool] = field(default_factory=list)
     scenarios: list[str | None] = field(default_factory=list)
     unlabelled: int = 0
     skipped: int = 0
 
-    def at(self, threshold: float) -> tuple[float | None, float | None]:
-        return precision_recall([s >= threshold for s in self.scores], self.truth)
+    def at(self, point: Decision) -> tuple[float | None, float | None]:
+        """Precision and recall of the decisions at `point` or above (review: review or
+        block)."""
+        flagged = [d == "block" or d == point for d in self.decisions]
+        return precision_recall(flagged, self.truth)
 
     def per_scenario(self) -> dict[str, dict[str, Any]]:
         """Per fraud scenario: its count and the recall at `review` (flagged)."""
         totals: Counter[str] = Counter()
         caught: Counter[str] = Counter()
-        for s, t, scenario in zip(self.scores, self.truth, self.scenarios, strict=True):
+        for d, t, scenario in zip(self.decisions, self.truth, self.scenarios, strict=True):
             if t:
                 name = scenario or NO_SCENARIO
                 totals[name] += 1
-                caught[name] += s >= self.config.review
+                caught[name] += d != "allow"
         return {
             name: {"count": totals[name], "recall": caught[name] / totals[name]}
             for name in sorted(totals)
         }
 
     def summary(self) -> dict[str, Any]:
-        precision, recall = self.at(self.config.review)
-        block_precision, block_recall = self.at(self.config.block)
+        precision, recall = self.at("review")
+        block_precision, block_recall = self.at("block")
         per_scenario = self.per_scenario()
         auc = roc_auc(self.scores, self.truth)
         return {
@@ -145,7 +152,11 @@ class Report:
             "recall": _round(recall),
             "per_scenario": {name: round(v["recall"], 4) for name, v in per_scenario.items()},
             "block": {"precision": _round(block_precision), "recall": _round(block_recall)},
-            "thresholds": {"review": self.config.review, "block": self.config.block},
+            "thresholds": {
+                "review": self.config.review,
+                "block": self.config.block,
+                "compromised_terminal_days": self.config.compromised_terminal_days,
+            },
             "counts": {
                 "scored": len(self.scores) + self.unlabelled,
                 "labelled": len(self.scores),
@@ -196,6 +207,7 @@ def evaluate(
             report.unlabelled += 1
         else:
             report.scores.append(scored.score)
+            report.decisions.append(scored.decision)
             report.truth.append(label.is_fraud)
             report.scenarios.append(label.scenario)
         done += 1
@@ -229,11 +241,12 @@ def plot_pr(reports: list[Report], path: Path, delays: Sequence[str] = ()) -> No
     for name, report in zip(names, reports, strict=True):
         precisions, recalls = pr_curve(report.scores, report.truth)
         (line,) = axes.plot(recalls, precisions, drawstyle="steps-post", label=name)
+        point: Decision
         for point, threshold, marker in (
             ("review", report.config.review, "o"),
             ("block", report.config.block, "s"),
         ):
-            precision, recall = report.at(threshold)
+            precision, recall = report.at(point)
             if precision is not None and recall is not None:
                 axes.plot(
                     [recall],

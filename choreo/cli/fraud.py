@@ -69,11 +69,18 @@ def evaluate(
     block: Annotated[
         float | None, typer.Option(help="Block threshold [default: the scorer's, 0.8].")
     ] = None,
+    compromised_terminal_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days of the last 7 with confirmed fraud reported at a terminal that put its "
+            "payments at review at least (0: never) [default: the scorer's, 5].",
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Replay labelled transactions through the scorer (timestamp order) and measure it.
 
-    Prints ROC AUC, precision and recall at the configured thresholds (flagged = review or
+    Prints ROC AUC, precision and recall of the scorer's decisions (flagged = review or
     block, and block alone), recall per scenario, and writes a PNG precision/recall curve.
     With --feedback-delay, the labels also reach the scorer as they would in production
     (confirmed fraud, reported that long after the payment), and the figures are printed
@@ -99,9 +106,14 @@ def evaluate(
         config = ScoringConfig(
             review=defaults.review if review is None else review,
             block=defaults.block if block is None else block,
+            compromised_terminal_days=(
+                defaults.compromised_terminal_days
+                if compromised_terminal_days is None
+                else compromised_terminal_days
+            ),
         )
     except ValueError as exc:
-        errors.print(f"[red]--review/--block: {exc}[/red]")
+        errors.print(f"[red]--review/--block/--compromised-terminal-days: {exc}[/red]")
         raise typer.Exit(2) from exc
     plot = plot or file.with_suffix(".pr.png")
     try:

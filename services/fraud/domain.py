@@ -21,6 +21,7 @@ from services.fraud.rules import (
     ScoringConfig,
     amount_vs_habit,
     compromised_card,
+    compromised_terminal,
     confirmed_terminal,
     decide,
     new_country,
@@ -67,8 +68,11 @@ def judge(f: dict[str, Any], hits: list[Hit], cfg: ScoringConfig, model: Model) 
     pushes = model.pushes(f["inputs"])
     f["pushes"] = pushes
     total = model.probability(pushes)
-    decision = decide(total, cfg, f["card_compromised"])
+    terminal = compromised_terminal(f, cfg)
+    decision = decide(total, cfg, f["card_compromised"], terminal is not None)
     reasons = [h.reason for h in hits]
+    if terminal is not None:
+        reasons.append(terminal)
     # Pushes are relative to the training mean and partly cancel out: on an allowed payment
     # the largest ones explain nothing worth reading, so only a flagged one names them.
     if decision != "allow":

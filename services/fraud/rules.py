@@ -28,6 +28,9 @@ class ScoringConfig:
     # A card confirmed compromised (feedback.py) is judged by stricter thresholds.
     compromised_review: float = 0.1
     compromised_block: float = 0.5
+    # A terminal with confirmed frauds reported on at least this many of the last 7 days is
+    # compromised: every payment there is at least `review` (0: never). See docs/fraud.md.
+    compromised_terminal_days: int = 5
 
     def __post_init__(self) -> None:
         if not 0 < self.review <= self.block <= 1:
@@ -38,6 +41,11 @@ class ScoringConfig:
             raise ValueError(
                 f"thresholds for a compromised card: need 0 < review "
                 f"({self.compromised_review}) <= block ({self.compromised_block}) <= 1"
+            )
+        if not 0 <= self.compromised_terminal_days <= 7:
+            raise ValueError(
+                f"compromised terminal days: need 0 (never) to 7, "
+                f"got {self.compromised_terminal_days}"
             )
 
 
@@ -115,19 +123,32 @@ def compromised_card(f: Mapping[str, Any]) -> Hit | None:
     return Hit("compromised_card", 0.6, "compromised_card: fraud confirmed on the card")
 
 
+def compromised_terminal(f: Mapping[str, Any], cfg: ScoringConfig) -> str | None:
+    """Why the terminal counts as compromised (frauds there reported on enough of the last 7
+    days, only the labels reported by the payment's time), or None. Not a rule: it sets a
+    floor on the decision (`decide`), not a contribution to the score."""
+    days = f["terminal_report_days_7d"]
+    if not cfg.compromised_terminal_days or days < cfg.compromised_terminal_days:
+        return None
+    return f"compromised_terminal: fraud confirmed at the terminal on {days} of the last 7 days"
+
+
 def combine(contributions: list[float]) -> float:
     """Noisy-OR: 1 - prod(1 - c_i); the rules' own verdict, one of the model's inputs."""
     return 1.0 - math.prod(1.0 - c for c in contributions)
 
 
-def decide(score: float, cfg: ScoringConfig, compromised: bool = False) -> Decision:
-    """The decision for a score; a card confirmed compromised gets the stricter thresholds."""
+def decide(
+    score: float, cfg: ScoringConfig, compromised: bool = False, terminal: bool = False
+) -> Decision:
+    """The decision for a score; a card confirmed compromised gets the stricter thresholds,
+    a payment at a compromised terminal (`compromised_terminal`) is at least `review`."""
     review, block = (
         (cfg.compromised_review, cfg.compromised_block) if compromised else (cfg.review, cfg.block)
     )
     if score >= block:
         return "block"
-    if score >= review:
+    if score >= review or terminal:
         return "review"
     return "allow"
 

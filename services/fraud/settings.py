@@ -32,10 +32,19 @@ class FraudSettings(Settings):
     # defaults are the shipped model's, chosen on a validation seed: docs/fraud.md).
     fraud_review: float = Field(default=ScoringConfig.review, gt=0, le=1)
     fraud_block: float = Field(default=ScoringConfig.block, gt=0, le=1)
+    # A terminal with confirmed frauds reported on at least this many of the last 7 days
+    # puts every payment there at review at least (0: never).
+    fraud_compromised_terminal_days: int = Field(
+        default=ScoringConfig.compromised_terminal_days, ge=0, le=7
+    )
 
     def scoring_config(self) -> ScoringConfig:
         """The scorer's configuration; ValueError when the thresholds are out of order."""
-        return ScoringConfig(review=self.fraud_review, block=self.fraud_block)
+        return ScoringConfig(
+            review=self.fraud_review,
+            block=self.fraud_block,
+            compromised_terminal_days=self.fraud_compromised_terminal_days,
+        )
 
     @model_validator(mode="after")
     def _partition_in_range(self) -> Self:

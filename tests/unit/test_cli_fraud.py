@@ -99,7 +99,11 @@ def test_evaluate_takes_thresholds(files: tuple[Path, Path], tmp_path: Path) -> 
     strict = CliRunner().invoke(app, [*args, *plot, "--review", "0.9", "--block", "0.95"])
     assert strict.exit_code == 0, strict.output
     lax = json.loads(CliRunner().invoke(app, [*args, *plot, "--review", "0.05"]).stdout)
-    assert json.loads(strict.stdout)["thresholds"] == {"review": 0.9, "block": 0.95}
+    assert json.loads(strict.stdout)["thresholds"] == {
+        "review": 0.9,
+        "block": 0.95,
+        "compromised_terminal_days": 5,
+    }
     assert lax["recall"] >= json.loads(strict.stdout)["recall"]
     bad = CliRunner().invoke(app, [*args, "--review", "0.9", "--block", "0.5"])
     assert bad.exit_code == 2

@@ -63,6 +63,7 @@ def test_report_figures_per_threshold_and_scenario() -> None:
         ScoringConfig(review=0.5, block=0.9),
         "m",
         scores=[0.95, 0.6, 0.2, 0.7, 0.1, 0.55],
+        decisions=["block", "review", "allow", "review", "allow", "review"],
         truth=[True, True, True, False, False, True],
         scenarios=["spike", "testing", "testing", None, None, None],
         unlabelled=2,

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from choreo.fraud_model import train_on_received
-from services.fraud.domain import Scorer
+from services.fraud.domain import Scored, Scorer
 from services.fraud.feedback import LABEL_HORIZON, Label, interleave
 from services.fraud.records import Tx
 from services.fraud.rules import ScoringConfig, decide
+from services.fraud.settings import FraudSettings
 from services.fraud.windows import DAY, HOUR
 from tests.unit.test_fraud_domain import T0, fired, tx
 
@@ -220,6 +221,62 @@ def test_a_terminal_with_confirmed_frauds_is_flagged_for_its_next_transactions()
     """With the shipped model: the same payments are allowed when the labels never came."""
     assert all(d != "allow" for d in next_decisions(compromised_terminal("shop", labelled=True)))
     assert next_decisions(compromised_terminal("shop", labelled=False)) == ["allow"] * 3
+
+
+def test_a_terminal_with_fraud_reported_on_enough_days_puts_every_payment_there_at_review(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The floor: frauds at `shop` reported on `compromised_terminal_days` (5) of the last 7
+    days put a payment there at review at least, named in the reasons, with the model's
+    score unchanged; a day fewer is not enough, and when the reports stop a week goes by and
+    the floor ends."""
+    days = ScoringConfig().compromised_terminal_days
+    floored, off = Scorer(), Scorer(ScoringConfig(compromised_terminal_days=0))
+    for scorer in (floored, off):
+        for day in range(days):
+            scorer.score(tx(day * DAY + 5 * HOUR, card=f"v{day}", terminal="shop", tx_id=f"v{day}"))
+            scorer.learn(label(f"v{day}", (day + 1) * DAY + 5 * HOUR))  # a day later
+
+    def both(seconds: float, tx_id: str) -> tuple[Scored, Scored]:
+        payment = tx(seconds, card=f"c-{tx_id}", terminal="shop", tx_id=tx_id)
+        return floored.score(payment), off.score(payment)
+
+    fewer, fewer_off = both((days - 1) * DAY + 6 * HOUR, "a-day-fewer")  # reported on 1..N-1
+    assert fewer.features["terminal_report_days_7d"] == days - 1
+    assert fewer.decision == fewer_off.decision == "allow"
+    enough, enough_off = both(days * DAY + 6 * HOUR, "enough")  # reported on days 1..N
+    assert enough.features["terminal_report_days_7d"] == days
+    assert (enough.decision, enough_off.decision) == ("review", "allow")
+    assert enough.score == enough_off.score < ScoringConfig().review
+    why = f"compromised_terminal: fraud confirmed at the terminal on {days} of the last 7 days"
+    assert why in enough.reasons
+    assert not any(r.startswith("compromised_terminal") for r in enough_off.reasons)
+    over, over_off = both((days + 8) * DAY, "a-week-after")  # the last report: day N
+    assert over.features["terminal_report_days_7d"] == 0
+    assert over.decision == over_off.decision == "allow"
+    # The service's setting.
+    monkeypatch.setenv("CHOREO_FRAUD_COMPROMISED_TERMINAL_DAYS", "2")
+    assert FraudSettings().scoring_config().compromised_terminal_days == 2
+
+
+@pytest.mark.parametrize(
+    ("score", "compromised", "decision"),
+    [
+        (0.05, False, "review"),
+        (0.05, True, "review"),
+        (0.6, False, "review"),
+        (0.9, False, "block"),
+    ],
+)
+def test_a_compromised_terminal_floors_the_decision_at_review(
+    score: float, compromised: bool, decision: str
+) -> None:
+    assert decide(score, ScoringConfig(), compromised, terminal=True) == decision
+
+
+def test_compromised_terminal_days_beyond_a_week_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"compromised terminal days: need 0 \(never\) to 7"):
+        ScoringConfig(compromised_terminal_days=8)
 
 
 def test_fraud_days_count_only_labels_reported_by_the_payment_and_expire_after_28_days() -> None:
