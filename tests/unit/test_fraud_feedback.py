@@ -1,5 +1,6 @@
 """Label feedback: confirmed fraud per terminal and per card, counted only once reported
-(no leakage), stricter thresholds for a compromised card until reset, labels applied once."""
+(no leakage), stricter thresholds for a compromised card until reset, a compromised
+terminal's floor at review, labels applied once."""
 
 import math
 from datetime import UTC, datetime, timedelta
