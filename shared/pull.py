@@ -9,17 +9,21 @@ its messages and stream sequences, then settled in bulk through `shared.consumer
 
 - a body that is no envelope is dead-lettered with its reason as soon as it is fetched; the
   rest of the batch goes on;
-- `AckPolicy.EXPLICIT` (a durable that replicas share: each takes batches of its own, so an
-  ack may settle only what it names): after the batch's effects are durable, one ack per
-  message, sent without waiting for each and flushed once; a failed batch is nak'd with the
-  backoff, message by message, as `Settler.retry` does;
-- `AckPolicy.ALL` (a durable one consumer owns): one ack, of the batch's highest stream
-  sequence, settles it and everything before it. Then nothing below an ack may be left
-  unsettled, so a failed batch is not nak'd: it is processed again in place after the
-  backoff, as a redelivery (`deliveries` counts the attempts), and dead-lettered on the
-  `max_deliver`-th attempt. Messages left unsettled when the consumer stops, is cancelled
-  or the process dies are delivered again in order when it starts next: a durable found
-  with acks pending (or with explicit acks, from before) is re-created from its ack floor
+- `settle` (and `process_with`, which settles each batch as it comes) acknowledges
+  explicitly: after the batch's effects are durable, one ack per message, sent without
+  waiting for each and flushed once; a failed batch is nak'd with the backoff, message by
+  message, as `Settler.retry` does. A message whose delivery never reached the consumer
+  (JetStream counts a delivery as made once it has sent it: a fetch lost with a connection
+  cut mid-way, or given up by the client while its messages were on the way) is then simply
+  delivered again after `ack_wait`;
+- `AckPolicy.ALL` (one ack, of the highest stream sequence, settles everything before it) is
+  for a receiver that settles its deliveries itself (`receive_with`) and owns its durable
+  alone: it must retry a failure in place (a nak'd message would be settled unseen by the
+  next ack) and notice deliveries lost on the way (a gap in the consumer's delivery
+  sequence, `delivery()`) and handle them before acking past them (the fraud scorer reads
+  them from the stream). Messages such a consumer leaves unsettled when it stops, is
+  cancelled or dies are delivered again in order when it starts next: a durable found with
+  acks pending (or with explicit acks, from before) is re-created from its ack floor
   (`_recreate`), so an ack past them cannot settle them unseen.
 
 A re-created consumer numbers deliveries from 1 again: the messages it may have delivered
@@ -35,7 +39,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import nats.errors
 import structlog
@@ -119,7 +123,9 @@ class PullConsumer:
     # -- what is done with the batches --------------------------------------------------------
 
     def process_with(self, process: ProcessPulled) -> None:
-        """Each fetched batch is processed by `process`, then settled."""
+        """Each fetched batch is processed by `process`, then settled (explicit acks)."""
+        if self.ack is not AckPolicy.EXPLICIT:
+            raise ValueError(f"{self.title}: process_with settles with explicit acks")
 
         async def receive(batch: list[Pulled]) -> None:
             await self.settle(batch, process)
@@ -266,58 +272,27 @@ class PullConsumer:
     # -- settling ------------------------------------------------------------------------------
 
     async def settle(self, batch: list[Pulled], process: ProcessPulled) -> None:
-        """Process a batch and settle it (see the module docstring for how, per ack policy)."""
+        """Process a batch and settle it with explicit acks (see the module docstring)."""
+        if self.ack is not AckPolicy.EXPLICIT:
+            raise ValueError(f"{self.title}: a consumer with {self.ack} settles itself")
         messages = [p.msg for p in batch]
         with self._settler.measured(messages, self.title):
-            if self.ack is AckPolicy.ALL:
-                await self._settle_all(batch, process)
-            else:
-                await self._settle_each(batch, process)
-
-    async def _settle_each(self, batch: list[Pulled], process: ProcessPulled) -> None:
-        try:
-            await process(batch)
-        except Exception as exc:
-            log.warning(
-                "batch failed, will retry", consumer=self.title, size=len(batch), error=repr(exc)
-            )
-            for pulled in batch:
-                await self._settler.retry(pulled.msg, exc)
-            return
-        for pulled in batch:
-            await pulled.msg.ack()
-        await batch[-1].msg._client.flush()
-        self._acked(batch)
-
-    async def _settle_all(self, batch: list[Pulled], process: ProcessPulled) -> None:
-        attempt = max(max(p.msg.metadata.num_delivered for p in batch), 1)
-        while True:
             try:
                 await process(batch)
-                break
             except Exception as exc:
-                if attempt >= self._settings.max_deliver:
-                    reason = f"gave up after {attempt} deliveries: {exc!r}"
-                    for pulled in batch:
-                        await self._dead_letter(pulled.msg, reason)
-                    return
-                delay = self._settings.backoff(attempt)
                 log.warning(
                     "batch failed, will retry",
                     consumer=self.title,
                     size=len(batch),
-                    attempt=attempt,
-                    delay_s=delay,
                     error=repr(exc),
                 )
-                self._settler.count_retries(Counter(p.subject for p in batch))
-                if await self.pause(delay):
-                    return  # stopping: left unsettled, delivered again from the ack floor
-                attempt += 1
-                batch = [replace(p, deliveries=attempt) if p.deliveries else p for p in batch]
-        last = max(batch, key=lambda p: p.stream_seq)
-        await last.msg.ack()
-        self._acked(batch)
+                for pulled in batch:
+                    await self._settler.retry(pulled.msg, exc)
+                return
+            for pulled in batch:
+                await pulled.msg.ack()
+            await batch[-1].msg._client.flush()
+            self._acked(batch)
 
     def _acked(self, batch: list[Pulled]) -> None:
         self._settler.count_acked(Counter(p.subject for p in batch))

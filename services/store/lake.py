@@ -7,14 +7,19 @@ then one flush at a time: find which redelivered events have landed already, wri
 gzip'd JSONL object per group and run, announce each object (`lake.object.written`), and
 only then acknowledge.
 
-The consumer is a lean pull consumer (shared/pull.py) with `AckPolicy.ALL`: the lander is
-the durable's one consumer (one lander at a time: lander.py), so one ack of a flush's
-highest sequence settles the flush. An unparseable message goes to `dlq.store` as it is
-fetched; a failed flush is retried in place after the backoff, as a redelivery (its events
-are then checked against the lake like any redelivered ones), and dead-lettered on the
-`CHOREO_MAX_DELIVER`-th attempt. What a stopped or killed lander leaves unacknowledged
-comes back first to the next one, as maybe landed (the consumer is re-created from its ack
-floor: shared/pull.py).
+The consumer is a lean pull consumer (shared/pull.py) with explicit acks, one per event,
+sent together once its flush is written and announced (not awaited one by one). Not
+`AckPolicy.ALL`, although the lander is the durable's one consumer: JetStream counts a
+delivery as made once it has sent it, so a fetched batch lost on the way (the connection
+to a node cut off mid-fetch, a fetch given up by the client while its messages were in
+flight) would be settled unseen by the ack of a later flush, and those events would never
+land. With explicit acks such a batch is delivered
+again after `ack_wait`. An unparseable message goes to `dlq.store` as it is fetched; a
+failed flush is handed back with the backoff (its events come again and are checked
+against the lake like any redelivered ones), and dead-lettered on the
+`CHOREO_MAX_DELIVER`-th delivery. A durable found with `AckPolicy.ALL` (from a version
+that used it) is re-created from its ack floor with explicit acks (shared/pull.py), what it
+had delivered marked as maybe landed.
 
 Announcing once per object
 --------------------------
@@ -194,7 +199,7 @@ class LakeLander:
             DATA,
             STORE_LANDER,
             settings,
-            ack=AckPolicy.ALL,
+            ack=AckPolicy.EXPLICIT,
             title="store/lander",
             description="Lands every event of stream DATA in the raw bucket as gzip'd JSONL "
             "objects: events/<type>/date=<YYYY-MM-DD>/<first-seq>-<last-seq>.jsonl.gz, "

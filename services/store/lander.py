@@ -34,7 +34,7 @@ alone: yes exactly when a key of g covers s (`covered()`). The lander asks only 
 redelivered messages (delivery count other than 1): a first delivery cannot have been
 written by anyone, since no lander had it before. (The consumer re-created from its ack
 floor, shared/pull.py, hands what an earlier consumer of the name may have delivered with
-a count of 0, and a flush retried in place counts as a redelivery.) A run never spans
+a count of 0.) A run never spans
 `MAX_OBJECT_SPAN` sequences or more, so an object covering s starts after
 s - MAX_OBJECT_SPAN and one bounded listing of the group's keys answers it
 (`listing_start()`). Then:
@@ -62,12 +62,11 @@ sent may still complete on the server after the kill, as seen here in the SIGKIL
 within milliseconds, long before ack_wait ends and the message is redelivered; then it is
 found.)
 
-The consumer acknowledges with `AckPolicy.ALL` (one ack per flush: services/store/lake.py),
-which makes one lander a requirement, not only the supported setup: a second lander's ack
-would also settle the first one's buffered events, lost if the first then died before
-writing them. Nothing on the consumer tells reliably that another process pulls from it,
-so this is configuration: run the lander in one store replica (`CHOREO_LANDER_ENABLED=false`
-on the others, which keep running steps and presigning URLs), replaced with `Recreate`
+We chose to warn rather than refuse a second lander: nothing on the consumer tells reliably
+that another process pulls from it, and a second lander is correct whenever its flushes
+are quicker than ack_wait (the two interleave, so objects get smaller). The supported setup
+is one: run the lander in one store replica (`CHOREO_LANDER_ENABLED=false` on the others,
+which keep running steps and presigning URLs), replaced with `Recreate`
 (k8s/base/services/store.yaml).
 
 Also assumed: the `events/` prefix of the raw bucket belongs to the lander (an object

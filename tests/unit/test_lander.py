@@ -282,6 +282,13 @@ class FakeNats:
     async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
         self.settled[subject] = payload
 
+    async def flush(self) -> None:
+        """Acks are published at once here: nothing to flush."""
+
+    def acked(self, batch: list[Pulled]) -> dict[str, bytes]:
+        """What `settled` is once every delivery of `batch` is acked."""
+        return {p.msg.reply: b"" for p in batch}
+
 
 class MemoryLake(Lake):
     def __init__(self, failures: int = 0) -> None:
@@ -366,14 +373,13 @@ def flushes(metrics: Metrics, reason: str) -> float:
     return metrics.registry.get_sample_value("choreo_lake_flushes_total", {"reason": reason}) or 0
 
 
-async def test_the_lander_writes_at_the_count_and_acks_each_write_with_one_ack() -> None:
+async def test_the_lander_writes_at_the_count_and_acks_the_events_of_each_write() -> None:
     nc, lake, clock = FakeNats(), MemoryLake(), Clock()
     lander, metrics = make_lander(lake, FlushPolicy(3, 10**6, 1.0), clock)
     batch = [delivery(nc, seq) for seq in range(1, 8)]
     await lander.receive(batch)
     assert sorted(lake.objects.values()) == [(1, 2, 3), (4, 5, 6)]
-    # AckPolicy.ALL: the ack of 3 settles 1-3, that of 6 settles 4-6; the 7th waits.
-    assert nc.settled == {batch[2].msg.reply: b"", batch[5].msg.reply: b""}
+    assert nc.settled == nc.acked(batch[:6])  # the 7th waits in the buffer
     assert flushes(metrics, "count") == 2
     acked = metrics.registry.get_sample_value(
         "choreo_messages_consumed_total",
@@ -425,24 +431,27 @@ async def test_a_redelivered_event_found_in_the_lake_is_acked_without_a_write() 
     batch = [delivery(nc, 2, deliveries=2), delivery(nc, 3), delivery(nc, 4)]
     await lander.receive(batch)
     assert sorted(lake.objects.values()) == [(1, 2), (3, 4)]
-    assert nc.settled == {batch[-1].msg.reply: b""}
+    assert nc.settled == nc.acked(batch)
     assert metrics.registry.get_sample_value("choreo_lake_events_already_landed_total") == 1
 
 
-async def test_a_failed_write_is_retried_in_place_after_the_backoff() -> None:
-    """No nak (with AckPolicy.ALL a later ack would settle a nak'd message unseen): the
-    flush is tried again, the third time (of at most 3) succeeds; one ack. Giving up on the
-    last attempt (dead-letters): tests/integration/test_pull.py."""
-    nc, lake, clock = FakeNats(), MemoryLake(failures=2), Clock()
+async def test_a_failed_write_hands_its_events_back_with_the_backoff() -> None:
+    """Nak'd with the backoff, nothing acked; delivered again, they are written and acked.
+    Giving up at the last delivery (dead-letters): tests/integration/test_pull.py."""
+    nc, lake, clock = FakeNats(), MemoryLake(failures=1), Clock()
     lander, metrics = make_lander(lake, FlushPolicy(2, 10**6, 1.0), clock)
     batch = [delivery(nc, 1), delivery(nc, 2)]
     await lander.receive(batch)
+    assert lake.objects == {}
+    assert all(nc.settled[p.msg.reply].startswith(b"-NAK") for p in batch)
+    again = [delivery(nc, 1, deliveries=2), delivery(nc, 2, deliveries=2)]
+    await lander.receive(again)
     assert list(lake.objects.values()) == [(1, 2)]
-    assert nc.settled == {batch[-1].msg.reply: b""}
+    assert all(nc.settled[p.msg.reply] == b"" for p in again)
     retries = metrics.registry.get_sample_value(
         "choreo_message_retries_total", {"service": "store", "subject": "data.sale"}
     )
-    assert retries == 2 * 2  # two retries of two messages
+    assert retries == 2
 
 
 async def test_each_written_object_is_announced_before_its_events_are_acked() -> None:
@@ -467,12 +476,17 @@ async def test_an_object_whose_announcement_failed_is_announced_again_with_the_s
     announced = Announcements(failures=1)
     lander, _ = make_lander(lake, FlushPolicy(2, 10**6, 1.0), clock, announced)
     first = [delivery(nc, 1), delivery(nc, 2)]
-    # Written, not announced: retried in place as a redelivery, found in the lake, no
-    # second write, the object announced now, then acknowledged.
+    # Written, not announced: handed back, nothing acked.
     await lander.receive(first)
     assert list(lake.objects.values()) == [(1, 2)]
+    assert announced.keys() == []
+    assert all(nc.settled[p.msg.reply].startswith(b"-NAK") for p in first)
+    # Delivered again: found in the lake, no second write, the object announced now, acked.
+    again = [delivery(nc, 1, deliveries=2), delivery(nc, 2, deliveries=2)]
+    await lander.receive(again)
+    assert list(lake.objects.values()) == [(1, 2)]
     assert announced.keys() == list(lake.objects)
-    assert nc.settled == {first[-1].msg.reply: b""}
+    assert all(nc.settled[p.msg.reply] == b"" for p in again)
     # Once more (an ack lost after the announcement): the same event, which JetStream drops.
     await lander.receive([delivery(nc, 1, deliveries=3), delivery(nc, 2, deliveries=3)])
     assert len(announced.events) == 2
