@@ -232,7 +232,7 @@ class PullConsumer:
         while not self._stopping.is_set():
             try:
                 messages = await subscription.fetch(self.batch_size, timeout=self.max_wait_s)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nothing to fetch (nats-py raises its own or asyncio's)
                 continue
             except Exception as exc:  # NATS unreachable for now: fetch again later
                 log.warning("fetch failed", consumer=self.title, error=repr(exc))

@@ -64,16 +64,31 @@ async def deploy(settings: Settings, document: dict[str, Any]) -> None:
 
 
 async def run_of(api: httpx.AsyncClient, runid: str) -> dict[str, Any]:
+    found = await started_run(api, runid)
+    assert found is not None, f"no run {runid}"
+    return found
+
+
+async def started_run(api: httpx.AsyncClient, runid: str) -> dict[str, Any] | None:
+    """The run, or None while it is requested and not started yet (its record is written
+    when the transform service takes the request: a schedule's `last_run` names it first)."""
     response = await api.get(f"/v1/runs/{runid}")
+    if response.status_code == 404:
+        return None
     assert response.status_code == 200, response.text
     found: dict[str, Any] = response.json()
     return found
 
 
 async def ended(api: httpx.AsyncClient, runid: str) -> dict[str, Any]:
-    return await wait_for(
-        lambda: run_of(api, runid), lambda r: r["status"] != "running", within=60, interval=0.2
+    run = await wait_for(
+        lambda: started_run(api, runid),
+        lambda r: r is not None and r["status"] != "running",
+        within=60,
+        interval=0.2,
     )
+    assert run is not None
+    return run
 
 
 async def test_start_a_deployed_workflow_by_name_and_poll_it_to_completed(
