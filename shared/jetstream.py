@@ -15,6 +15,7 @@ from shared.envelope import MSG_ID_HEADER, Event
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.subjects import SCHEDULE_FIRES_KEPT, STREAMS, StreamSpec, stream_for
+from shared.turns import taking_turns
 
 log = structlog.get_logger(__name__)
 
@@ -154,7 +155,8 @@ class EventPublisher:
         """Publish every event at once (`publish_all`); raise the first reason one of them
         is not stored. Those that were are dropped as duplicates when the same events are
         published again: their ids are their de-duplication ids."""
-        outcomes = await self.publish_all([Encoded(s, e.id, e.to_bytes()) for s, e in items])
+        encoded = [Encoded(s, e.id, e.to_bytes()) async for s, e in taking_turns(items)]
+        outcomes = await self.publish_all(encoded)
         acks = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -167,10 +169,11 @@ class EventPublisher:
         nats-py), then wait for the stream's acks together, up to the timeout: for each
         message its ack, or why it is not stored (an error of JetStream's or of the
         connection, TimeoutError when no ack came). The headers are those of `publish`:
-        the de-duplication id and the stream expected to store it."""
+        the de-duplication id and the stream expected to store it. The publishing takes
+        turns with the loop's other work (`shared.turns`)."""
         js = jetstream(self._broker)
         sent: list[asyncio.Future[PubAck] | BaseException] = []
-        for message in messages:
+        async for message in taking_turns(messages):
             headers = {MSG_ID_HEADER: message.id}
             stream = stream_for(message.subject).name
             try:

@@ -10,6 +10,7 @@ an OpenAPI document.
 """
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -204,6 +205,24 @@ def build_service(
     return Service(name, settings, broker, metrics, app, all_checks, watchdog, http_loop, consumers)
 
 
+def _freeze_heap_once_started(app: FastAPI) -> None:
+    """Once the service has started, move everything it holds (modules, the app, schemas,
+    restored state) out of reach of the cyclic garbage collector (`gc.freeze`).
+
+    Without it, each full collection walks that whole heap: under load ingest ran one every
+    half second, up to 176 ms each, and every request, a 429 included, waited for it."""
+    started = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: FastAPI) -> AsyncIterator[Any]:
+        async with started(application) as state:
+            gc.collect()
+            gc.freeze()
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
 def _test_hooks() -> APIRouter:
     """Fault-injection routes, only with CHOREO_TEST_HOOKS (never in prod)."""
     router = APIRouter(prefix="/testing", tags=["testing"])
@@ -270,6 +289,7 @@ def serve_forever(service: Service) -> None:
     configure_logging(service.settings.log_level, service.settings.log_format, service=service.name)
     if configure_tracing(service.name):
         log.info("exporting spans over OTLP", service=service.name)
+    _freeze_heap_once_started(service.http)
     config = uvicorn.Config(
         service.http,
         host=service.settings.http_host,

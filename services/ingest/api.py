@@ -1,6 +1,5 @@
 """The ingest HTTP API: `POST /v1/events` and the schema registry (`GET /v1/schemas`)."""
 
-import asyncio
 import hmac
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,17 +15,15 @@ from services.ingest.admission import Admission, Overloaded
 from services.ingest.domain import (
     NDJSON_TYPES,
     BadBody,
+    BatchCheck,
     EventIn,
     split_items,
     to_envelope,
-    validate_items,
 )
 from services.ingest.registry import SchemaRegistry, UnknownSchema
 from services.ingest.settings import IngestSettings
 from shared.jetstream import EventPublisher
-
-INLINE_CHECK_MAX = 100
-"""Batches up to this many events are validated on the event loop (about 1 ms)."""
+from shared.turns import taking_turns
 
 
 class Accepted(BaseModel):
@@ -148,14 +145,12 @@ async def _validate_and_publish(
     publisher: EventPublisher,
     stored: Callable[[], None],
 ) -> JSONResponse:
-    """422 if any item is invalid; else publish every event, 202 once all are stored."""
-    # Checking an event costs about 10 us (a compiled validator): a small batch is checked
-    # at once (a hop to a worker thread costs about 80 us here), a big one in a worker
-    # thread so that the event loop keeps serving meanwhile.
-    if len(items) <= INLINE_CHECK_MAX:
-        events, errors = validate_items(items, registry)
-    else:
-        events, errors = await asyncio.to_thread(validate_items, items, registry)
+    """422 if any item is invalid; else publish every event, 202 once all are stored. The
+    work is done on the event loop in turns (`shared.turns`), a big batch included."""
+    check = BatchCheck(registry)
+    async for index, item in taking_turns(enumerate(items)):
+        check.add(index, item)
+    events, errors = check.events, check.errors
     if errors:
         return JSONResponse(
             {
@@ -167,7 +162,7 @@ async def _validate_and_publish(
             status_code=422,
         )
     now = datetime.now(UTC)
-    envelopes = [to_envelope(e, now) for e in events]
+    envelopes = [to_envelope(e, now) async for e in taking_turns(events)]
     try:
         await publisher.publish_many(envelopes)
     except Exception as exc:

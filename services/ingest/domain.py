@@ -131,28 +131,38 @@ def _loads(raw: bytes, where: str) -> Any:
         raise BadBody(400, f"{where}: invalid JSON: {exc.msg} at column {exc.colno}") from exc
 
 
+class BatchCheck:
+    """A batch's items checked one by one (`add`): its valid events and every problem
+    (envelope fields, then `data` against its type's schema; an id twice in the batch)."""
+
+    def __init__(self, registry: SchemaRegistry) -> None:
+        self.registry = registry
+        self.events: list[EventIn] = []
+        self.errors: list[ItemError] = []
+        self._seen_ids: dict[str, int] = {}
+
+    def add(self, index: int, item: Any) -> None:
+        event, problems = _check_item(index, item, self.registry)
+        if event is not None and event.id is not None:
+            if event.id in self._seen_ids:
+                first = self._seen_ids[event.id]
+                problems.append(ItemError(index, "id", f"duplicate of item {first} in this batch"))
+            else:
+                self._seen_ids[event.id] = index
+        if problems:
+            self.errors.extend(problems)
+        elif event is not None:
+            self.events.append(event)
+
+
 def validate_items(
     items: list[Any], registry: SchemaRegistry
 ) -> tuple[list[EventIn], list[ItemError]]:
-    """Validate every item (envelope fields, then `data` against its type's schema);
-    return the valid events and an error per problem."""
-    events: list[EventIn] = []
-    errors: list[ItemError] = []
-    seen_ids: dict[str, int] = {}
+    """Validate every item at once; return the valid events and an error per problem."""
+    check = BatchCheck(registry)
     for index, item in enumerate(items):
-        event, problems = _check_item(index, item, registry)
-        if event is not None and event.id is not None:
-            if event.id in seen_ids:
-                problems.append(
-                    ItemError(index, "id", f"duplicate of item {seen_ids[event.id]} in this batch")
-                )
-            else:
-                seen_ids[event.id] = index
-        if problems:
-            errors.extend(problems)
-        elif event is not None:
-            events.append(event)
-    return events, errors
+        check.add(index, item)
+    return check.events, check.errors
 
 
 def _check_item(

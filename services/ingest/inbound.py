@@ -15,7 +15,6 @@ fails, the batch is redelivered after the backoff and published again under the 
 (`domain.inbound_event` makes them deterministic), so JetStream drops what it already has.
 """
 
-import asyncio
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -23,7 +22,7 @@ from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
 from services.ingest.admission import Admission, Overloaded
-from services.ingest.domain import ItemError, describe, inbound_event
+from services.ingest.domain import describe, inbound_event
 from services.ingest.registry import SchemaRegistry
 from shared.access import INGEST_IN
 from shared.consumer import BatchMessage, Settler, batch_subscription
@@ -31,10 +30,10 @@ from shared.envelope import Event
 from shared.jetstream import EventPublisher
 from shared.settings import Settings
 from shared.subjects import DATA_IN
+from shared.turns import taking_turns
 
 log = structlog.get_logger(__name__)
 
-Checked = tuple[tuple[str, Event] | None, list[ItemError]]
 HANDLER = "on_data_in"
 
 
@@ -64,18 +63,6 @@ class InboundEvents:
     async def on_batch(self, msg: BatchMessage) -> None:
         await self.handle(msg.raw_message)
 
-    def _check_all(self, messages: Sequence[Msg]) -> list[Checked]:
-        return [
-            inbound_event(
-                msg.subject,
-                msg.data,
-                self.registry,
-                stream_seq=msg.metadata.sequence.stream,
-                stored=msg.metadata.timestamp,
-            )
-            for msg in messages
-        ]
-
     async def handle(self, messages: Sequence[Msg]) -> None:
         with self.settler.measured(messages, HANDLER):
             try:
@@ -91,11 +78,17 @@ class InboundEvents:
                     await self.settler.nak(msg, exc.retry_after_s)
 
     async def _forward(self, messages: Sequence[Msg], stored: Callable[[], None]) -> None:
-        """Validate, dead-letter the invalid, publish the valid, then settle each."""
-        # Validation is CPU work (0.1-0.3 ms an event): off the event loop.
-        checked = await asyncio.to_thread(self._check_all, messages)
+        """Validate (on the event loop, in turns: `shared.turns`), dead-letter the invalid,
+        publish the valid, then settle each."""
         valid: list[tuple[Msg, tuple[str, Event]]] = []
-        for msg, (event, errors) in zip(messages, checked, strict=True):
+        async for msg in taking_turns(messages):
+            event, errors = inbound_event(
+                msg.subject,
+                msg.data,
+                self.registry,
+                stream_seq=msg.metadata.sequence.stream,
+                stored=msg.metadata.timestamp,
+            )
             if event is None:
                 await self.settler.dead_letter(msg, f"invalid event: {describe(errors)}")
             else:

@@ -22,7 +22,7 @@ class IngestSettings(Settings):
     ingest_max_in_flight: int = Field(default=5_000, ge=1)
     # ... and refused while the event loop runs later than this (and work is in flight),
     # so that requests, refusals included, are answered promptly.
-    ingest_max_loop_lag_s: float = Field(default=0.05, gt=0)
+    ingest_max_loop_lag_s: float = Field(default=0.02, gt=0)
     # When set, `POST /v1/events` needs one of these in `X-API-Key`:
     # CHOREO_INGEST_API_KEYS=key1,key2 (empty: no key needed).
     ingest_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
