@@ -125,6 +125,7 @@ class Window:
             "events": g["events"],
             "acked": g["acked"],
             "errors": g["error_count"],
+            "refused": sum(count for _, count, *_ in g["refusals"]),
             "ack_delay_p99_ms": round(self.ack_delay_p99_ms(), 1),
             "max_backlog": max((max(b.values(), default=0) for _, b in self.backlog), default=0),
             "catch_up_s": round(self.catch_up_s, 2),
