@@ -17,11 +17,14 @@ stream of small ones (it would be if it had to fit under the bound).
 
 The bound keeps what is admitted answered in time; a second rule keeps the event loop
 responsive, so that a refusal comes at once too. A task measures how late the loop runs it
-(every `LAG_TICK_S`); while it is later than `max_loop_lag_s` and some work is in flight,
-new work is refused. Under overload, the loop's iterations grow with the work that becomes
-ready at once (a batch's publishes, a burst of acks): a request waits an iteration to be
-read and another to be answered, refusals included, and the throughput bound alone let
-them grow to hundreds of milliseconds.
+(every `LAG_TICK_S`); while it is later than `max_loop_lag_s` and at least `min_in_flight`
+events are in flight, new work is refused. Under overload, the loop's iterations grow with
+the work that becomes ready at once (a batch's publishes, a burst of acks): a request waits
+an iteration to be read and another to be answered, refusals included, and the throughput
+bound alone let them grow to hundreds of milliseconds. With less work in flight a late loop
+is not ingest's overload (the machine's other processes holding the cores, a garbage
+collection): refusing then sent clients away for a second at 80% of the stack's
+sustainable rate.
 """
 
 import asyncio
@@ -161,11 +164,12 @@ class Admission:
         return max(1, min(MAX_RETRY_AFTER_S, math.ceil(drain)))
 
     def full(self) -> bool:
-        """True when no more work can come in now: at the bound, or with work in flight and
-        the event loop late (checked at a request's arrival, before its body is read)."""
+        """True when no more work can come in now: at the bound, or with at least the
+        minimum bound's work in flight and the event loop late (checked at a request's
+        arrival, before its body is read)."""
         if self.in_flight >= self.limit():
             return True
-        return self.in_flight > 0 and self.loop_lag() > self.max_loop_lag_s
+        return self.in_flight >= self.min_in_flight and self.loop_lag() > self.max_loop_lag_s
 
     def refuse(self, source: Source) -> Overloaded:
         """Count a refusal and describe it."""

@@ -121,16 +121,21 @@ def test_bounds_out_of_order_are_refused_by_name() -> None:
 
 async def test_with_work_in_flight_a_late_event_loop_refuses_new_work() -> None:
     clock = Clock()
-    a = admission(clock)
+    a = admission(clock)  # at least 100 in flight allowed, target 0.5 s
+    with a.admit(1_000, "http") as stored:
+        stored()  # 500 events/s measured: the bound is 250
+    assert a.limit() == 250
     async with a.measuring_the_loop():
         await asyncio.sleep(0)  # the measuring task takes its first tick
         assert a.loop_lag() == 0.0
         clock.now += 0.2  # the loop has not run the next tick for 0.2 s
         assert a.loop_lag() == pytest.approx(0.19)
         assert not a.full(), "nothing in flight: ingest is not the cause, work is admitted"
-        with a.admit(1, "http"):
-            assert a.full()
+        with a.admit(99, "http"):
+            assert not a.full(), "less than the minimum bound in flight: not ingest's overload"
+        with a.admit(100, "http"):
+            assert a.full(), "below the bound of 250, but ingest's own work makes the loop late"
             with pytest.raises(Overloaded) as refused, a.admit(1, "http"):
                 pass
-    assert "event loop is 190 ms late, bound 50 ms, with 1 events in flight" in str(refused.value)
+    assert "event loop is 190 ms late, bound 50 ms, with 100 events in flight" in str(refused.value)
     assert a.loop_lag() == 0.0, "no measure once the service stops"
