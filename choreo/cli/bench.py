@@ -16,7 +16,7 @@ from choreo.cli.common import Json, errors
 
 app = typer.Typer()
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 @app.command()

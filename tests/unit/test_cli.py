@@ -77,6 +77,15 @@ def test_shell_completion() -> None:
     assert offered.stdout.split() == ["run", "runs"]
 
 
+def test_bench_runs_the_checkouts_suite(tmp_path: Path) -> None:
+    # From any directory: the suite is found beside the package, and its own argument
+    # check answers (an unknown section), so the command reached `python -m bench suite`.
+    done = run_cli("bench", "no-such-section", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "no bench/ beside" not in done.stderr
+    assert "argument --only: invalid choice: 'no-such-section'" in done.stderr
+
+
 def test_data_dir_before_the_subcommand(tmp_path: Path) -> None:
     before = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "x"), "ps", "--json"])
     after = CliRunner().invoke(app, ["ps", "--json", "--data-dir", str(tmp_path / "y")])
