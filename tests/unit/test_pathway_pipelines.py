@@ -1,6 +1,6 @@
 """The Pathway pipelines of `transform.pathway`, and the pure parts of the streaming ones.
 
-A Pathway run costs about a second of engine start-up, so the pipeline tests batch their
+A Pathway run costs a tenth of a second or more of engine start-up, so the tests batch their
 cases: one `clean` run, one `sales_report` run (checked against plain Python and against
 the DuckDB `sales_report` script of `transform.sql`, row by row), one run over nothing
 valid, and runs through the child processes the step uses.
@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.transform.casting import CASTERS, CastError, CleanSpec, cast_row
-from services.transform.pathway.engine import run_static
+from services.transform.pathway.engine import PARALLEL_FROM_ROWS, pathway_threads, run_static
 from services.transform.pathway.pipelines import SALE_SCHEMA, PipelineError, clean_spec
 from services.transform.pathway.steps import PathwayRunner
 from services.transform.sql.pipelines import PIPELINES as SQL_PIPELINES
@@ -255,6 +255,13 @@ def test_sales_report_equals_plain_python_and_the_duckdb_pipeline() -> None:
     }
     assert report[-1]["day"] is None
     assert report[-1]["quantity"] == sum(int(float(s[4])) for s in valid)
+
+
+def test_a_small_static_run_takes_one_thread_a_large_one_every_cpu() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert pathway_threads(0) == pathway_threads(PARALLEL_FROM_ROWS - 1) == 1
+    assert pathway_threads(PARALLEL_FROM_ROWS) == cpus
+    assert pathway_threads() == cpus  # the streaming pipelines
 
 
 def test_sales_report_of_nothing_valid_is_a_zero_grand_total() -> None:

@@ -40,8 +40,9 @@ from shared.workflow.steps import StepFailed
 RUN_TIMEOUT_S = 900.0
 """A run that takes longer is killed, whatever the step's own timeout."""
 
-# Each run uses every CPU and about 250 MB; two at once keep the CPUs busy while one
-# starts, more would only queue inside the kernel and add up memory.
+# A run over many rows uses every CPU (engine.PARALLEL_FROM_ROWS), each about 250 MB; two
+# at once keep the CPUs busy while one starts, more would only queue inside the kernel and
+# add up memory.
 RUN_SLOTS = 2
 
 STDERR_TAIL_CHARS = 2000
