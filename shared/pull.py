@@ -7,6 +7,11 @@ into a plain dict (`shared.envelope.parse_envelope`), the batch handed over toge
 its messages and stream sequences, then settled in bulk through `shared.consumer.Settler`
 (the same ack / nak with backoff / dead-letter with reason, and the same metrics):
 
+- with `fill_s`, a fetch that brought less than a full batch is followed by more fetches
+  for up to `fill_s`: a consumer whose cost is per batch (audit's database transaction)
+  then makes fewer, larger batches under a steady trickle, at the price of up to `fill_s`
+  of latency (a fetch returns at once what is there: at 1,200 events/s audit's batches
+  were 14 events);
 - a body that is no envelope is dead-lettered with its reason as soon as it is fetched; the
   rest of the batch goes on;
 - `settle` (and `process_with`, which settles each batch as it comes) acknowledges
@@ -36,6 +41,7 @@ cancelled and left for redelivery); nothing is ever acknowledged that was not pr
 """
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -60,6 +66,8 @@ SEEN_THROUGH = "choreo.seen-through"
 MAX_ACK_PENDING = 20_000
 V1_ACK_TOKENS = 9
 """Tokens of a reply subject without domain and account hash."""
+MIN_FETCH_S = 0.001
+"""A fetch shorter than this is not worth its pull request."""
 RETRY_PAUSE_S = 1.0
 """How long the loop waits after a failed fetch (NATS unreachable) or a failed dead-letter."""
 
@@ -103,6 +111,7 @@ class PullConsumer:
         subjects: Sequence[str] = (),
         batch_size: int = 500,
         max_wait_s: float = 0.1,
+        fill_s: float = 0.0,
     ) -> None:
         if ack not in (AckPolicy.ALL, AckPolicy.EXPLICIT):
             raise ValueError(f"ack policy {ack}: ALL or EXPLICIT")
@@ -114,6 +123,7 @@ class PullConsumer:
         self.description = description
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
+        self.fill_s = fill_s
         self._settler = settler
         self._settings = settings
         self._receive: Receive | None = None
@@ -232,6 +242,8 @@ class PullConsumer:
         while not self._stopping.is_set():
             try:
                 messages = await subscription.fetch(self.batch_size, timeout=self.max_wait_s)
+                if self.fill_s:
+                    messages += await self._fill(subscription, len(messages))
             except TimeoutError:  # nothing to fetch (nats-py raises its own or asyncio's)
                 continue
             except Exception as exc:  # NATS unreachable for now: fetch again later
@@ -244,6 +256,25 @@ class PullConsumer:
                     await receive(batch)
             except Exception as exc:  # settling failed (NATS): what is unsettled comes again
                 log.error("batch not settled", consumer=self.title, error=repr(exc))
+
+    async def _fill(self, subscription: JetStreamContext.PullSubscription, have: int) -> list[Msg]:
+        """More messages for a batch of `have`, fetched until it is full or `fill_s` has
+        passed (a fetch returns what is there at once, or waits for the first message: under
+        a steady trickle every batch would be a few messages)."""
+        more: list[Msg] = []
+        deadline = time.monotonic() + self.fill_s
+        while have + len(more) < self.batch_size and not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left < MIN_FETCH_S:
+                break
+            try:
+                more += await subscription.fetch(self.batch_size - have - len(more), timeout=left)
+            except TimeoutError:
+                break
+            except Exception as exc:  # the batch in hand is processed; the loop fetches again
+                log.warning("fetch failed", consumer=self.title, error=repr(exc))
+                break
+        return more
 
     async def _parsed(self, messages: list[Msg]) -> list[Pulled]:
         """The batch's envelopes; the messages that carry none are dead-lettered now."""

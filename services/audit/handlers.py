@@ -23,11 +23,11 @@ from services.audit.projections import (
     run_update,
     step_update,
 )
+from services.audit.settings import AuditSettings
 from shared.access import AUDIT
 from shared.consumer import Settler
 from shared.metrics import Metrics
 from shared.pull import PullConsumer, Pulled
-from shared.settings import Settings
 from shared.subjects import DATA, FRAUD, LAKE, WORKFLOW, StreamSpec
 
 AUDITED_STREAMS: tuple[StreamSpec, ...] = (DATA, WORKFLOW, FRAUD, LAKE)
@@ -46,8 +46,9 @@ class AuditHandlers:
             registry=metrics.registry,
         )
 
-    def consumers(self, settings: Settings) -> list[PullConsumer]:
-        """A durable batch consumer per audited stream, shared by the replicas."""
+    def consumers(self, settings: AuditSettings) -> list[PullConsumer]:
+        """A durable batch consumer per audited stream, shared by the replicas; each fills
+        its batches for up to `audit_batch_wait_s`."""
         found = []
         for spec in AUDITED_STREAMS:
             consumer = PullConsumer(
@@ -58,6 +59,7 @@ class AuditHandlers:
                 ack=AckPolicy.EXPLICIT,
                 title=f"audit/{spec.name}",
                 description=f"Records every event of stream {spec.name} in the `events` table.",
+                fill_s=settings.audit_batch_wait_s,
             )
             consumer.process_with(self.record)
             found.append(consumer)
