@@ -112,6 +112,7 @@ class PullConsumer:
         batch_size: int = 500,
         max_wait_s: float = 0.1,
         fill_s: float = 0.0,
+        deliver: DeliverPolicy = DeliverPolicy.ALL,
     ) -> None:
         if ack not in (AckPolicy.ALL, AckPolicy.EXPLICIT):
             raise ValueError(f"ack policy {ack}: ALL or EXPLICIT")
@@ -124,6 +125,7 @@ class PullConsumer:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.fill_s = fill_s
+        self.deliver = deliver
         self._settler = settler
         self._settings = settings
         self._receive: Receive | None = None
@@ -150,10 +152,12 @@ class PullConsumer:
 
     def config(self) -> ConsumerConfig:
         """As `shared.consumer.batch_subscription` has it: `max_deliver=-1` because the
-        settling dead-letters at the configured attempt itself."""
+        settling dead-letters at the configured attempt itself. `deliver` says where a new
+        durable starts (an existing one keeps where it started)."""
         many = len(self.subjects) > 1
         return ConsumerConfig(
             durable_name=self.durable,
+            deliver_policy=self.deliver,
             ack_policy=self.ack,
             ack_wait=self._settings.ack_wait_s,
             max_deliver=-1,
@@ -320,12 +324,13 @@ class PullConsumer:
                 for pulled in batch:
                     await self._settler.retry(pulled.msg, exc)
                 return
-            for pulled in batch:
-                await pulled.msg.ack()
-            await batch[-1].msg._client.flush()
-            self._acked(batch)
+            await self.acknowledge(batch)
 
-    def _acked(self, batch: list[Pulled]) -> None:
+    async def acknowledge(self, batch: Sequence[Pulled]) -> None:
+        """Acknowledge every delivery of `batch` (explicit acks, sent together: one flush)."""
+        for pulled in batch:
+            await pulled.msg.ack()
+        await batch[-1].msg._client.flush()
         self._settler.count_acked(Counter(p.subject for p in batch))
         self._settler.observe_latencies((p.envelope["type"], p.envelope["time"]) for p in batch)
         log.info(
@@ -371,6 +376,13 @@ def _position(reply: str) -> tuple[str, int, int]:
     """(stream, stream sequence, delivery count) from a delivery's reply subject."""
     tokens, at = _ack_tokens(reply)
     return tokens[at], int(tokens[at + 3]), int(tokens[at + 2])
+
+
+def stored_at(reply: str) -> float:
+    """When JetStream stored a delivered message (seconds since the epoch), from its reply
+    subject."""
+    tokens, at = _ack_tokens(reply)
+    return int(tokens[at + 5]) / 1e9
 
 
 def delivery(reply: str) -> tuple[str, int]:

@@ -61,8 +61,9 @@ def create_app(
     slots.subscribe(broker, settings)
     fires.subscribe(broker, settings)
     dead_letters = DeadLetterApi(settings, metrics)
-    if triggers:
-        Triggers(choreography, metrics, fires.deployments).subscribe(broker, settings)
+    trigger_consumers = (
+        Triggers(choreography, metrics, fires.deployments).consumers(settings) if triggers else []
+    )
     admission = Admission(
         metrics,
         min_in_flight=settings.ingest_min_in_flight,
@@ -81,6 +82,7 @@ def create_app(
         broker,
         metrics,
         resources=[lambda: open_s3(settings, client), admission.measuring_the_loop],
+        consumers=trigger_consumers,
         routers=[
             events_router(settings, choreography.publisher, registry, admission),
             schemas_router(registry),

@@ -4,23 +4,25 @@ deployed workflow's `on` starts one run of it (`shared/workflow/triggers.py`).
 Runs start in event order within a batch. An event whose workflow has `max_concurrent`
 runs going is handed back with a delay and comes again: it waits, it is not dropped. The
 batch is acknowledged only once every run it should start was requested.
+
+Both consumers read every message of their stream (lean pull consumers, shared/pull.py):
+while no deployed workflow has a trigger, a batch is acknowledged as it comes, nothing of
+it parsed beyond its envelope.
 """
 
 import time
-from collections.abc import Sequence
+from functools import partial
 
 import structlog
-from faststream.nats import NatsBroker
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
+from nats.js.api import AckPolicy, DeliverPolicy
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 from pydantic import TypeAdapter, ValidationError
 
 from shared.access import INGEST_OBJECT_TRIGGERS, INGEST_TRIGGERS
-from shared.consumer import BatchMessage, batch_subscription
 from shared.envelope import Event
 from shared.metrics import Metrics
+from shared.pull import PullConsumer, Pulled, stored_at
 from shared.settings import Settings
 from shared.slot import Slot
 from shared.subjects import DATA, LAKE
@@ -34,6 +36,10 @@ log = structlog.get_logger(__name__)
 TRIGGER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
 # When a workflow's run slots are all taken, the event comes back after this.
 WAIT_S = 1.0
+# How long a consumer keeps fetching to fill its batch: each batch reads the deployments
+# (one KV scan, an ordered consumer on nats-server). Without it a steady trickle of events
+# makes batches of a few events, and at 1,200 events/s the reads overloaded ingest.
+FILL_S = 0.1
 
 
 class Triggers:
@@ -57,60 +63,71 @@ class Triggers:
         for outcome in ("started", "exists", "queued", "paused"):
             self.started.labels(metrics.service, outcome)
 
-    def subscribe(self, broker: NatsBroker, settings: Settings) -> None:
-        for stream, durable, what, handler in (
-            (DATA, INGEST_TRIGGERS, "an event", self.on_batch),
-            (LAKE, INGEST_OBJECT_TRIGGERS, "an object written to the lake", self.on_object_batch),
+    def consumers(self, settings: Settings) -> list[PullConsumer]:
+        """The durable consumers of events and of lake objects, shared by the replicas
+        (explicit acks). Created for the first time, each starts at its stream's end: what
+        was stored before triggers existed starts nothing."""
+        found = []
+        for stream, durable, what in (
+            (DATA, INGEST_TRIGGERS, "an event"),
+            (LAKE, INGEST_OBJECT_TRIGGERS, "an object written to the lake"),
         ):
-            subscription = batch_subscription(stream, durable, settings)
-            # Created for the first time, it starts at the stream's end: what was stored
-            # before triggers existed starts nothing.
-            subscription["config"].deliver_policy = DeliverPolicy.NEW
-            broker.subscriber(
-                **subscription,
+            consumer = PullConsumer(
+                self.choreo.settler,
+                stream,
+                durable,
+                settings,
+                ack=AckPolicy.EXPLICIT,
                 title=f"ingest/{durable}",
                 description=f"Starts a run of each deployed workflow whose `on` matches {what}.",
-            )(handler)
+                deliver=DeliverPolicy.NEW,
+                fill_s=FILL_S,
+            )
+            consumer.receive_with(partial(self.handle, consumer))
+            found.append(consumer)
+        return found
 
-    async def on_batch(self, msg: BatchMessage) -> None:
-        await self.handle(msg.raw_message)
-
-    async def on_object_batch(self, msg: BatchMessage) -> None:
-        await self.handle(msg.raw_message)
-
-    async def handle(self, messages: Sequence[Msg]) -> None:
-        newest = max((m.metadata.timestamp.timestamp() for m in messages), default=0.0)
-        try:
-            triggered = await self._triggered(newest)
-        except Exception as exc:
-            for msg in messages:
-                await self.choreo.settler.retry(msg, exc)
-            return
-        if not triggered:
-            # No deployed workflow has a trigger: nothing to parse or match.
-            for msg in messages:
-                await msg.ack()
-            return
-        for msg in messages:
+    async def handle(self, consumer: PullConsumer, batch: list[Pulled]) -> None:
+        """Start the runs a batch of `consumer`'s triggers, settling each delivery."""
+        settler = self.choreo.settler
+        with settler.measured([p.msg for p in batch], consumer.title):
             try:
-                event = Event.from_bytes(msg.data)
-            except ValidationError as exc:
-                # Like every consumer of DATA: dead-lettered with the reason, not retried.
-                await self.choreo.settler.dead_letter(msg, f"not a valid event envelope: {exc}")
-                continue
-            stored = msg.metadata.timestamp.timestamp()
-            # An event stored before the workflow was deployed does not trigger it.
-            current = [(d, t) for d, t in triggered if stored >= d.deployed_at]
-            try:
-                waiting = await self._start_runs(event, current)
+                triggered = await self._triggered(stored_at(batch[-1].msg.reply))
             except Exception as exc:
-                log.warning("trigger failed, will retry", event_id=event.id, error=repr(exc))
-                await self.choreo.settler.retry(msg, exc)
-                continue
-            if waiting:
-                await msg.nak(delay=WAIT_S)
-            else:
-                await msg.ack()
+                log.warning("deployments not read, will retry", error=repr(exc))
+                for pulled in batch:
+                    await settler.retry(pulled.msg, exc)
+                return
+            if not triggered:
+                # No deployed workflow has a trigger: nothing to match.
+                await consumer.acknowledge(batch)
+                return
+            for pulled in batch:
+                await self._handle_one(pulled, triggered)
+
+    async def _handle_one(
+        self, pulled: Pulled, triggered: list[tuple[Deployed, list[Trigger]]]
+    ) -> None:
+        msg = pulled.msg
+        try:
+            event = Event.model_validate(pulled.envelope)
+        except ValidationError as exc:
+            # Like every consumer of DATA: dead-lettered with the reason, not retried.
+            await self.choreo.settler.dead_letter(msg, f"not a valid event envelope: {exc}")
+            return
+        stored = stored_at(msg.reply)
+        # An event stored before the workflow was deployed does not trigger it.
+        current = [(d, t) for d, t in triggered if stored >= d.deployed_at]
+        try:
+            waiting = await self._start_runs(event, current)
+        except Exception as exc:
+            log.warning("trigger failed, will retry", event_id=event.id, error=repr(exc))
+            await self.choreo.settler.retry(msg, exc)
+            return
+        if waiting:
+            await self.choreo.settler.nak(msg, WAIT_S)
+        else:
+            await self.choreo.settler.ack(msg)
 
     async def _start_runs(
         self, event: Event, triggered: list[tuple[Deployed, list[Trigger]]]

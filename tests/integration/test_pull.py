@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from shared.consumer import BatchMessage, Settler, batch_subscription
 from shared.envelope import Event
@@ -52,7 +52,7 @@ class World:
             await self.js.publish(self.subject, event.to_bytes(), headers=event.headers())
         return ids
 
-    def consumer(self, ack: AckPolicy, batch_size: int = 100) -> PullConsumer:
+    def consumer(self, ack: AckPolicy, batch_size: int = 100, **options: Any) -> PullConsumer:
         return PullConsumer(
             self.settler,
             self.spec,
@@ -62,6 +62,7 @@ class World:
             title="tests/pull",
             description="tests",
             batch_size=batch_size,
+            **options,
         )
 
     def ids(self) -> list[str]:
@@ -262,6 +263,41 @@ async def test_a_durable_faststream_created_is_taken_over_as_it_is(settings: Set
     assert w.ids() == ids
     assert info.created == created.created
     assert info.config.ack_policy == AckPolicy.EXPLICIT
+
+
+@pytest.mark.parametrize("fill_s", [0.0, 2.0])
+async def test_with_fill_a_trickle_makes_few_batches(settings: Settings, fill_s: float) -> None:
+    """Ten events 50 ms apart: each fetch returns what is there, so without `fill_s` nearly
+    every event is a batch of its own; with it they wait for one another."""
+    async with world(settings) as w:
+        batches: list[int] = []
+
+        async def record(batch: list[Pulled]) -> None:
+            batches.append(len(batch))
+            await w.record(batch)
+
+        consumer = w.consumer(AckPolicy.EXPLICIT, fill_s=fill_s)
+        consumer.process_with(record)
+        async with consumer.running(w.js, 3.0):
+            ids = []
+            for n in range(10):
+                ids += await w.publish(1, start=n)
+                await asyncio.sleep(0.05)
+            await wait_for(w.seen_ids, lambda seen: len(seen) >= 10)
+    assert w.ids() == ids
+    assert len(batches) <= 3 if fill_s else len(batches) >= 4
+
+
+async def test_a_new_durable_may_start_at_the_streams_end(settings: Settings) -> None:
+    async with world(settings) as w:
+        await w.publish(3)
+        consumer = w.consumer(AckPolicy.EXPLICIT, deliver=DeliverPolicy.NEW)
+        consumer.process_with(w.record)
+        async with consumer.running(w.js, 1.0):
+            ids = await w.publish(2, start=3)
+            await wait_for(w.seen_ids, lambda seen: len(seen) >= 2)
+            await asyncio.sleep(0.3)  # nothing older comes after them
+    assert w.ids() == ids
 
 
 async def test_only_a_receiver_that_settles_itself_may_ack_all(settings: Settings) -> None:

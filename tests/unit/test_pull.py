@@ -7,7 +7,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from shared.pull import _position, delivery
+from shared.pull import _position, delivery, stored_at
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,4 @@ def test_the_position_is_what_nats_py_reads_from_the_reply(reply: str) -> None:
     assert _position(reply) == ("DATA", 1234, 3)
     assert delivery(reply) == (meta.consumer, meta.sequence.consumer)
     assert delivery(reply) == ("audit", 99)
+    assert stored_at(reply) == meta.timestamp.timestamp() == 1_700_000_000.0
