@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import nats.errors
 import structlog
@@ -93,6 +94,9 @@ ProcessPulled = Callable[[list[Pulled]], Awaitable[None]]
 """Make a batch's effects durable (raise if they are not): the consumer settles it then."""
 Receive = Callable[[list[Pulled]], Awaitable[None]]
 """Take a fetched batch; whoever receives it settles it (`PullConsumer.settle`) when ready."""
+Wanted = Callable[[], Awaitable[datetime | None]]
+"""Whether a consumer on demand is wanted now: from when its messages matter (a durable
+created then starts at that time), or None (its durable is deleted)."""
 
 
 class PullConsumer:
@@ -112,7 +116,6 @@ class PullConsumer:
         batch_size: int = 500,
         max_wait_s: float = 0.1,
         fill_s: float = 0.0,
-        deliver: DeliverPolicy = DeliverPolicy.ALL,
     ) -> None:
         if ack not in (AckPolicy.ALL, AckPolicy.EXPLICIT):
             raise ValueError(f"ack policy {ack}: ALL or EXPLICIT")
@@ -125,12 +128,14 @@ class PullConsumer:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.fill_s = fill_s
-        self.deliver = deliver
         self._settler = settler
         self._settings = settings
         self._receive: Receive | None = None
         self._seen_through = 0
         self._stopping = asyncio.Event()
+        self._wanted: Wanted | None = None
+        self._poll_s = 1.0
+        self._since: datetime | None = None
 
     # -- what is done with the batches --------------------------------------------------------
 
@@ -148,16 +153,28 @@ class PullConsumer:
         """Each fetched batch goes to `receive`, which settles it (`settle`) when it will."""
         self._receive = receive
 
+    def on_demand(self, wanted: Wanted, poll_s: float = 1.0) -> None:
+        """Consume only while `wanted()` (asked every `poll_s`) gives a time; while it gives
+        None the durable is deleted and nothing is fetched. A durable created when wanted
+        again starts at the time `wanted()` gave: no message stored since is missed, however
+        late the consumer comes. (For a consumer whose messages matter only while something
+        asks for them: event triggers while a workflow has one.)"""
+        self._wanted = wanted
+        self._poll_s = poll_s
+
     # -- the consumer on the server ----------------------------------------------------------
 
     def config(self) -> ConsumerConfig:
         """As `shared.consumer.batch_subscription` has it: `max_deliver=-1` because the
-        settling dead-letters at the configured attempt itself. `deliver` says where a new
-        durable starts (an existing one keeps where it started)."""
+        settling dead-letters at the configured attempt itself. A new durable starts at the
+        stream's first message, or on demand at the time it is wanted from (an existing one
+        keeps where it started)."""
         many = len(self.subjects) > 1
+        on_demand = self._since is not None
         return ConsumerConfig(
             durable_name=self.durable,
-            deliver_policy=self.deliver,
+            deliver_policy=DeliverPolicy.BY_START_TIME if on_demand else DeliverPolicy.ALL,
+            opt_start_time=self._since,
             ack_policy=self.ack,
             ack_wait=self._settings.ack_wait_s,
             max_deliver=-1,
@@ -180,6 +197,7 @@ class PullConsumer:
             if info is not None:  # keep where it starts: not a setting an update may change
                 config.deliver_policy = info.config.deliver_policy
                 config.opt_start_seq = info.config.opt_start_seq
+                config.opt_start_time = info.config.opt_start_time
                 config.metadata = info.config.metadata
             info = await js.add_consumer(self.stream, config)
         self._seen_through = int((info.config.metadata or {}).get(SEEN_THROUGH, 0))
@@ -224,8 +242,10 @@ class PullConsumer:
         if self._receive is None:
             raise RuntimeError(f"{self.title}: nothing receives its batches")
         self._stopping.clear()
-        subscription = await self.bind(js)
-        task = asyncio.create_task(self._loop(subscription, self._receive), name=self.title)
+        if self._wanted is None:
+            task = asyncio.create_task(self._consume(await self.bind(js)), name=self.title)
+        else:
+            task = asyncio.create_task(self._on_demand(js, self._wanted), name=self.title)
         try:
             yield
         finally:
@@ -235,10 +255,52 @@ class PullConsumer:
                 log.warning("consumer did not stop in time: cancelled", consumer=self.title)
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
+        """The loop on `subscription` until it stops or is cancelled; then unsubscribe."""
+        assert self._receive is not None
+        try:
+            await self._loop(subscription, self._receive)
+        finally:
             try:
                 await subscription.unsubscribe()
             except nats.errors.Error as exc:  # closed or draining connection: nothing to undo
                 log.debug("unsubscribe failed", consumer=self.title, error=repr(exc))
+
+    async def _on_demand(self, js: JetStreamContext, wanted: Wanted) -> None:
+        """Start and stop consuming as `wanted()` says (see `on_demand`). The durable is
+        deleted when this stops being wanted, and once at the start if not wanted then."""
+        consuming: asyncio.Task[None] | None = None
+        deleted = False
+        try:
+            while not self._stopping.is_set():
+                try:
+                    since = await wanted()
+                    if since is not None and consuming is None:
+                        self._since = since
+                        consuming = asyncio.create_task(self._consume(await self.bind(js)))
+                        deleted = False
+                        log.info("consuming: wanted", consumer=self.title, since=since.isoformat())
+                    elif since is None and not deleted:
+                        if consuming is not None:
+                            consuming.cancel()  # what it held matters to nobody now
+                            await asyncio.gather(consuming, return_exceptions=True)
+                            consuming = None
+                        await self._delete(js)
+                        deleted = True
+                except Exception as exc:  # NATS unreachable for now: ask again later
+                    log.warning("on demand: not settled", consumer=self.title, error=repr(exc))
+                await self.pause(self._poll_s)
+        finally:
+            if consuming is not None:  # stopping: it settles the batch in hand first
+                await consuming
+
+    async def _delete(self, js: JetStreamContext) -> None:
+        try:
+            await js.delete_consumer(self.stream, self.durable)
+        except NotFoundError:
+            return
+        log.info("durable consumer deleted: not wanted", consumer=self.title)
 
     async def _loop(
         self, subscription: JetStreamContext.PullSubscription, receive: Receive

@@ -11,11 +11,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from shared.consumer import BatchMessage, Settler, batch_subscription
 from shared.envelope import Event
@@ -288,15 +289,34 @@ async def test_with_fill_a_trickle_makes_few_batches(settings: Settings, fill_s:
     assert len(batches) <= 3 if fill_s else len(batches) >= 4
 
 
-async def test_a_new_durable_may_start_at_the_streams_end(settings: Settings) -> None:
+async def test_on_demand_a_durable_exists_only_while_wanted(settings: Settings) -> None:
+    """Not wanted: the durable is deleted and nothing read. Wanted from a time: created
+    then (however late), it delivers what was stored since, not before."""
     async with world(settings) as w:
-        await w.publish(3)
-        consumer = w.consumer(AckPolicy.EXPLICIT, deliver=DeliverPolicy.NEW)
+        since: list[datetime | None] = [None]
+
+        async def wanted() -> datetime | None:
+            return since[0]
+
+        await w.js.add_consumer(w.spec.name, ConsumerConfig(durable_name="pulled"))
+        await w.publish(2)
+        consumer = w.consumer(AckPolicy.EXPLICIT)
         consumer.process_with(w.record)
+        consumer.on_demand(wanted, poll_s=0.1)
+
+        async def durables() -> list[str]:
+            return [c.name for c in await w.js.consumers_info(w.spec.name)]
+
         async with consumer.running(w.js, 1.0):
-            ids = await w.publish(2, start=3)
-            await wait_for(w.seen_ids, lambda seen: len(seen) >= 2)
-            await asyncio.sleep(0.3)  # nothing older comes after them
+            await wait_for(durables, lambda names: "pulled" not in names)
+            await asyncio.sleep(0.2)  # stored before it is wanted from
+            since[0] = datetime.now(UTC)
+            ids = await w.publish(3, start=2)  # before the durable exists, after `since`
+            await wait_for(durables, lambda names: "pulled" in names)
+            ids += await w.publish(1, start=5)
+            await wait_for(w.seen_ids, lambda seen: len(seen) >= 4)
+            since[0] = None
+            await wait_for(durables, lambda names: "pulled" not in names)
     assert w.ids() == ids
 
 
