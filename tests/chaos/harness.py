@@ -32,6 +32,7 @@ import httpx
 import nats
 import psutil
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 
 from choreo.client import retry_after_s
 from choreo.generate import generate
@@ -544,16 +545,23 @@ async def settle_fires(
     return times, found
 
 
-async def fired(js: JetStreamContext, schedule: str) -> list[datetime]:
-    """The fire time of every fire stored on `schedule.fire.<schedule>`."""
+async def fired(js: JetStreamContext, schedule: str, within: float = 60) -> list[datetime]:
+    """The fire time of every fire stored on `schedule.fire.<schedule>`. On a cluster just
+    after a fault the reading consumer may have no leader yet (503): asked again."""
     sub = await js.pull_subscribe(f"{FIRE_PREFIX}{schedule}", stream=SCHEDULES.name)
     times: list[datetime] = []
+    deadline = time.monotonic() + within
     try:
         while True:
             try:
                 batch = await sub.fetch(500, timeout=1)
             except TimeoutError:
                 return times
+            except ServiceUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
             for m in batch:
                 spec = ScheduleSpec.model_validate_json(m.data)
                 times.append(spec.fire_time(parse_next((m.headers or {})["Nats-Schedule-Next"])))
