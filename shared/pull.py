@@ -135,7 +135,6 @@ class PullConsumer:
         self._stopping = asyncio.Event()
         self._wanted: Wanted | None = None
         self._poll_s = 1.0
-        self._since: datetime | None = None
 
     # -- what is done with the batches --------------------------------------------------------
 
@@ -164,17 +163,16 @@ class PullConsumer:
 
     # -- the consumer on the server ----------------------------------------------------------
 
-    def config(self) -> ConsumerConfig:
+    def config(self, since: datetime | None = None) -> ConsumerConfig:
         """As `shared.consumer.batch_subscription` has it: `max_deliver=-1` because the
         settling dead-letters at the configured attempt itself. A new durable starts at the
-        stream's first message, or on demand at the time it is wanted from (an existing one
-        keeps where it started)."""
+        stream's first message, or at `since` (on demand: the time it is wanted from); an
+        existing one keeps where it started."""
         many = len(self.subjects) > 1
-        on_demand = self._since is not None
         return ConsumerConfig(
             durable_name=self.durable,
-            deliver_policy=DeliverPolicy.BY_START_TIME if on_demand else DeliverPolicy.ALL,
-            opt_start_time=self._since,
+            deliver_policy=DeliverPolicy.ALL if since is None else DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,
             ack_policy=self.ack,
             ack_wait=self._settings.ack_wait_s,
             max_deliver=-1,
@@ -183,10 +181,12 @@ class PullConsumer:
             filter_subjects=list(self.subjects) if many else None,
         )
 
-    async def bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
-        """Create or update the durable (re-create it when its acks must start over), then
-        subscribe to it."""
-        config = self.config()
+    async def bind(
+        self, js: JetStreamContext, since: datetime | None = None
+    ) -> JetStreamContext.PullSubscription:
+        """Create (starting at `since`, if given) or update the durable (re-create it when
+        its acks must start over), then subscribe to it."""
+        config = self.config(since)
         try:
             info: ConsumerInfo | None = await js.consumer_info(self.stream, self.durable)
         except NotFoundError:
@@ -277,8 +277,7 @@ class PullConsumer:
                 try:
                     since = await wanted()
                     if since is not None and consuming is None:
-                        self._since = since
-                        consuming = asyncio.create_task(self._consume(await self.bind(js)))
+                        consuming = asyncio.create_task(self._consume(await self.bind(js, since)))
                         deleted = False
                         log.info("consuming: wanted", consumer=self.title, since=since.isoformat())
                     elif since is None and not deleted:

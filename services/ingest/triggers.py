@@ -46,6 +46,8 @@ WAIT_S = 1.0
 # (one KV scan, an ordered consumer on nats-server). Without it a steady trickle of events
 # makes batches of a few events, and at 1,200 events/s the reads overloaded ingest.
 FILL_S = 0.1
+# How old a read of the deployments may be to decide whether a trigger consumer is wanted.
+WANTED_STALE_S = 1.0
 
 
 class Triggers:
@@ -93,8 +95,11 @@ class Triggers:
         return found
 
     async def wanted_since(self, kinds: tuple[type[Trigger], ...]) -> datetime | None:
-        """A trigger consumer's `on_demand`: the deployments as they are now."""
-        return first_deployed(await self._triggered(time.time()), kinds)
+        """A trigger consumer's `on_demand`, from the deployments read within the last
+        `WANTED_STALE_S` (both consumers ask every second: one read serves them both). A
+        view that old will do: a durable starts at the deployment's time, not at when it
+        was seen."""
+        return first_deployed(await self._triggered(time.time() - WANTED_STALE_S), kinds)
 
     async def handle(self, consumer: PullConsumer, batch: list[Pulled]) -> None:
         """Start the runs a batch of `consumer`'s triggers, settling each delivery."""
