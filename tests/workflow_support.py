@@ -53,6 +53,10 @@ def test_steps() -> StepRegistry:
 
     @steps.kind("transform.always_fails")
     async def always_fails(ctx: StepContext) -> StepOutput:
+        """Raises RuntimeError, or TimeoutError with `timeout: true` (a call of its own that
+        timed out, not the step's timeout)."""
+        if ctx.params.get("timeout"):
+            raise TimeoutError("the upstream API did not answer")
         raise RuntimeError("boom: this step always fails")
 
     @steps.kind("transform.sleep")

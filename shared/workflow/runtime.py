@@ -243,9 +243,9 @@ class Choreography:
             )
         except StepFailed as exc:
             error, permanent = str(exc), True
-        except TimeoutError:
+        except _TimedOut:
             error = f"timed out after {spec.timeout_of(step):g} s"
-        except Exception as exc:
+        except Exception as exc:  # a TimeoutError of the step's own code (a call it made) too
             error = f"{type(exc).__name__}: {exc}"
         if error is not None:
             await logs.send()
@@ -287,9 +287,14 @@ class Choreography:
                 await logs.send()
 
         beat = asyncio.create_task(heartbeat())
+        deadline = asyncio.timeout(timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with deadline:
                 return await function(context)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise _TimedOut from exc
+            raise
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)  # no send in flight
@@ -577,6 +582,10 @@ class Choreography:
 
     async def _publish(self, event: Event) -> None:
         await self.publisher.publish(event.type, event)
+
+
+class _TimedOut(Exception):
+    """The step ran past its timeout (not a TimeoutError its own code raised)."""
 
 
 class _LogSender:

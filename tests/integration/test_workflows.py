@@ -182,13 +182,20 @@ async def test_missing_upstream_field_and_timeout_end_the_run_with_the_reason(
         step("b", "audit.log", "a", message="{{ steps.a.output.nope }}"),
     )
     slow = workflow(step("slow", "transform.sleep", seconds=5, timeout_s=0.3))
+    # A TimeoutError of the step's own code is its error, not the step's timeout.
+    own = workflow(step("call", "transform.always_fails", timeout=True, retry={"max_attempts": 1}))
     first, second = await request_run(js, missing, {}), await request_run(js, slow, {})
+    third = await request_run(js, own, {})
     run = await wait_run_ended(db, first)
     assert run["status"] == "failed"
     assert "steps.a.output has no field 'nope'" in run["reason"]
     run = await wait_run_ended(db, second)
     assert run["status"] == "failed"
     assert run["reason"] == "step 'slow' failed after 1 attempt: timed out after 0.3 s"
+    run = await wait_run_ended(db, third)
+    assert run["reason"] == (
+        "step 'call' failed after 1 attempt: TimeoutError: the upstream API did not answer"
+    )
 
 
 async def test_cancel_lets_running_steps_finish_and_starts_nothing_new(
