@@ -41,6 +41,12 @@ BatchMessage = Annotated[NatsBatchMessage, Context("message")]
 """Handler parameter giving the raw JetStream messages of a batch, to settle one by one."""
 
 
+FETCH_WAIT_S = 1.0
+"""How long a fetch waits for a first message when there is none. A fetch returns as soon
+as messages come, so the wait adds no latency; a shorter one only sends more pull requests
+while traffic is idle (at 0.01 s, 100 a second: the fraud scorer's idle CPU)."""
+
+
 ProcessOne = Callable[[Event], Awaitable[float | None]]
 """Handle one event; return None to ack it, or seconds after which to see it again."""
 
@@ -63,7 +69,7 @@ def message_subscription(
         "subject": subject,
         "stream": JStream(spec.name, declare=False),
         "durable": durable,
-        "pull_sub": PullSub(batch_size=concurrency, timeout=0.2),
+        "pull_sub": PullSub(batch_size=concurrency, timeout=FETCH_WAIT_S),
         "max_workers": concurrency,
         "ack_policy": AckPolicy.MANUAL,
         "config": ConsumerConfig(ack_wait=settings.ack_wait_s, max_deliver=-1),

@@ -2,7 +2,8 @@
 
 FastStream's subscriber costs more than the work of a high-volume consumer: per message a
 decoded body nobody reads, a uuid, a pydantic model, an awaited ack. `PullConsumer` binds to
-the durable itself and loops: `fetch(batch, timeout)`, each body parsed once with orjson
+the durable itself and loops: `fetch(batch, timeout)` (what has arrived, at once, or the
+first delivery within `max_wait_s`; a stop interrupts the wait), each body parsed once with orjson
 into a plain dict (`shared.envelope.parse_envelope`), the batch handed over together with
 its messages and stream sequences, then settled in bulk through `shared.consumer.Settler`
 (the same ack / nak with backoff / dead-letter with reason, and the same metrics):
@@ -55,7 +56,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from shared.consumer import Settler
+from shared.consumer import FETCH_WAIT_S, Settler
 from shared.envelope import Envelope, NotAnEnvelope, parse_envelope
 from shared.settings import Settings
 from shared.subjects import StreamSpec
@@ -114,7 +115,7 @@ class PullConsumer:
         description: str,
         subjects: Sequence[str] = (),
         batch_size: int = 500,
-        max_wait_s: float = 0.1,
+        max_wait_s: float = FETCH_WAIT_S,
         fill_s: float = 0.0,
     ) -> None:
         if ack not in (AckPolicy.ALL, AckPolicy.EXPLICIT):
@@ -306,7 +307,7 @@ class PullConsumer:
     ) -> None:
         while not self._stopping.is_set():
             try:
-                messages = await subscription.fetch(self.batch_size, timeout=self.max_wait_s)
+                messages = await self._fetch(subscription)
                 if self.fill_s:
                     messages += await self._fill(subscription, len(messages))
             except TimeoutError:  # nothing to fetch (nats-py raises its own or asyncio's)
@@ -321,6 +322,22 @@ class PullConsumer:
                     await receive(batch)
             except Exception as exc:  # settling failed (NATS): what is unsettled comes again
                 log.error("batch not settled", consumer=self.title, error=repr(exc))
+
+    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+        """The next messages, waiting up to `max_wait_s` for the first; none when the
+        consumer stops meanwhile (the fetch is abandoned: a message it was bringing is never
+        acknowledged, so JetStream delivers it again after `ack_wait`)."""
+        fetching = asyncio.ensure_future(subscription.fetch(self.batch_size, self.max_wait_s))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([fetching, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not fetching.done():
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
+            return []
+        return fetching.result()
 
     async def _fill(self, subscription: JetStreamContext.PullSubscription, have: int) -> list[Msg]:
         """More messages for a batch of `have`, fetched until it is full or `fill_s` has

@@ -5,6 +5,7 @@ from typing import Self
 from pydantic import Field, model_validator
 
 from services.fraud.rules import ScoringConfig
+from shared.consumer import FETCH_WAIT_S
 from shared.settings import Settings
 
 
@@ -21,10 +22,11 @@ class FraudSettings(Settings):
     # graceful stop). A restart replays the transactions after the last snapshot, so this
     # bounds the replay, not correctness.
     fraud_snapshot_interval_s: float = Field(default=30.0, gt=0)
-    # Deliveries are fetched in chunks of up to this many, waiting at most this long for a
-    # chunk to fill: the wait is added to a transaction's latency when traffic is light.
+    # Deliveries are fetched in chunks of up to this many: what has arrived, at once. With
+    # nothing there a fetch waits this long for the first delivery (it returns when one
+    # comes: a shorter wait adds no speed, only pull requests while traffic is idle).
     fraud_fetch_batch: int = Field(default=500, ge=1, le=10_000)
-    fraud_fetch_wait_s: float = Field(default=0.01, gt=0)
+    fraud_fetch_wait_s: float = Field(default=FETCH_WAIT_S, gt=0)
     # How often the current choice of models (s3://<curated>/models/fraud/current.json,
     # written by `choreo fraud promote`/`shadow`) is read: a promotion applies within this.
     fraud_model_poll_s: float = Field(default=5.0, gt=0)

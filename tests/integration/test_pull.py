@@ -329,3 +329,25 @@ async def test_only_a_receiver_that_settles_itself_may_ack_all(settings: Setting
             consumer.process_with(w.record)
         with pytest.raises(ValueError, match="settles itself"):
             await consumer.settle([], w.record)
+
+
+async def test_a_long_fetch_wait_delays_neither_a_message_nor_a_stop(settings: Settings) -> None:
+    """A fetch waiting 30 s for its first message hands one over as soon as it is stored,
+    and a stop while it waits ends the consumer at once (nothing is lost: the abandoned
+    fetch's messages, if any, come again after `ack_wait`)."""
+    async with world(settings) as w:
+        consumer = w.consumer(AckPolicy.EXPLICIT, max_wait_s=30.0)
+        consumer.process_with(w.record)
+        async with consumer.running(w.js, 30.0):
+            await asyncio.sleep(0.5)  # the consumer now waits in a fetch
+            sent = time.monotonic()
+            ids = await w.publish(1)
+            await wait_for(w.seen_ids, lambda seen: len(seen) == 1, within=5.0)
+            handed_over = time.monotonic() - sent
+            await asyncio.sleep(0.5)  # waiting again, with nothing to fetch
+            stopping = time.monotonic()
+        stopped = time.monotonic() - stopping
+    assert w.ids() == ids
+    # Far below the fetch's 30 s wait: neither waited for it.
+    assert handed_over < 5.0
+    assert stopped < 5.0
