@@ -47,6 +47,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import nats.errors
 import psutil
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -207,6 +208,9 @@ class StreamingBench:
             finally:
                 for watcher in watchers:
                     watcher.cancel()
+                for outcome in await asyncio.gather(*watchers, return_exceptions=True):
+                    if isinstance(outcome, Exception):  # its figures stop where it failed
+                        self.log(f"  a watcher of the window failed: {outcome!r}")
                 await subscription.unsubscribe()
         if latencies:  # what the lander wrote since the last listing, up to the drain
             async with s3_client(self.settings) as s3:
@@ -221,9 +225,16 @@ class StreamingBench:
         return nats_counters(varz, jsz.raise_for_status().json())
 
     async def _backlog(self, client: Client, window: Window) -> None:
+        """Every BACKLOG_POLL_S the backlog of each consumer of DATA; a poll that fails (the
+        server too busy to answer in time) is skipped, not the rest of the window's."""
         js = client.jetstream()
         while True:
-            infos = await js.consumers_info(DATA.name)
+            try:
+                infos = await js.consumers_info(DATA.name)
+            except nats.errors.Error as exc:
+                self.log(f"  backlog not read this time: {exc!r}")
+                await asyncio.sleep(BACKLOG_POLL_S)
+                continue
             window.backlog.append(
                 (
                     time.perf_counter(),
