@@ -331,13 +331,11 @@ class PullConsumer:
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait([fetching, stopping], return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        finally:  # stopping, or this loop cancelled (on demand, past the drain timeout)
             stopping.cancel()
-        if not fetching.done():
-            fetching.cancel()
-            await asyncio.gather(fetching, return_exceptions=True)
-            return []
-        return fetching.result()
+            fetching.cancel()  # nothing when it is done
+            await asyncio.gather(fetching, return_exceptions=True)  # not left running
+        return [] if fetching.cancelled() else fetching.result()
 
     async def _fill(self, subscription: JetStreamContext.PullSubscription, have: int) -> list[Msg]:
         """More messages for a batch of `have`, fetched until it is full or `fill_s` has

@@ -351,3 +351,31 @@ async def test_a_long_fetch_wait_delays_neither_a_message_nor_a_stop(settings: S
     # Far below the fetch's 30 s wait: neither waited for it.
     assert handed_over < 5.0
     assert stopped < 5.0
+
+
+async def test_a_consumer_cancelled_while_it_waits_leaves_no_fetch_behind(
+    settings: Settings,
+) -> None:
+    """On demand, a consumer no longer wanted is cancelled in the middle of its wait for a
+    first delivery: its fetch is cancelled with it, not left waiting out its 30 s."""
+    async with world(settings) as w:
+        since: list[datetime | None] = [datetime.now(UTC)]
+
+        async def wanted() -> datetime | None:
+            return since[0]
+
+        def fetches() -> list[asyncio.Task[Any]]:
+            return [
+                t
+                for t in asyncio.all_tasks()
+                if t.get_coro().__qualname__.endswith("PullSubscription.fetch")  # type: ignore[union-attr]
+            ]
+
+        consumer = w.consumer(AckPolicy.EXPLICIT, max_wait_s=30.0)
+        consumer.process_with(w.record)
+        consumer.on_demand(wanted, poll_s=0.1)
+        async with consumer.running(w.js, 1.0):
+            await wait_for(lambda: asyncio.sleep(0, fetches()), lambda found: len(found) == 1)
+            since[0] = None  # not wanted any more: the consumer is cancelled
+            left = await wait_for(lambda: asyncio.sleep(0, fetches()), lambda found: not found)
+    assert left == []
