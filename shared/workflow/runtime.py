@@ -18,6 +18,7 @@ idempotent "after success" part, and every event has a deterministic id.
 """
 
 import asyncio
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -276,9 +277,19 @@ class Choreography:
         and publishing what it logs as it goes (`wf.step.log`; the caller sends the last
         lines once the step returned)."""
 
+        # The heartbeat stops when `done` is set, not only when cancelled: on Python 3.11 a
+        # cancellation arriving as one of its calls to nats-server completes can be lost
+        # (asyncio.wait_for, inside nats-py), and a heartbeat beating on after its step
+        # returned would keep the attempt alive, and its run waiting, for ever.
+        done = asyncio.Event()
+
         async def heartbeat() -> None:
-            while True:
-                await asyncio.sleep(self.lease_s / 3)
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.lease_s / 3):
+                        await done.wait()
+                if done.is_set():
+                    return
                 try:
                     await raw.in_progress()
                     await self.store.renew(key, claim, self.lease_s)
@@ -296,6 +307,7 @@ class Choreography:
                 raise _TimedOut from exc
             raise
         finally:
+            done.set()
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)  # no send in flight
 

@@ -22,6 +22,7 @@ from shared.envelope import Event
 from shared.jetstream import EventPublisher
 from shared.settings import Settings
 from shared.workflow import events as ev
+from shared.workflow.state import AttemptKey, Claim, RunStore
 from tests.workflow_support import step_rows, wait_run_ended, workflow_services
 
 pytestmark = pytest.mark.integration
@@ -78,3 +79,34 @@ async def test_a_step_start_publish_failing_while_the_server_hangs_is_retried(
     )
     assert failed == 0
     assert await db.fetchval("SELECT count(*) FROM audit_log WHERE runid = $1", runid) == 1
+
+
+async def test_a_heartbeat_whose_cancellation_is_lost_still_stops_with_its_step(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 a cancellation that arrives as a call to nats-server completes can be
+    lost (asyncio.wait_for inside nats-py). Here the heartbeat's lease renewal swallows the
+    cancellation that comes when the step returns: the heartbeat still stops, the step
+    completes and the run with it (a heartbeat beating on kept the run waiting for ever)."""
+    original = RunStore.renew
+    swallowed: list[str] = []
+
+    async def renew(self: RunStore, attempt: AttemptKey, claim: Claim, lease_s: float) -> None:
+        try:
+            await asyncio.sleep(5.0)  # in flight when the step returns
+        except asyncio.CancelledError:
+            swallowed.append(attempt.step)  # lost, as wait_for may lose one
+        await original(self, attempt, claim, lease_s)
+
+    monkeypatch.setattr(RunStore, "renew", renew)
+    # Longer than a heartbeat's interval (a third of the 2 s lease): the heartbeat beats.
+    step = {"id": "nap", "uses": "transform.sleep", "with": {"seconds": 1.0}}
+    client = await nats.connect(settings.nats_url)
+    try:
+        async with workflow_services(settings):
+            runid = await request_run(client.jetstream(), {"name": "beat", "steps": [step]}, {})
+            run = await wait_run_ended(db, runid, within=60)
+    finally:
+        await client.close()
+    assert swallowed == ["nap"]
+    assert run["status"] == "completed", run
